@@ -1,0 +1,128 @@
+"""Pieces of the pretraining loop that need no model: config parsing and checks, the batch sampler,
+the learning-rate schedule, objective mixing, log truncation and checkpoint rotation."""
+
+import json
+import os
+
+import pytest
+
+from vlp.training.config import ConfigError, parse_config
+from vlp.training.logging_utils import MetricLogger, read_jsonl
+from vlp.training.pretrain import learning_rate_at, step_objectives
+from vlp.training.sampler import GlobalBatchSampler
+
+
+def test_yaml_then_values_then_cli_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  hidden_size: 64\ntraining:\n  max_steps: 7\n  learning_rate: 0.002\nseed: 3\n")
+    model, data, train = parse_config(str(path), ["--max_steps", "9"], values={"num_scenes": 50})
+    assert model.hidden_size == 64 and train.max_steps == 9 and train.learning_rate == 0.002
+    assert train.seed == 3 and data.num_scenes == 50
+
+
+def test_unknown_keys_are_named(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("hidden_sise: 64\n")
+    with pytest.raises(ConfigError, match="hidden_sise"):
+        parse_config(str(path))
+    with pytest.raises(ConfigError, match="--lerning_rate"):
+        parse_config(None, ["--lerning_rate", "1"])
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"learning_rate": -0.1}, r"learning_rate=-0.1 is out of range: expected \(0, inf\)"),
+        ({"mlm_probability": 1.5}, r"mlm_probability=1.5 is out of range: expected \(0, 1\]"),
+        ({"image_size": 60, "patch_size": 8}, "image_size=60 .* a multiple of patch_size=8"),
+        ({"mixing": "mean"}, "mixing='mean'"),
+        ({"objectives": "mlm,xyz"}, "objectives='xyz'"),
+        ({"itm_probability": -0.5}, r"itm_probability=-0.5 is out of range: expected \[0, 1\]"),
+    ],
+)
+def test_out_of_range_values_are_refused_before_work(values, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(None, values=values)
+
+
+def test_objective_weights_parse():
+    *_, train = parse_config(None, values={"objectives": "mlm, itm:0.5"})
+    assert train.objective_weights() == {"mlm": 1.0, "itm": 0.5}
+
+
+def _union_of_step(num_samples, per_device, world, accumulation, step, seed=4):
+    seen = []
+    for rank in range(world):
+        sampler = GlobalBatchSampler(num_samples, per_device, seed, rank, world, accumulation)
+        for micro in sampler.step_batches(step):
+            seen.extend(micro)
+    return seen
+
+
+@pytest.mark.parametrize("step", [0, 3, 11])
+def test_global_batch_is_the_same_for_any_split(step):
+    single = _union_of_step(100, 8, 1, 1, step)
+    assert sorted(_union_of_step(100, 4, 2, 1, step)) == sorted(single)
+    assert sorted(_union_of_step(100, 2, 2, 2, step)) == sorted(single)
+    assert len(set(single)) == 8
+
+
+def test_epoch_covers_each_sample_at_most_once_and_drops_the_remainder():
+    sampler = GlobalBatchSampler(50, 4, seed=1, world_size=2, rank=0)
+    other = GlobalBatchSampler(50, 4, seed=1, world_size=2, rank=1)
+    steps = sampler.steps_per_epoch
+    assert steps == 6
+    epoch0 = [i for s in range(steps) for b in sampler.step_batches(s) + other.step_batches(s) for (e, i) in b]
+    assert len(epoch0) == len(set(epoch0)) == 48
+    epoch1 = [e for b in sampler.step_batches(steps) for (e, _) in b]
+    assert set(epoch1) == {1}
+    assert sampler.step_batches(steps) != sampler.step_batches(0)
+
+
+def test_sampler_resumes_at_a_step():
+    full = list(GlobalBatchSampler(40, 4, seed=2, max_steps=12))
+    resumed = list(GlobalBatchSampler(40, 4, seed=2, start_step=5, max_steps=12))
+    assert resumed == full[5:]
+
+
+def test_sampler_refuses_a_global_batch_larger_than_the_data():
+    with pytest.raises(ValueError, match="global batch 64 .* larger than the dataset \\(10 samples\\)"):
+        GlobalBatchSampler(10, 32, seed=0, world_size=2)
+
+
+def test_learning_rate_schedule():
+    *_, train = parse_config(None, values={"learning_rate": 1.0, "warmup_steps": 10, "max_steps": 110,
+                                           "min_lr_ratio": 0.1})
+    assert learning_rate_at(0, train) == pytest.approx(0.1)
+    assert learning_rate_at(9, train) == pytest.approx(1.0)
+    assert learning_rate_at(10, train) == pytest.approx(1.0)
+    assert learning_rate_at(60, train) == pytest.approx(0.55)
+    assert learning_rate_at(110, train) == pytest.approx(0.1)
+
+
+def test_sample_mixing_draws_by_weight_and_is_a_function_of_step():
+    weights = {"mlm": 3.0, "itm": 1.0}
+    draws = [next(iter(step_objectives(weights, "sample", 0, s))) for s in range(4000)]
+    assert draws == [next(iter(step_objectives(weights, "sample", 0, s))) for s in range(4000)]
+    share = draws.count("mlm") / len(draws)
+    assert abs(share - 0.75) < 4 * (0.75 * 0.25 / 4000) ** 0.5
+    assert step_objectives(weights, "sum", 0, 5) == weights
+
+
+def test_logs_are_cut_back_to_the_resumed_step(tmp_path):
+    logger = MetricLogger(str(tmp_path), tensorboard=False)
+    for step in (10, 20, 30):
+        logger.log(step, "train", {"loss": 1.0 / step})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 40, "spl')  # a line cut short by a crash
+    resumed = MetricLogger(str(tmp_path), tensorboard=False, resume_step=20)
+    resumed.log(30, "train", {"loss": 0.5})
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [10, 20, 30]
+    assert read_jsonl(str(tmp_path / "metrics.jsonl"))[-1]["loss"] == 0.5
+
+
+def test_nonfinite_values_are_logged_as_strings(tmp_path):
+    logger = MetricLogger(str(tmp_path), tensorboard=False)
+    logger.log(1, "train", {"loss": float("nan")})
+    assert json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).read())["loss"] == "nan"

@@ -1,0 +1,203 @@
+"""Pretraining configuration: dataclasses parsed by `HfArgumentParser` from a YAML file plus `--key value` overrides.
+
+Every value is checked before any work starts; a bad one raises `ConfigError` naming the key and the allowed range.
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import yaml
+from transformers import HfArgumentParser
+
+OBJECTIVES = ("mlm", "itm")
+MIXING_MODES = ("sum", "sample")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A configuration key with a value outside its allowed range, or a key that does not exist."""
+
+
+def _require(ok, key, value, allowed):
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: expected {allowed}")
+
+
+@dataclass
+class ModelArguments:
+    """Transformer size. The vocabulary size comes from the tokenizer."""
+
+    hidden_size: int = field(default=128, metadata={"help": "width of the transformer"})
+    num_hidden_layers: int = field(default=2, metadata={"help": "number of transformer blocks"})
+    num_attention_heads: int = field(default=4, metadata={"help": "attention heads per block"})
+    intermediate_size: int = field(default=512, metadata={"help": "width of the MLP inside each block"})
+    image_size: int = field(default=64, metadata={"help": "side of the learned position grid, in pixels"})
+    patch_size: int = field(default=8, metadata={"help": "side of one image patch, in pixels"})
+    max_position_embeddings: int = field(default=40, metadata={"help": "longest text, in tokens"})
+    hidden_dropout_prob: float = field(default=0.0, metadata={"help": "dropout on hidden states"})
+    attention_probs_dropout_prob: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    vocab_size: int = field(default=1000, metadata={"help": "vocabulary size of the tokenizer trained on the corpus"})
+    init_from: str | None = field(default=None, metadata={"help": "start from this VLP checkpoint folder"})
+
+    def __post_init__(self):
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+                    "patch_size", "max_position_embeddings", "vocab_size"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        _require(self.hidden_size % self.num_attention_heads == 0, "hidden_size", self.hidden_size,
+                 f"a multiple of num_attention_heads={self.num_attention_heads}")
+        _require(self.image_size % self.patch_size == 0, "image_size", self.image_size,
+                 f"a multiple of patch_size={self.patch_size}")
+        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, key)
+            _require(0.0 <= value < 1.0, key, value, "[0, 1)")
+
+
+@dataclass
+class DataArguments:
+    """The embedded synthetic shapes world (or a dataset saved with `vlp data`) and how samples become inputs."""
+
+    dataset: str = field(default="shapes", metadata={"help": "'shapes' or a folder written by `vlp data shapes`"})
+    num_scenes: int = field(default=4000, metadata={"help": "training scenes of the synthetic world"})
+    val_scenes: int = field(default=500, metadata={"help": "validation scenes (a separately seeded world)"})
+    world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
+    max_objects: int = field(default=3, metadata={"help": "most objects in one scene"})
+    zipf_exponent: float = field(default=0.0, metadata={"help": "skew of colour-shape pair frequencies (0 = uniform)"})
+    noise_rate: float = field(default=0.0, metadata={"help": "share of captions replaced by web-like noise"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where generated worlds are cached"})
+    max_length: int = field(default=32, metadata={"help": "longest caption, in tokens"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "share of words masked for MLM"})
+    itm_probability: float = field(default=0.5, metadata={"help": "share of pairs given a caption that does not hold"})
+    num_workers: int = field(default=0, metadata={"help": "dataloader worker processes"})
+    strict: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping"})
+
+    def __post_init__(self):
+        for key in ("num_scenes", "val_scenes", "max_objects", "max_length"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        _require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
+        _require(self.zipf_exponent >= 0, "zipf_exponent", self.zipf_exponent, "[0, inf)")
+        for key in ("noise_rate", "itm_probability"):
+            value = getattr(self, key)
+            _require(0.0 <= value <= 1.0, key, value, "[0, 1]")
+        _require(0.0 < self.mlm_probability <= 1.0, "mlm_probability", self.mlm_probability, "(0, 1]")
+
+
+@dataclass
+class PretrainArguments:
+    """The optimisation loop, its objectives, logging and checkpoints."""
+
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "run folder: logs, checkpoints, final model"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and every random draw"})
+    max_steps: int = field(default=600, metadata={"help": "optimizer steps"})
+    per_device_batch_size: int = field(default=32, metadata={"help": "samples per process and micro-batch"})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of AdamW"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine decay floor, as a share of the peak"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16'"})
+    objectives: str = field(default="mlm,itm", metadata={"help": "comma-separated objectives, name[:weight]"})
+    mixing: str = field(default="sum", metadata={"help": "'sum': every objective every step; 'sample': one per step"})
+    log_every: int = field(default=10, metadata={"help": "steps between log lines"})
+    eval_every: int = field(default=100, metadata={"help": "steps between validations (0 = only at the end)"})
+    eval_batches: int = field(default=8, metadata={"help": "validation batches per validation"})
+    save_every: int = field(default=100, metadata={"help": "steps between checkpoints (0 = only at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    max_nonfinite_steps: int = field(default=5, metadata={"help": "consecutive non-finite losses that stop the run"})
+    tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard event files"})
+    progress_bar: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+
+    def __post_init__(self):
+        for key in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "log_every",
+                    "eval_batches", "keep_checkpoints", "max_nonfinite_steps"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        for key in ("warmup_steps", "eval_every", "save_every"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value >= 0, key, value, "an integer >= 0")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "(0, inf)")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "[0, inf)")
+        _require(0 <= self.adam_beta1 < 1, "adam_beta1", self.adam_beta1, "[0, 1)")
+        _require(0 <= self.adam_beta2 < 1, "adam_beta2", self.adam_beta2, "[0, 1)")
+        _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "[0, 1]")
+        _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "[0, inf)")
+        _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision, f"one of {PRECISIONS}")
+        _require(self.mixing in MIXING_MODES, "mixing", self.mixing, f"one of {MIXING_MODES}")
+        self.objective_weights()
+
+    def objective_weights(self):
+        """`objectives` as {name: weight}, e.g. 'mlm,itm:0.5' -> {'mlm': 1.0, 'itm': 0.5}."""
+        weights = {}
+        for item in filter(None, (part.strip() for part in self.objectives.split(","))):
+            name, _, weight = item.partition(":")
+            _require(name in OBJECTIVES, "objectives", name, f"names from {OBJECTIVES}")
+            try:
+                value = float(weight) if weight else 1.0
+            except ValueError:
+                raise ConfigError(f"objectives: weight {weight!r} of {name!r} is not a number") from None
+            _require(value > 0, "objectives", item, "a positive weight")
+            weights[name] = value
+        _require(bool(weights), "objectives", self.objectives, "at least one objective")
+        return weights
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, PretrainArguments)
+
+
+def _field_names():
+    return {f.name: cls for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+
+
+def load_yaml(path):
+    """A YAML mapping of config keys (flat, or nested under model/data/training)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as handle:
+        loaded = yaml.safe_load(handle) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
+    flat = {}
+    for key, value in loaded.items():
+        if key in ("model", "data", "training") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_config(config_file=None, overrides=(), values=None):
+    """Returns (ModelArguments, DataArguments, PretrainArguments) from a YAML file, a dict and CLI overrides.
+
+    Precedence: dataclass defaults < YAML file < `values` < `--key value` overrides. Unknown keys are errors.
+    """
+    merged = load_yaml(config_file) if config_file else {}
+    merged.update(values or {})
+    known = _field_names()
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        source = config_file or "the given values"
+        raise ConfigError(f"unknown config key(s) in {source}: {', '.join(unknown)}")
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.set_defaults(**merged)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=list(overrides), return_remaining_strings=True)
+    except SystemExit as error:
+        raise ConfigError(f"could not parse overrides {list(overrides)}") from error
+    *arguments, remaining = parsed
+    if remaining:
+        raise ConfigError(f"unknown config key(s) on the command line: {' '.join(remaining)}")
+    return tuple(arguments)
+
+
+def to_dict(arguments):
+    """All three dataclasses as one flat, YAML-writable dict."""
+    flat = {}
+    for item in arguments:
+        flat.update(dataclasses.asdict(item))
+    return flat

@@ -1,0 +1,114 @@
+"""From a data config to training and validation datasets, the processor and the data loader."""
+
+import os
+from dataclasses import dataclass
+
+import datasets
+import torch
+
+from ..processing import shapes_world
+from ..processing.collator import PretrainingCollator
+from ..processing.image_processing_vlp import VLPImageProcessor
+from ..processing.pretraining_data import PretrainingDataset
+from ..processing.processing_vlp import VLPProcessor
+from ..processing.tokenization import train_wordpiece_tokenizer
+
+VALIDATION_SEED_OFFSET = 1_000_003  # the validation world is drawn with world_seed + this
+
+
+def default_cache_dir():
+    return os.environ.get("VLP_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlp"))
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Lets a sampler address samples as (epoch, index), so dataloader workers need no shared epoch counter."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+@dataclass
+class PretrainingData:
+    train: PretrainingDataset
+    val: PretrainingDataset
+    processor: VLPProcessor
+    collator: PretrainingCollator
+    val_collator: PretrainingCollator
+    train_rows: datasets.Dataset
+    val_rows: datasets.Dataset
+
+    def loader(self, batch_sampler, num_workers=0):
+        return torch.utils.data.DataLoader(
+            EpochIndexed(self.train), batch_sampler=batch_sampler, collate_fn=self.collator,
+            num_workers=num_workers, persistent_workers=num_workers > 0,
+        )
+
+
+def holds_for_scene(caption, scene_json):
+    """The world's truth for a caption and a stored scene (a JSON string)."""
+    return shapes_world.caption_holds(caption, scene_json)
+
+
+def load_rows(data_args, seed_offset=0, num_scenes=None):
+    """The synthetic world (generated once, cached by config) or a folder saved by `vlp data shapes`."""
+    if data_args.dataset != "shapes":
+        path = data_args.dataset
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"dataset={path!r}: expected 'shapes' or a folder written by `vlp data shapes`")
+        rows = datasets.load_from_disk(path)
+        return rows[list(rows.keys())[0]] if isinstance(rows, datasets.DatasetDict) else rows
+    config = shapes_world.WorldConfig(
+        num_scenes=num_scenes or data_args.num_scenes,
+        seed=data_args.world_seed + seed_offset,
+        max_objects=data_args.max_objects,
+        zipf_exponent=data_args.zipf_exponent,
+        noise_rate=data_args.noise_rate if seed_offset == 0 else 0.0,
+    )
+    return shapes_world.build_dataset(config, cache_dir=data_args.cache_dir or default_cache_dir())
+
+
+def build_processor(rows, model_args, data_args):
+    tokenizer = train_wordpiece_tokenizer(
+        (caption for captions in rows["captions"] for caption in captions), vocab_size=model_args.vocab_size
+    )
+    image_processor = VLPImageProcessor(size={"height": model_args.image_size, "width": model_args.image_size})
+    return VLPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator):
+    """Datasets and processor for a run. The main process generates and saves; the others then load."""
+    processor_dir = os.path.join(output_dir, "processor")
+    with accelerator.main_process_first():
+        train_rows = load_rows(data_args)
+        val_rows = load_rows(data_args, VALIDATION_SEED_OFFSET, data_args.val_scenes)
+        if os.path.isdir(processor_dir):
+            processor = VLPProcessor.from_pretrained(processor_dir)
+        else:
+            processor = build_processor(train_rows, model_args, data_args)
+            if accelerator.is_main_process:
+                processor.save_pretrained(processor_dir)
+    holds = holds_for_scene if "scene" in train_rows.column_names else None
+    concepts = shapes_world.concept_words() if data_args.dataset == "shapes" else None
+    common = dict(processor=processor, max_length=data_args.max_length, holds_fn=holds, concept_words=concepts)
+    train = PretrainingDataset(train_rows, seed=seed, itm_probability=data_args.itm_probability,
+                               strict=data_args.strict, **common)
+    val = PretrainingDataset(val_rows, seed=VALIDATION_SEED_OFFSET, itm_probability=0.5, **common)
+    tokenizer = processor.tokenizer
+    return PretrainingData(
+        train=train,
+        val=val,
+        processor=processor,
+        collator=PretrainingCollator(tokenizer, mlm_probability=data_args.mlm_probability, seed=seed),
+        val_collator=PretrainingCollator(tokenizer, mlm_probability=data_args.mlm_probability,
+                                         seed=VALIDATION_SEED_OFFSET),
+        train_rows=train_rows,
+        val_rows=val_rows,
+    )

@@ -1,0 +1,111 @@
+"""Validation during pretraining: MLM and ITM losses and accuracies, and masked colour-word accuracy.
+
+Accuracies come with a 95 % Wilson score interval (items are independent validation pairs).
+"""
+
+import math
+
+import torch
+
+from ..processing import shapes_world
+
+
+def wilson_interval(correct, total, z=1.959964):
+    """95 % Wilson score interval of a binomial proportion; (nan, nan) when there are no items."""
+    if total == 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _accuracy(prefix, correct, total):
+    low, high = wilson_interval(correct, total)
+    return {prefix: correct / total if total else float("nan"), f"{prefix}_ci_low": low, f"{prefix}_ci_high": high,
+            f"{prefix}_n": total}
+
+
+@torch.no_grad()
+def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
+    """Summed MLM/ITM losses and correct counts over this process's share of the first validation batches."""
+    device = next(model.parameters()).device
+    sums = torch.zeros(9, dtype=torch.float64)
+    limit = min(len(data.val), batch_size * num_batches)
+    data.val.set_epoch(0)
+    for start in range(rank * batch_size, limit, batch_size * world_size):
+        items = [data.val[i] for i in range(start, min(start + batch_size, limit))]
+        batch = data.val_collator(items)
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
+                                                    "pixel_mask") if k in batch}
+        labels = batch["mlm_labels"].to(device)
+        itm = batch["itm_labels"].to(device)
+        out = model(**inputs, mlm_labels=labels, itm_labels=itm)
+        masked = labels != -100
+        n_masked = int(masked.sum())
+        predictions = out.mlm_logits.argmax(-1)
+        hits = predictions == labels[masked]
+        concept = batch["concept_mask"].to(device)[masked]
+        sums += torch.tensor([
+            float(out.mlm_loss) * n_masked, n_masked, float(hits.sum()),
+            float(concept.sum()), float((hits & concept).sum()),
+            float(out.itm_loss) * len(itm), len(itm), float((out.itm_logits.argmax(-1) == itm).sum()), 0.0,
+        ], dtype=torch.float64)
+    return sums
+
+
+@torch.no_grad()
+def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64):
+    """Accuracy of predicting one masked word of `words` (e.g. the colours) in each row's first caption with one.
+
+    Each row contributes at most one item: its first caption containing such a word, with that word's tokens
+    replaced by [MASK]; the prediction is the argmax over the whole vocabulary. Returns (correct, total).
+    """
+    tokenizer = processor.tokenizer
+    device = next(model.parameters()).device
+    word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in words}
+    word_ids = {w: i for w, i in word_ids.items() if i != tokenizer.unk_token_id}
+    items = []
+    for row in range(min(limit, len(rows))):
+        for caption in rows[row]["captions"]:
+            found = [w for w in caption.split() if w in word_ids]
+            if found:
+                items.append((row, caption, word_ids[found[0]]))
+                break
+    correct = 0
+    for start in range(0, len(items), batch_size):
+        chunk = items[start: start + batch_size]
+        images = [rows[row]["image"] for row, _, _ in chunk]
+        encoded = processor(images=images, text=[c for _, c, _ in chunk], padding=True, return_tensors="pt")
+        ids = encoded["input_ids"]
+        labels = torch.full_like(ids, -100)
+        for i, (_, _, target) in enumerate(chunk):
+            position = int((ids[i] == target).nonzero()[0, 0])
+            labels[i, position] = target
+            ids[i, position] = tokenizer.mask_token_id
+        inputs = {k: v.to(device) for k, v in encoded.items() if k in ("attention_mask", "token_type_ids",
+                                                                         "pixel_values", "pixel_mask")}
+        out = model(input_ids=ids.to(device), mlm_labels=labels.to(device), **inputs)
+        correct += int((out.mlm_logits.argmax(-1).cpu() == labels[labels != -100]).sum())
+    return correct, len(items)
+
+
+def validate(model, data, train_args, accelerator):
+    """Validation metrics, identical on every process (each evaluates a share; the sums are reduced)."""
+    was_training = model.training
+    model.eval()
+    sums = validation_sums(model, data, train_args.per_device_batch_size, train_args.eval_batches,
+                           accelerator.process_index, accelerator.num_processes)
+    sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
+    mlm_loss, n_masked, mlm_hits, n_concept, concept_hits, itm_loss, n_pairs, itm_hits, _ = sums
+    metrics = {"mlm_loss": mlm_loss / max(1, n_masked), "itm_loss": itm_loss / max(1, n_pairs)}
+    metrics.update(_accuracy("mlm_accuracy", int(mlm_hits), int(n_masked)))
+    metrics.update(_accuracy("mlm_concept_accuracy", int(concept_hits), int(n_concept)))
+    metrics.update(_accuracy("itm_accuracy", int(itm_hits), int(n_pairs)))
+    if "scene" in data.val_rows.column_names:
+        limit = train_args.per_device_batch_size * train_args.eval_batches
+        correct, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS, limit)
+        metrics.update(_accuracy("colour_word_accuracy", correct, total))
+    model.train(was_training)
+    return metrics

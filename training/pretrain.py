@@ -1,0 +1,320 @@
+"""Pretraining on Accelerate: the whole loop in one file.
+
+One optimizer step = `gradient_accumulation_steps` micro-batches on every process. Losses are summed per objective
+and divided by the objective's count over all processes and micro-batches, so the logged loss is the global mean
+and the result does not depend on how the global batch is split. Checkpoints are exact: resuming reproduces the
+uninterrupted run.
+"""
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..modeling_vlp import VLPConfig, VLPForPreTraining
+from . import checkpointing
+from .config import to_dict
+from .data import build_pretraining_data
+from .evaluation import validate
+from .logging_utils import MetricLogger
+from .sampler import GlobalBatchSampler
+
+FAULT_ENV = "VLP_FAULT_AT_STEP"  # raise at the start of this step (tests of crash and resume)
+NONFINITE_ENV = "VLP_NONFINITE_AT_STEPS"  # comma-separated steps whose loss is made NaN (tests of the guard)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss."""
+
+
+class InjectedFault(RuntimeError):
+    """The fault requested through VLP_FAULT_AT_STEP."""
+
+
+def learning_rate_at(step, args):
+    """Linear warm-up to the peak, then cosine decay to `min_lr_ratio` of the peak at `max_steps`."""
+    if args.warmup_steps and step < args.warmup_steps:
+        return args.learning_rate * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return args.learning_rate * (args.min_lr_ratio + (1.0 - args.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model, args):
+    """AdamW without weight decay on biases, norms, embeddings' special tokens and position grids."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        plain = parameter.ndim < 2 or "LayerNorm" in name or "layernorm" in name or "token" in name
+        (no_decay if plain else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+
+
+def step_objectives(weights, mixing, seed, step):
+    """The objectives of one step: all of them (`sum`), or one drawn from (seed, step) by weight (`sample`).
+
+    The draw depends only on (seed, step), so every process picks the same objective.
+    """
+    if mixing == "sum":
+        return dict(weights)
+    names = sorted(weights)
+    probabilities = np.array([weights[n] for n in names], dtype=float)
+    choice = np.random.default_rng([seed, step, 0x0B7]).choice(len(names), p=probabilities / probabilities.sum())
+    return {names[choice]: 1.0}
+
+
+def model_inputs(batch, objectives):
+    """The model's keyword arguments for the chosen objectives."""
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
+                                           "pixel_mask") if key in batch}
+    if "mlm" in objectives:
+        inputs["mlm_labels"] = batch["mlm_labels"]
+    if "itm" in objectives:
+        inputs["itm_labels"] = batch["itm_labels"]
+    return inputs
+
+
+def objective_counts(batches, objectives, device):
+    """How many tokens or samples each objective averages over in this process's micro-batches."""
+    counts = []
+    for name in sorted(objectives):
+        if name == "mlm":
+            counts.append(sum(int((b["mlm_labels"] != -100).sum()) for b in batches))
+        else:
+            counts.append(sum(len(b["itm_labels"]) for b in batches))
+    return torch.tensor(counts, dtype=torch.float64, device=device)
+
+
+def code_version():
+    """The package version plus the git commit when run from a checkout."""
+    from importlib import metadata
+
+    version = metadata.version("vlp") if _has_distribution("vlp") else "unknown"
+    head = os.path.join(os.path.dirname(__file__), "..", ".git", "HEAD")
+    try:
+        with open(head, encoding="utf-8") as handle:
+            ref = handle.read().strip()
+        if ref.startswith("ref:"):
+            with open(os.path.join(os.path.dirname(head), *ref[5:].split("/")), encoding="utf-8") as handle:
+                ref = handle.read().strip()
+        return f"{version}+{ref[:12]}"
+    except OSError:
+        return version
+
+
+def _has_distribution(name):
+    from importlib import metadata
+
+    try:
+        metadata.version(name)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def build_model(model_args, tokenizer, seed):
+    """A fresh VLPForPreTraining sized by `model_args` (vocabulary from the tokenizer), or one loaded from a folder."""
+    if model_args.init_from:
+        return VLPForPreTraining.from_pretrained(model_args.init_from)
+    set_seed(seed)
+    config = VLPConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=model_args.hidden_size,
+        num_hidden_layers=model_args.num_hidden_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        intermediate_size=model_args.intermediate_size,
+        image_size=model_args.image_size,
+        patch_size=model_args.patch_size,
+        max_position_embeddings=model_args.max_position_embeddings,
+        hidden_dropout_prob=model_args.hidden_dropout_prob,
+        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return VLPForPreTraining(config)
+
+
+def pretrain(model_args, data_args, train_args):
+    """Runs (or resumes) one pretraining run; returns the final validation metrics."""
+    weights = train_args.objective_weights()
+    accelerator = Accelerator(
+        mixed_precision=train_args.mixed_precision,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    output_dir = train_args.output_dir
+    main = accelerator.is_main_process
+    if main:
+        os.makedirs(output_dir, exist_ok=True)
+
+    data = build_pretraining_data(model_args, data_args, train_args.seed, output_dir, accelerator)
+    model = build_model(model_args, data.processor.tokenizer, train_args.seed)
+    optimizer = make_optimizer(model, train_args)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = checkpointing.LoopState()
+    accelerator.register_for_checkpointing(state)
+
+    resume_step, resume_path = checkpointing.latest_checkpoint(output_dir) if train_args.resume else (None, None)
+    if resume_path is not None:
+        accelerator.load_state(resume_path)
+        accelerator.print(f"resumed from {resume_path} (step {state.step})")
+    if main:
+        _write_run_record(output_dir, model_args, data_args, train_args, accelerator)
+    logger = MetricLogger(output_dir, enabled=main, tensorboard=train_args.tensorboard, resume_step=resume_step)
+
+    sampler = GlobalBatchSampler(
+        len(data.train), train_args.per_device_batch_size, train_args.seed, accelerator.process_index,
+        accelerator.num_processes, train_args.gradient_accumulation_steps, start_step=state.step,
+        max_steps=train_args.max_steps,
+    )
+    loader = data.loader(sampler, data_args.num_workers)
+    batches = iter(loader)
+    fault_step = int(os.environ.get(FAULT_ENV, "-1"))
+    nonfinite_steps = {int(s) for s in os.environ.get(NONFINITE_ENV, "").split(",") if s.strip()}
+    progress = tqdm(total=train_args.max_steps, initial=state.step, disable=not (main and train_args.progress_bar),
+                    desc="pretrain", dynamic_ncols=True)
+    timing = {"data": 0.0, "compute": 0.0, "steps": 0}
+    window = {}
+    final_metrics = {}
+
+    model.train()
+    while state.step < train_args.max_steps:
+        step = state.step
+        if step == fault_step:
+            raise InjectedFault(f"fault injected at step {step} through {FAULT_ENV}")
+        started = time.perf_counter()
+        micro_batches = [next(batches) for _ in range(train_args.gradient_accumulation_steps)]
+        micro_batches = [_to_device(b, accelerator.device) for b in micro_batches]
+        fetched = time.perf_counter()
+        _record_skipped(micro_batches, state, output_dir, step, accelerator)
+
+        objectives = step_objectives(weights, train_args.mixing, train_args.seed, step)
+        local_counts = objective_counts(micro_batches, objectives, accelerator.device)
+        global_counts = accelerator.reduce(local_counts.clone(), reduction="sum")
+        names = sorted(objectives)
+        normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(names, global_counts)}
+        loss_sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
+
+        for index, batch in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with nullcontext() if last else accelerator.no_sync(model):
+                outputs = model(**model_inputs(batch, objectives), loss_normalizers=normalizers,
+                                loss_weights=objectives)
+                loss = outputs.loss
+                if step in nonfinite_steps:
+                    loss = loss * float("nan")
+                accelerator.backward(loss)
+            for position, name in enumerate(names):
+                value = getattr(outputs, f"{name}_loss")
+                loss_sums[position] += value.detach().double() * accelerator.num_processes
+        if step in nonfinite_steps:
+            loss_sums += float("nan")
+        # Every process takes the same decision: the reduced sums are non-finite everywhere or nowhere.
+        loss_sums = accelerator.reduce(loss_sums, reduction="sum") / accelerator.num_processes
+        finite = bool(torch.isfinite(loss_sums).all())
+
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, train_args)
+        if finite:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm or float("inf"))
+            optimizer.step()
+            state.consecutive_nonfinite = 0
+        else:
+            grad_norm = torch.tensor(float("nan"))
+            state.nonfinite_steps += 1
+            state.consecutive_nonfinite += 1
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.samples_seen += sampler.global_batch
+        done = time.perf_counter()
+        timing["data"] += fetched - started
+        timing["compute"] += done - fetched
+        timing["steps"] += 1
+        for name, value in zip(names, loss_sums.tolist()):
+            window.setdefault(f"{name}_loss", []).append(value)
+        progress.update(1)
+
+        if not finite and state.consecutive_nonfinite >= train_args.max_nonfinite_steps:
+            last_step, last_path = checkpointing.latest_checkpoint(output_dir)
+            logger.close()
+            raise NonFiniteLossError(
+                f"stopped at step {step}: {state.consecutive_nonfinite} consecutive steps with a non-finite loss "
+                f"(max_nonfinite_steps={train_args.max_nonfinite_steps}); last good checkpoint: "
+                f"{last_path or 'none'} (step {last_step})"
+            )
+        if state.step % train_args.log_every == 0 or state.step == train_args.max_steps:
+            record = {key: float(np.mean(values)) for key, values in window.items()}
+            record.update(
+                lr=learning_rate_at(step, train_args),
+                grad_norm=float(grad_norm),
+                nonfinite_steps=state.nonfinite_steps,
+                skipped_samples=state.skipped_samples,
+                samples_seen=state.samples_seen,
+                step_time=(timing["data"] + timing["compute"]) / max(1, timing["steps"]),
+                data_wait_share=timing["data"] / max(1e-9, timing["data"] + timing["compute"]),
+            )
+            logger.log(state.step, "train", record)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("_loss")})
+            window = {}
+            timing = {"data": 0.0, "compute": 0.0, "steps": 0}
+        evaluate_now = train_args.eval_every and state.step % train_args.eval_every == 0
+        if evaluate_now or state.step == train_args.max_steps:
+            final_metrics = validate(accelerator.unwrap_model(model), data, train_args, accelerator)
+            logger.log(state.step, "val", final_metrics)
+            model.train()
+        save_now = train_args.save_every and state.step % train_args.save_every == 0
+        if save_now or state.step == train_args.max_steps:
+            checkpointing.save_checkpoint(accelerator, output_dir, state.step, train_args.keep_checkpoints)
+
+    progress.close()
+    logger.close()
+    accelerator.wait_for_everyone()
+    if main:
+        final_dir = os.path.join(output_dir, "model")
+        accelerator.unwrap_model(model).save_pretrained(final_dir)
+        data.processor.save_pretrained(final_dir)
+        with open(os.path.join(output_dir, "final_metrics.json"), "w", encoding="utf-8") as handle:
+            json.dump({"step": state.step, **final_metrics}, handle, indent=2)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return final_metrics
+
+
+def _to_device(batch, device):
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _record_skipped(batches, state, output_dir, step, accelerator):
+    """Counts unreadable samples (over all processes) and lists them in skipped_samples.jsonl."""
+    skipped = [item for b in batches for item in b.get("skipped", [])]
+    gathered = accelerator.gather_for_metrics(skipped, use_gather_object=True) if accelerator.num_processes > 1 \
+        else skipped
+    if not gathered:
+        return
+    state.skipped_samples += len(gathered)
+    if accelerator.is_main_process:
+        with open(os.path.join(output_dir, "skipped_samples.jsonl"), "a", encoding="utf-8") as handle:
+            for index, reason in gathered:
+                handle.write(json.dumps({"step": step, "index": int(index), "reason": str(reason)}) + "\n")
+
+
+def _write_run_record(output_dir, model_args, data_args, train_args, accelerator):
+    """The config, code version, seed and process count of this run, next to its logs."""
+    import yaml
+
+    record = {
+        "config": to_dict((model_args, data_args, train_args)),
+        "code_version": code_version(),
+        "seed": train_args.seed,
+        "num_processes": accelerator.num_processes,
+        "torch": torch.__version__,
+    }
+    with open(os.path.join(output_dir, "run.yaml"), "w", encoding="utf-8") as handle:
+        yaml.safe_dump(record, handle, sort_keys=False)
