@@ -19,14 +19,14 @@ def _data(argv):
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--max-objects", type=int, default=3)
     shapes.add_argument("--captions-per-scene", type=int, default=4)
-    shapes.add_argument("--zipf-exponent", type=float, default=0.0)
+    shapes.add_argument("--zipf-exponent", type=float, default=1.0)
     shapes.add_argument("--noise-rate", type=float, default=0.0)
     shapes.add_argument("--background-noise", type=float, default=0.0)
-    shapes.add_argument("--held-out", default="", help="colour-shape pairs kept out, e.g. 'red:circle,blue:star'")
+    shapes.add_argument("--held-out", default="", help="colour-shape pairs kept out, e.g. 'red circle,blue star'")
     args = parser.parse_args(argv)
     from ..processing.shapes_world import write_shapes_dataset
 
-    held_out = [tuple(pair.split(":")) for pair in args.held_out.split(",") if pair]
+    held_out = [tuple(pair.replace(":", " ").split()) for pair in args.held_out.split(",") if pair.strip()]
     write_shapes_dataset(
         args.out, num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size,
         max_objects=args.max_objects, captions_per_scene=args.captions_per_scene,

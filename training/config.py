@@ -63,8 +63,10 @@ class DataArguments:
     val_scenes: int = field(default=500, metadata={"help": "validation scenes (a separately seeded world)"})
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     max_objects: int = field(default=3, metadata={"help": "most objects in one scene"})
-    zipf_exponent: float = field(default=0.0, metadata={"help": "skew of colour-shape pair frequencies (0 = uniform)"})
+    zipf_exponent: float = field(default=1.0, metadata={"help": "Zipf exponent of colour-shape pair frequencies (0 = uniform)"})
     noise_rate: float = field(default=0.0, metadata={"help": "share of captions replaced by web-like noise"})
+    background_noise: float = field(default=0.0, metadata={"help": "strength of the scenes' background noise"})
+    held_out_pairs: str = field(default="", metadata={"help": "colour-shape pairs kept out, e.g. 'red circle,blue star'"})
     cache_dir: str | None = field(default=None, metadata={"help": "where generated worlds are cached"})
     max_length: int = field(default=32, metadata={"help": "longest caption, in tokens"})
     mlm_probability: float = field(default=0.15, metadata={"help": "share of words masked for MLM"})
@@ -72,13 +74,23 @@ class DataArguments:
     num_workers: int = field(default=0, metadata={"help": "dataloader worker processes"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping"})
 
+    def held_out(self):
+        """`held_out_pairs` as a list of (colour, shape)."""
+        pairs = []
+        for item in filter(None, (part.strip() for part in self.held_out_pairs.split(","))):
+            words = item.replace(":", " ").split()
+            _require(len(words) == 2, "held_out_pairs", item, "'colour shape' pairs separated by commas")
+            pairs.append(tuple(words))
+        return pairs
+
     def __post_init__(self):
+        self.held_out()
         for key in ("num_scenes", "val_scenes", "max_objects", "max_length"):
             value = getattr(self, key)
             _require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
         _require(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
         _require(self.zipf_exponent >= 0, "zipf_exponent", self.zipf_exponent, "[0, inf)")
-        for key in ("noise_rate", "itm_probability"):
+        for key in ("noise_rate", "itm_probability", "background_noise"):
             value = getattr(self, key)
             _require(0.0 <= value <= 1.0, key, value, "[0, 1]")
         _require(0.0 < self.mlm_probability <= 1.0, "mlm_probability", self.mlm_probability, "(0, 1]")

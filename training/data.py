@@ -57,7 +57,7 @@ def holds_for_scene(caption, scene_json):
     return shapes_world.caption_holds(caption, scene_json)
 
 
-def load_rows(data_args, seed_offset=0, num_scenes=None):
+def load_rows(data_args, seed_offset=0, num_scenes=None, image_size=64):
     """The synthetic world (generated once, cached by config) or a folder saved by `vlp data shapes`."""
     if data_args.dataset != "shapes":
         path = data_args.dataset
@@ -68,8 +68,12 @@ def load_rows(data_args, seed_offset=0, num_scenes=None):
     config = shapes_world.WorldConfig(
         num_scenes=num_scenes or data_args.num_scenes,
         seed=data_args.world_seed + seed_offset,
+        image_size=image_size,
         max_objects=data_args.max_objects,
         zipf_exponent=data_args.zipf_exponent,
+        held_out_pairs=tuple(data_args.held_out()),
+        background_noise=data_args.background_noise,
+        # Validation captions are clean: they measure what was learnt, not the noise.
         noise_rate=data_args.noise_rate if seed_offset == 0 else 0.0,
     )
     return shapes_world.build_dataset(config, cache_dir=data_args.cache_dir or default_cache_dir())
@@ -87,8 +91,8 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator)
     """Datasets and processor for a run. The main process generates and saves; the others then load."""
     processor_dir = os.path.join(output_dir, "processor")
     with accelerator.main_process_first():
-        train_rows = load_rows(data_args)
-        val_rows = load_rows(data_args, VALIDATION_SEED_OFFSET, data_args.val_scenes)
+        train_rows = load_rows(data_args, image_size=model_args.image_size)
+        val_rows = load_rows(data_args, VALIDATION_SEED_OFFSET, data_args.val_scenes, model_args.image_size)
         if os.path.isdir(processor_dir):
             processor = VLPProcessor.from_pretrained(processor_dir)
         else:

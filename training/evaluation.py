@@ -3,6 +3,7 @@
 Accuracies come with a 95 % Wilson score interval (items are independent validation pairs).
 """
 
+import json
 import math
 
 import torch
@@ -57,7 +58,7 @@ def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
 
 @torch.no_grad()
 def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64):
-    """Accuracy of predicting one masked word of `words` (e.g. the colours) in each row's first caption with one.
+    """Accuracy of predicting one masked word of `words` (e.g. the colours) that names an object in the image.
 
     Each row contributes at most one item: its first caption containing such a word, with that word's tokens
     replaced by [MASK]; the prediction is the argmax over the whole vocabulary. Returns (correct, total).
@@ -68,8 +69,14 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
     word_ids = {w: i for w, i in word_ids.items() if i != tokenizer.unk_token_id}
     items = []
     for row in range(min(limit, len(rows))):
-        for caption in rows[row]["captions"]:
-            found = [w for w in caption.split() if w in word_ids]
+        record = rows[row]
+        refs = json.loads(record["caption_refs"]) if "caption_refs" in record else None
+        for number, caption in enumerate(record["captions"]):
+            words = caption.split()
+            # Only words that name an object in the image (not "there is no red star"), so the image decides.
+            # A word said twice would be given away by its other occurrence.
+            found = [w for position, w in enumerate(words) if w in word_ids and words.count(w) == 1
+                     and (refs is None or refs[number][position] is not None)]
             if found:
                 items.append((row, caption, word_ids[found[0]]))
                 break

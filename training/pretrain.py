@@ -314,7 +314,7 @@ def _write_run_record(output_dir, model_args, data_args, train_args, accelerator
         "code_version": code_version(),
         "seed": train_args.seed,
         "num_processes": accelerator.num_processes,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     with open(os.path.join(output_dir, "run.yaml"), "w", encoding="utf-8") as handle:
         yaml.safe_dump(record, handle, sort_keys=False)
