@@ -57,14 +57,27 @@ def holds_for_scene(caption, scene_json):
     return shapes_world.caption_holds(caption, scene_json)
 
 
-def load_rows(data_args, seed_offset=0, num_scenes=None, image_size=64):
-    """The synthetic world (generated once, cached by config) or a folder saved by `vlp data shapes`."""
-    if data_args.dataset != "shapes":
-        path = data_args.dataset
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"dataset={path!r}: expected 'shapes' or a folder written by `vlp data shapes`")
-        rows = datasets.load_from_disk(path)
-        return rows[list(rows.keys())[0]] if isinstance(rows, datasets.DatasetDict) else rows
+def load_folder(path, val_scenes):
+    """A folder saved by `vlp data` (or any datasets folder with image and captions): (train, validation) rows.
+
+    The last `val_scenes` rows are the validation split.
+    """
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"dataset={path!r}: expected 'shapes' or a folder written by `vlp data shapes`")
+    rows = datasets.load_from_disk(path)
+    if isinstance(rows, datasets.DatasetDict):
+        rows = rows[list(rows.keys())[0]]
+    missing = {"image", "captions"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"dataset {path}: missing column(s) {sorted(missing)}; has {rows.column_names}")
+    if val_scenes >= len(rows):
+        raise ValueError(f"val_scenes={val_scenes} leaves no training rows in {path} ({len(rows)} rows)")
+    split = len(rows) - val_scenes
+    return rows.select(range(split)), rows.select(range(split, len(rows)))
+
+
+def world_rows(data_args, seed_offset=0, num_scenes=None, image_size=64):
+    """The synthetic world, generated once and cached under a key derived from its config."""
     config = shapes_world.WorldConfig(
         num_scenes=num_scenes or data_args.num_scenes,
         seed=data_args.world_seed + seed_offset,
@@ -79,6 +92,15 @@ def load_rows(data_args, seed_offset=0, num_scenes=None, image_size=64):
     return shapes_world.build_dataset(config, cache_dir=data_args.cache_dir or default_cache_dir())
 
 
+def load_rows(data_args, image_size=64):
+    """(train, validation) rows: a separately seeded validation world, or the tail of a saved folder."""
+    if data_args.dataset != "shapes":
+        return load_folder(data_args.dataset, data_args.val_scenes)
+    train = world_rows(data_args, image_size=image_size)
+    val = world_rows(data_args, VALIDATION_SEED_OFFSET, data_args.val_scenes, image_size)
+    return train, val
+
+
 def build_processor(rows, model_args, data_args):
     tokenizer = train_wordpiece_tokenizer(
         (caption for captions in rows["captions"] for caption in captions), vocab_size=model_args.vocab_size
@@ -91,8 +113,7 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator)
     """Datasets and processor for a run. The main process generates and saves; the others then load."""
     processor_dir = os.path.join(output_dir, "processor")
     with accelerator.main_process_first():
-        train_rows = load_rows(data_args, image_size=model_args.image_size)
-        val_rows = load_rows(data_args, VALIDATION_SEED_OFFSET, data_args.val_scenes, model_args.image_size)
+        train_rows, val_rows = load_rows(data_args, image_size=model_args.image_size)
         if os.path.isdir(processor_dir):
             processor = VLPProcessor.from_pretrained(processor_dir)
         else:

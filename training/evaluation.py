@@ -6,9 +6,11 @@ Accuracies come with a 95 % Wilson score interval (items are independent validat
 import json
 import math
 
+import datasets
 import torch
 
 from ..processing import shapes_world
+from ..processing.pretraining_data import decode_image
 
 
 def wilson_interval(correct, total, z=1.959964):
@@ -68,8 +70,13 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
     word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in words}
     word_ids = {w: i for w, i in word_ids.items() if i != tokenizer.unk_token_id}
     items = []
+    rows = rows.cast_column("image", datasets.Image(decode=False))
     for row in range(min(limit, len(rows))):
         record = rows[row]
+        try:
+            image = decode_image(record["image"])
+        except ValueError:
+            continue  # unreadable images are counted by the data loader, not here
         refs = json.loads(record["caption_refs"]) if "caption_refs" in record else None
         for number, caption in enumerate(record["captions"]):
             words = caption.split()
@@ -78,12 +85,12 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
             found = [w for position, w in enumerate(words) if w in word_ids and words.count(w) == 1
                      and (refs is None or refs[number][position] is not None)]
             if found:
-                items.append((row, caption, word_ids[found[0]]))
+                items.append((image, caption, word_ids[found[0]]))
                 break
     correct = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
-        images = [rows[row]["image"] for row, _, _ in chunk]
+        images = [image for image, _, _ in chunk]
         encoded = processor(images=images, text=[c for _, c, _ in chunk], padding=True, return_tensors="pt")
         ids = encoded["input_ids"]
         labels = torch.full_like(ids, -100)

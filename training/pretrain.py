@@ -26,8 +26,9 @@ from .evaluation import validate
 from .logging_utils import MetricLogger
 from .sampler import GlobalBatchSampler
 
-FAULT_ENV = "VLP_FAULT_AT_STEP"  # raise at the start of this step (tests of crash and resume)
-NONFINITE_ENV = "VLP_NONFINITE_AT_STEPS"  # comma-separated steps whose loss is made NaN (tests of the guard)
+# Fault injection for tests. Step indices count completed optimizer steps (the step with index k is logged as k + 1).
+FAULT_ENV = "VLP_FAULT_AT_STEP"  # raise before the step with this index runs (crash and resume)
+NONFINITE_ENV = "VLP_NONFINITE_AT_STEPS"  # comma-separated step indices whose loss is made NaN (the guard)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -146,6 +147,8 @@ def pretrain(model_args, data_args, train_args):
     """Runs (or resumes) one pretraining run; returns the final validation metrics."""
     weights = train_args.objective_weights()
     accelerator = Accelerator(
+        # Without a GPU, several processes (torchrun / accelerate launch) train on the CPU over gloo.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=train_args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -213,10 +216,11 @@ def pretrain(model_args, data_args, train_args):
                 accelerator.backward(loss)
             for position, name in enumerate(names):
                 value = getattr(outputs, f"{name}_loss")
-                loss_sums[position] += value.detach().double() * accelerator.num_processes
+                loss_sums[position] += value.detach().double()
         if step in nonfinite_steps:
             loss_sums += float("nan")
-        # Every process takes the same decision: the reduced sums are non-finite everywhere or nowhere.
+        # Each process holds (its summed loss) / (global count / processes): the mean over processes is the global
+        # mean. Every process takes the same decision: the reduced sums are non-finite everywhere or nowhere.
         loss_sums = accelerator.reduce(loss_sums, reduction="sum") / accelerator.num_processes
         finite = bool(torch.isfinite(loss_sums).all())
 

@@ -1,0 +1,157 @@
+"""The pretraining loop end to end: outputs, exact resume after a crash, the non-finite guard, unreadable images,
+and the same losses with one or two processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlp.training.checkpointing import list_checkpoints
+from vlp.training.logging_utils import read_jsonl
+
+TINY = {
+    "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+    "image_size": 32, "patch_size": 8, "vocab_size": 200, "num_scenes": 256, "val_scenes": 48,
+    "per_device_batch_size": 8, "eval_batches": 2, "log_every": 1, "eval_every": 0, "save_every": 4,
+    "warmup_steps": 2, "progress_bar": False, "tensorboard": False, "keep_checkpoints": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("world_cache"))
+
+
+def run_pretrain(output_dir, cache_dir, env=None, launcher=None, check=True, **overrides):
+    values = dict(TINY, output_dir=str(output_dir), cache_dir=cache_dir, **overrides)
+    args = [item for key, value in values.items() for item in (f"--{key}", str(value))]
+    command = launcher or [sys.executable, "-m", "vlp.training.cli"]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    full_env.update(env or {})
+    result = subprocess.run(command + ["pretrain"] + args, env=full_env, capture_output=True, text=True,
+                            timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr[-5000:])
+    return result
+
+
+def train_losses(output_dir):
+    return [(r["step"], r["mlm_loss"], r["itm_loss"]) for r in read_jsonl(os.path.join(output_dir, "metrics.jsonl"))
+            if r["split"] == "train"]
+
+
+def weights(output_dir):
+    return load_file(os.path.join(output_dir, "model", "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir):
+    output = tmp_path_factory.mktemp("uninterrupted")
+    run_pretrain(output, cache_dir, max_steps=10, tensorboard=True, eval_every=5)
+    return str(output)
+
+
+def test_run_writes_model_processor_logs_and_checkpoints(uninterrupted):
+    files = set(os.listdir(uninterrupted))
+    assert {"model", "processor", "metrics.jsonl", "run.yaml", "final_metrics.json", "checkpoints",
+            "tensorboard"} <= files
+    assert [step for step, _ in list_checkpoints(uninterrupted)] == [8, 10]
+    records = read_jsonl(os.path.join(uninterrupted, "metrics.jsonl"))
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 11))
+    assert [r["step"] for r in records if r["split"] == "val"] == [5, 10]
+    final = json.load(open(os.path.join(uninterrupted, "final_metrics.json")))
+    for key in ("mlm_loss", "itm_loss", "itm_accuracy", "mlm_accuracy", "mlm_concept_accuracy",
+                "colour_word_accuracy", "itm_accuracy_ci_low"):
+        assert key in final
+    import yaml
+
+    record = yaml.safe_load(open(os.path.join(uninterrupted, "run.yaml")))
+    assert record["seed"] == 0 and record["config"]["max_steps"] == 10 and record["code_version"]
+    assert not os.path.exists(os.path.join(uninterrupted, "skipped_samples.jsonl"))
+
+
+def test_crash_then_resume_equals_uninterrupted_run(uninterrupted, tmp_path, cache_dir):
+    crashed = run_pretrain(tmp_path, cache_dir, max_steps=10, tensorboard=True, eval_every=5, check=False,
+                           env={"VLP_FAULT_AT_STEP": "6"})
+    assert crashed.returncode != 0 and "fault injected at step 6" in crashed.stderr
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
+    run_pretrain(tmp_path, cache_dir, max_steps=10, tensorboard=True, eval_every=5)
+    expected, resumed = weights(uninterrupted), weights(tmp_path)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+    assert train_losses(tmp_path) == train_losses(uninterrupted)
+
+
+def test_nonfinite_loss_skips_the_step_and_is_counted(tmp_path, cache_dir):
+    run_pretrain(tmp_path, cache_dir, max_steps=6, env={"VLP_NONFINITE_AT_STEPS": "2"})
+    records = [r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl")) if r["split"] == "train"]
+    # Step indices count completed steps: the step with index 2 is logged when 3 steps are done.
+    assert records[2]["mlm_loss"] == "nan" and records[2]["nonfinite_steps"] == 1
+    assert records[1]["nonfinite_steps"] == 0
+    assert records[-1]["nonfinite_steps"] == 1 and isinstance(records[-1]["mlm_loss"], float)
+
+
+def test_repeated_nonfinite_losses_stop_the_run_and_keep_the_checkpoint(tmp_path, cache_dir):
+    result = run_pretrain(tmp_path, cache_dir, max_steps=10, max_nonfinite_steps=2, check=False,
+                          env={"VLP_NONFINITE_AT_STEPS": "5,6,7"})
+    assert result.returncode != 0
+    assert "2 consecutive steps with a non-finite loss" in result.stderr
+    assert "checkpoint-4" in result.stderr
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [4]
+    state = load_file(os.path.join(tmp_path, "checkpoints", "checkpoint-4", "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def _corrupt_copy(source, destination, bad_rows):
+    rows = datasets.load_from_disk(source).cast_column("image", datasets.Image(decode=False))
+
+    def corrupt(row, index):
+        if index in bad_rows:
+            row["image"] = {"bytes": b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "path": None}
+        return row
+
+    rows.map(corrupt, with_indices=True).save_to_disk(destination)
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, cache_dir):
+    source = tmp_path / "world"
+    subprocess.run([sys.executable, "-m", "vlp.training.cli", "data", "shapes", "--out", str(source),
+                    "--num-scenes", "64", "--image-size", "32"], check=True, capture_output=True, timeout=300)
+    bad = {3, 17, 40}
+    _corrupt_copy(str(source), str(tmp_path / "corrupt"), bad)
+    output = tmp_path / "run"
+    run_pretrain(output, cache_dir, max_steps=8, dataset=str(tmp_path / "corrupt"), val_scenes=16)
+    listed = read_jsonl(os.path.join(output, "skipped_samples.jsonl"))
+    assert {r["index"] for r in listed} == bad
+    assert all(r["reason"] for r in listed)
+    last = [r for r in read_jsonl(os.path.join(output, "metrics.jsonl")) if r["split"] == "train"][-1]
+    assert last["skipped_samples"] == len(listed)
+
+    strict = run_pretrain(tmp_path / "strict", cache_dir, max_steps=8, dataset=str(tmp_path / "corrupt"), val_scenes=16,
+                          strict=True, check=False)
+    assert strict.returncode != 0
+    assert any(f"row {i}" in strict.stderr or f"index {i}" in strict.stderr for i in bad), strict.stderr[-2000:]
+
+
+@pytest.mark.distributed
+def test_two_processes_give_the_same_losses_as_one(tmp_path, cache_dir):
+    steps = dict(max_steps=20, save_every=0, warmup_steps=5)
+    run_pretrain(tmp_path / "one", cache_dir, per_device_batch_size=8, **steps)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                "-m", "vlp.training.cli"]
+    run_pretrain(tmp_path / "two", cache_dir, per_device_batch_size=4, launcher=torchrun, **steps)
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(one) == len(two) == 20
+    for (s1, mlm1, itm1), (s2, mlm2, itm2) in zip(one, two):
+        assert s1 == s2
+        assert abs(mlm1 - mlm2) <= 1e-4 * abs(mlm1) and abs(itm1 - itm2) <= 1e-4 * abs(itm1), (s1, mlm1, mlm2)
+    record = __import__("yaml").safe_load(open(tmp_path / "two" / "run.yaml"))
+    assert record["num_processes"] == 2
+    shutil.rmtree(tmp_path / "two" / "checkpoints", ignore_errors=True)
