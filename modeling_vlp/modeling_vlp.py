@@ -437,6 +437,9 @@ class VLPForPreTraining(VLPPreTrainedModel):
     - `mlm_labels` (B, T): masked language modeling; logits are computed at masked positions only.
     - `itm_labels` (B,): image-text matching (1 = the caption holds for the image) on the pooled state.
 
+    Rows whose labels are all -100 take no part in that objective, so one forward pass can carry the rows of
+    several objectives (for example masked captions for MLM and unmasked ones for ITM, as separate rows).
+
     `loss_normalizers` maps an objective to the denominator of its summed loss. The training loop passes the
     count summed over processes and accumulation micro-batches divided by the number of processes, so that the
     data-parallel average of the gradients is the gradient of the global mean. Without it each loss is a local mean.
@@ -493,8 +496,8 @@ class VLPForPreTraining(VLPPreTrainedModel):
             mlm_logits, losses["mlm"] = self.mlm_loss(outputs, mlm_labels, normalizers.get("mlm"))
         if itm_labels is not None:
             itm_logits = self.itm_head(outputs.pooler_output)
-            summed = F.cross_entropy(itm_logits.float(), itm_labels, reduction="sum")
-            losses["itm"] = _normalized_sum(summed, normalizers.get("itm"), itm_labels.new_tensor(len(itm_labels)))
+            summed = F.cross_entropy(itm_logits.float(), itm_labels, reduction="sum", ignore_index=-100)
+            losses["itm"] = _normalized_sum(summed, normalizers.get("itm"), (itm_labels != -100).sum())
         total = sum(weights.get(name, 1.0) * value for name, value in losses.items()) if losses else None
         return VLPForPreTrainingOutput(
             loss=total,

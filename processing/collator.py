@@ -68,10 +68,12 @@ class PretrainingCollator:
     r"""
     Collates `PretrainingDataset` samples into a batch for MLM + ITM.
 
-    Output: `input_ids`, `attention_mask`, `token_type_ids`, `word_ids` (-1 on special and padding tokens)
-    (B, L); `pixel_values` (B, 3, H, W) and `pixel_mask` (B, H, W), padded to the largest image; `mlm_labels`
-    (B, L, -100 where not masked); `itm_labels` (B,); `concept_mask` (B, L) bool; `index` (B,); and `skipped`,
-    a list of (index, reason) for the samples the dataset could not read (dropped from the batch).
+    Two views of one batch of images. MLM, on the rows' own captions: `input_ids` (masked), `plain_input_ids`
+    (before masking), `attention_mask`, `token_type_ids`, `word_ids` (-1 on special and padding tokens),
+    `concept_mask` (bool) and `mlm_labels` (-100 where not masked), all (B, L). ITM: `itm_input_ids`,
+    `itm_attention_mask`, `itm_token_type_ids` (unmasked; a negative caption where `itm_labels` (B,) is 0).
+    Images: `pixel_values` (B, 3, H, W) and `pixel_mask` (B, H, W), padded to the largest image. `index` (B,), and
+    `skipped`, a list of (index, reason) for the samples the dataset could not read (dropped from the batch).
 
     Args:
         tokenizer: gives the pad and mask ids, the special ids and the vocabulary size.
@@ -133,10 +135,12 @@ class PretrainingCollator:
         mlm_labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
         itm_labels = torch.tensor([int(sample["itm_label"]) for sample in kept], dtype=torch.long)
 
+        plain_input_ids = input_ids.clone()
         for row, sample in enumerate(kept):
             n = len(sample["input_ids"])
             ids = torch.as_tensor(sample["input_ids"], dtype=torch.long)
-            if itm_labels[row] == 1 and self.mlm_probability > 0:
+            plain_input_ids[row, :n] = ids
+            if self.mlm_probability > 0:
                 masked, labels = self.mask_sample(sample)
                 ids, mlm_labels[row, :n] = torch.from_numpy(masked), torch.from_numpy(labels)
             input_ids[row, :n] = ids
@@ -146,10 +150,12 @@ class PretrainingCollator:
             word_ids[row, :n] = torch.as_tensor(sample["word_ids"], dtype=torch.long)
             if sample.get("concept_mask") is not None:
                 concept_mask[row, :n] = torch.as_tensor(sample["concept_mask"], dtype=torch.bool)
+        itm_text = self._pad_itm_text(kept)
 
         pixel_values, pixel_mask = self._stack_images(kept)
         return {
             "input_ids": input_ids,
+            "plain_input_ids": plain_input_ids,
             "attention_mask": attention_mask,
             "token_type_ids": token_type_ids,
             "word_ids": word_ids,
@@ -157,10 +163,27 @@ class PretrainingCollator:
             "pixel_mask": pixel_mask,
             "mlm_labels": mlm_labels,
             "itm_labels": itm_labels,
+            **itm_text,
             "concept_mask": concept_mask,
             "index": torch.tensor([int(sample["index"]) for sample in kept], dtype=torch.long),
             "skipped": skipped,
         }
+
+    def _pad_itm_text(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The image-text matching captions (unmasked; a negative where itm_label is 0), padded."""
+        key = "itm_input_ids" if "itm_input_ids" in samples[0] else "input_ids"
+        prefix = "itm_" if key == "itm_input_ids" else ""
+        length = _round_up(max(len(sample[key]) for sample in samples), self.pad_to_multiple_of)
+        ids = torch.full((len(samples), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(samples), length), dtype=torch.long)
+        types = torch.zeros((len(samples), length), dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample[key])
+            ids[row, :n] = torch.as_tensor(sample[key], dtype=torch.long)
+            mask[row, :n] = torch.as_tensor(sample[f"{prefix}attention_mask"], dtype=torch.long)
+            if sample.get(f"{prefix}token_type_ids") is not None:
+                types[row, :n] = torch.as_tensor(sample[f"{prefix}token_type_ids"], dtype=torch.long)
+        return {"itm_input_ids": ids, "itm_attention_mask": mask, "itm_token_type_ids": types}
 
     @staticmethod
     def _stack_images(samples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +206,7 @@ class PretrainingCollator:
         empty_text = torch.zeros((0, 0), dtype=torch.long)
         return {
             "input_ids": empty_text,
+            "plain_input_ids": empty_text.clone(),
             "attention_mask": empty_text.clone(),
             "token_type_ids": empty_text.clone(),
             "word_ids": empty_text.clone(),
@@ -190,6 +214,9 @@ class PretrainingCollator:
             "pixel_mask": torch.zeros((0, 0, 0), dtype=torch.long),
             "mlm_labels": empty_text.clone(),
             "itm_labels": torch.zeros((0,), dtype=torch.long),
+            "itm_input_ids": empty_text.clone(),
+            "itm_attention_mask": empty_text.clone(),
+            "itm_token_type_ids": empty_text.clone(),
             "concept_mask": torch.zeros((0, 0), dtype=torch.bool),
             "index": torch.zeros((0,), dtype=torch.long),
             "skipped": skipped,

@@ -63,7 +63,11 @@ class PretrainingDataset(torch.utils.data.Dataset):
         processor: a `VLPProcessor` (anything with `.tokenizer` and `.image_processor`); or pass `tokenizer`
             and `image_processor` instead.
         seed, max_length: random seed and caption length in tokens (special tokens included).
-        itm_probability: share of samples whose caption is replaced by a negative (itm_label 0).
+        itm_probability: share of samples whose ITM caption is a negative (itm_label 0).
+
+    Each sample carries two texts for one image: the row's own caption (`input_ids`, ..., for MLM: masked
+    modeling runs on matched pairs only, as in ViLT and UNITER) and the caption for image-text matching
+    (`itm_input_ids`, ...), which is a negative with probability `itm_probability`.
         holds_fn: `(caption, scene_json) -> bool`. When given, a negative caption is redrawn until it does not
             hold for this row's scene (needs the `scene` column). When None, any caption of another row is a
             negative. In both cases a caption equal to one of the row's own captions is never a negative.
@@ -180,20 +184,22 @@ class PretrainingDataset(torch.utils.data.Dataset):
             return self._skip(index, str(error))
 
         caption = captions[int(self._rng(index, CAPTION_STREAM).integers(len(captions)))]
-        itm_label = 1
+        text = self.encode_caption(caption)
+        itm_text, itm_label = text, 1
         itm_rng = self._rng(index, ITM_STREAM)
         if itm_rng.random() < self.itm_probability:
             negative = self._draw_negative(index, captions, row.get("scene"), itm_rng)
             if negative is not None:
-                caption, itm_label = negative, 0
-
-        text = self.encode_caption(caption)
+                itm_text, itm_label = self.encode_caption(negative), 0
         return {
             "index": index,
             "epoch": self.epoch,
             "pixel_values": pixels["pixel_values"][0],
             "pixel_mask": pixels["pixel_mask"][0],
             **text,
+            "itm_input_ids": itm_text["input_ids"],
+            "itm_attention_mask": itm_text["attention_mask"],
+            "itm_token_type_ids": itm_text["token_type_ids"],
             "itm_label": itm_label,
         }
 

@@ -88,6 +88,12 @@ def read_all(dataset, epoch):
 
 
 def caption_of(tokenizer, item):
+    """The caption the sample offers for image-text matching (a negative where itm_label is 0)."""
+    return tokenizer.decode(item["itm_input_ids"], skip_special_tokens=True)
+
+
+def own_caption_of(tokenizer, item):
+    """The row's own caption, the one masked language modeling sees."""
     return tokenizer.decode(item["input_ids"], skip_special_tokens=True)
 
 
@@ -131,6 +137,7 @@ def test_negatives_never_hold_for_the_scene(rows, processor, tokenizer):
             caption = caption_of(tokenizer, item)
             truth = holds(caption, rows[item["index"]]["scene"])
             assert truth == bool(item["itm_label"]), (item["index"], caption)
+            assert holds(own_caption_of(tokenizer, item), rows[item["index"]]["scene"])
             negatives += item["itm_label"] == 0
     assert negatives > 50
 
@@ -347,19 +354,27 @@ def test_eighty_ten_ten_proportions(piece_tokenizer):
         assert abs(share - expected) < 4 * sd, (share, expected)
 
 
-def test_negative_pairs_get_no_mlm_labels(piece_tokenizer):
+def test_mlm_view_is_matched_and_itm_view_is_unmasked(piece_tokenizer):
+    """MLM masks the rows' own captions (every sample is a matched pair); the ITM captions stay unmasked."""
     rng = np.random.default_rng(5)
-    samples = [
-        make_sample(piece_tokenizer, random_caption(piece_tokenizer, rng), index=i, itm_label=i % 2) for i in range(40)
-    ]
+    samples = []
+    for i in range(40):
+        sample = make_sample(piece_tokenizer, random_caption(piece_tokenizer, rng), index=i, itm_label=i % 2)
+        other = make_sample(piece_tokenizer, random_caption(piece_tokenizer, rng), index=i)
+        sample["itm_input_ids"] = other["input_ids"] if i % 2 == 0 else sample["input_ids"]
+        sample["itm_attention_mask"] = torch.ones_like(sample["itm_input_ids"])
+        sample["itm_token_type_ids"] = torch.zeros_like(sample["itm_input_ids"])
+        samples.append(sample)
     batch = PretrainingCollator(piece_tokenizer, seed=0)(samples)
     assert batch["itm_labels"].tolist() == [i % 2 for i in range(40)]
     for row, sample in enumerate(samples):
-        has_labels = bool((batch["mlm_labels"][row] != IGNORE_INDEX).any())
-        assert has_labels == (sample["itm_label"] == 1)
-        if sample["itm_label"] == 0:
-            n = len(sample["input_ids"])
-            assert torch.equal(batch["input_ids"][row, :n], sample["input_ids"])
+        n = len(sample["input_ids"])
+        assert (batch["mlm_labels"][row] != IGNORE_INDEX).any()
+        assert torch.equal(batch["plain_input_ids"][row, :n], sample["input_ids"])
+        m = len(sample["itm_input_ids"])
+        assert torch.equal(batch["itm_input_ids"][row, :m], sample["itm_input_ids"])
+        assert int(batch["itm_attention_mask"][row].sum()) == m
+        assert not (batch["itm_input_ids"][row] == piece_tokenizer.mask_token_id).any()
 
 
 def test_mask_depends_only_on_seed_epoch_and_index(piece_tokenizer):
@@ -402,6 +417,7 @@ def test_padding_and_image_stacking(piece_tokenizer):
     assert (batch["pixel_values"][0, :, :, 4:] == 0).all() and (batch["pixel_values"][1, :, 3:, :] == 0).all()
     expected_keys = {
         "input_ids",
+        "plain_input_ids",
         "attention_mask",
         "token_type_ids",
         "word_ids",
@@ -409,6 +425,9 @@ def test_padding_and_image_stacking(piece_tokenizer):
         "pixel_mask",
         "mlm_labels",
         "itm_labels",
+        "itm_input_ids",
+        "itm_attention_mask",
+        "itm_token_type_ids",
         "concept_mask",
         "index",
         "skipped",
@@ -435,6 +454,6 @@ def test_dataset_and_collator_together(rows, processor, tokenizer):
             assert by_index[index] == (batch["input_ids"][row, :n].tolist(), batch["mlm_labels"][row, :n].tolist())
     for batch in batches:
         assert batch["pixel_values"].shape[-2:] == (10, 14)  # widths 12-14 padded to 14
+        assert ((batch["mlm_labels"] != IGNORE_INDEX).sum(dim=1) >= 1).all()
         negatives = batch["itm_labels"] == 0
-        assert (batch["mlm_labels"][negatives] == IGNORE_INDEX).all()
-        assert ((batch["mlm_labels"][~negatives] != IGNORE_INDEX).sum(dim=1) >= 1).all()
+        assert not torch.equal(batch["itm_input_ids"][negatives], batch["plain_input_ids"][negatives])

@@ -155,3 +155,19 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, cache_dir):
     record = __import__("yaml").safe_load(open(tmp_path / "two" / "run.yaml"))
     assert record["num_processes"] == 2
     shutil.rmtree(tmp_path / "two" / "checkpoints", ignore_errors=True)
+
+
+def test_gradient_accumulation_gives_the_same_losses_as_one_big_batch(tmp_path, cache_dir):
+    steps = dict(max_steps=6, save_every=0)
+    run_pretrain(tmp_path / "big", cache_dir, per_device_batch_size=8, **steps)
+    run_pretrain(tmp_path / "accumulated", cache_dir, per_device_batch_size=4, gradient_accumulation_steps=2, **steps)
+    for (s1, mlm1, itm1), (s2, mlm2, itm2) in zip(train_losses(tmp_path / "big"),
+                                                  train_losses(tmp_path / "accumulated")):
+        assert s1 == s2
+        assert abs(mlm1 - mlm2) <= 1e-4 * abs(mlm1) and abs(itm1 - itm2) <= 1e-4 * abs(itm1), (s1, mlm1, mlm2)
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path, cache_dir):
+    run_pretrain(tmp_path, cache_dir, max_steps=2, save_every=0, mixed_precision="bf16")
+    losses = train_losses(tmp_path)
+    assert len(losses) == 2 and all(isinstance(v, float) for _, *values in losses for v in values)

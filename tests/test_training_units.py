@@ -126,3 +126,33 @@ def test_nonfinite_values_are_logged_as_strings(tmp_path):
     logger = MetricLogger(str(tmp_path), tensorboard=False)
     logger.log(1, "train", {"loss": float("nan")})
     assert json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).read())["loss"] == "nan"
+
+
+def test_mlm_and_itm_views_share_one_pass_with_the_losses_of_two():
+    """The combined pass ([MLM rows; ITM rows], each ignoring the other's labels) equals two separate passes."""
+    import torch
+
+    from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
+    from vlp.training.pretrain import model_inputs
+
+    torch.manual_seed(0)
+    model = VLPForPreTraining(VLPConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, image_size=16, patch_size=8,
+                                        max_position_embeddings=12)).eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 50, (3, 6), generator=gen)
+    mlm_labels = torch.full_like(ids, -100)
+    mlm_labels[:, 2] = ids[:, 2]
+    itm_ids = torch.randint(5, 50, (3, 9), generator=gen)
+    itm_mask = torch.ones_like(itm_ids)
+    itm_mask[0, 7:] = 0
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "mlm_labels": mlm_labels, "itm_input_ids": itm_ids, "itm_attention_mask": itm_mask,
+             "itm_token_type_ids": torch.zeros_like(itm_ids), "itm_labels": torch.tensor([1, 0, 1]),
+             "pixel_values": torch.randn(3, 3, 16, 16, generator=gen), "pixel_mask": torch.ones(3, 16, 16).long()}
+    both = model(**model_inputs(batch, {"mlm": 1.0, "itm": 1.0}))
+    mlm = model(**model_inputs(batch, {"mlm": 1.0}))
+    itm = model(**model_inputs(batch, {"itm": 1.0}))
+    torch.testing.assert_close(both.mlm_loss, mlm.mlm_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.itm_loss, itm.itm_loss, atol=1e-5, rtol=1e-5)
+    assert mlm.itm_loss is None and itm.mlm_loss is None

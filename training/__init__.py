@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Pretraining on Accelerate, its configuration, validation and the `vlp` command line."""

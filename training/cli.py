@@ -37,11 +37,19 @@ def _data(argv):
 
 
 def _pretrain(argv):
-    parser = argparse.ArgumentParser(
-        prog="vlp pretrain", description="Pretrain VLP. Any config key can be overridden as --key value.")
+    from .config import ARGUMENT_CLASSES, parse_config
+
+    if "-h" in argv or "--help" in argv:
+        from transformers import HfArgumentParser
+
+        parser = HfArgumentParser(ARGUMENT_CLASSES, prog="vlp pretrain [--config FILE]",
+                                  description="Pretrain VLP. Every key below can be set in the YAML file given by "
+                                              "--config and overridden on the command line as --key value.")
+        parser.print_help()
+        return
+    parser = argparse.ArgumentParser(prog="vlp pretrain")
     parser.add_argument("--config", help="YAML file of config keys")
     args, overrides = parser.parse_known_args(argv)
-    from .config import parse_config
     from .pretrain import pretrain
 
     arguments = parse_config(args.config, overrides)

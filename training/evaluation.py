@@ -34,17 +34,21 @@ def _accuracy(prefix, correct, total):
 def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
     """Summed MLM/ITM losses and correct counts over this process's share of the first validation batches."""
     device = next(model.parameters()).device
-    sums = torch.zeros(9, dtype=torch.float64)
+    sums = torch.zeros(8, dtype=torch.float64)
     limit = min(len(data.val), batch_size * num_batches)
     data.val.set_epoch(0)
     for start in range(rank * batch_size, limit, batch_size * world_size):
         items = [data.val[i] for i in range(start, min(start + batch_size, limit))]
         batch = data.val_collator(items)
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
-                                                    "pixel_mask") if k in batch}
+        images = {k: batch[k].to(device) for k in ("pixel_values", "pixel_mask")}
         labels = batch["mlm_labels"].to(device)
         itm = batch["itm_labels"].to(device)
-        out = model(**inputs, mlm_labels=labels, itm_labels=itm)
+        # MLM on the masked own captions; ITM on the ITM captions as written (half of them negatives).
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    token_type_ids=batch["token_type_ids"].to(device), mlm_labels=labels, **images)
+        matching = model(input_ids=batch["itm_input_ids"].to(device),
+                         attention_mask=batch["itm_attention_mask"].to(device),
+                         token_type_ids=batch["itm_token_type_ids"].to(device), itm_labels=itm, **images)
         masked = labels != -100
         n_masked = int(masked.sum())
         predictions = out.mlm_logits.argmax(-1)
@@ -53,7 +57,7 @@ def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
         sums += torch.tensor([
             float(out.mlm_loss) * n_masked, n_masked, float(hits.sum()),
             float(concept.sum()), float((hits & concept).sum()),
-            float(out.itm_loss) * len(itm), len(itm), float((out.itm_logits.argmax(-1) == itm).sum()), 0.0,
+            float(matching.itm_loss) * len(itm), len(itm), float((matching.itm_logits.argmax(-1) == itm).sum()),
         ], dtype=torch.float64)
     return sums
 
@@ -62,8 +66,10 @@ def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
 def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64):
     """Accuracy of predicting one masked word of `words` (e.g. the colours) that names an object in the image.
 
-    Each row contributes at most one item: its first caption containing such a word, with that word's tokens
-    replaced by [MASK]; the prediction is the argmax over the whole vocabulary. Returns (correct, total).
+    Each row contributes at most one item: its first caption containing such a word, with that word replaced by
+    [MASK]. The closed prediction is the argmax over `words` (chance 1 / len(words)): it asks which colour, and
+    is not blurred by the grammar, where "a [MASK] star" may also take a size. The open prediction is the argmax
+    over the whole vocabulary. Returns (closed correct, open correct, items).
     """
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
@@ -87,7 +93,8 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
             if found:
                 items.append((image, caption, word_ids[found[0]]))
                 break
-    correct = 0
+    candidates = torch.tensor(sorted(word_ids.values()))
+    closed = opened = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start: start + batch_size]
         images = [image for image, _, _ in chunk]
@@ -100,9 +107,11 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
             ids[i, position] = tokenizer.mask_token_id
         inputs = {k: v.to(device) for k, v in encoded.items() if k in ("attention_mask", "token_type_ids",
                                                                          "pixel_values", "pixel_mask")}
-        out = model(input_ids=ids.to(device), mlm_labels=labels.to(device), **inputs)
-        correct += int((out.mlm_logits.argmax(-1).cpu() == labels[labels != -100]).sum())
-    return correct, len(items)
+        logits = model(input_ids=ids.to(device), mlm_labels=labels.to(device), **inputs).mlm_logits.cpu()
+        targets = labels[labels != -100]
+        opened += int((logits.argmax(-1) == targets).sum())
+        closed += int((candidates[logits[:, candidates].argmax(-1)] == targets).sum())
+    return closed, opened, len(items)
 
 
 def validate(model, data, train_args, accelerator):
@@ -112,14 +121,16 @@ def validate(model, data, train_args, accelerator):
     sums = validation_sums(model, data, train_args.per_device_batch_size, train_args.eval_batches,
                            accelerator.process_index, accelerator.num_processes)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
-    mlm_loss, n_masked, mlm_hits, n_concept, concept_hits, itm_loss, n_pairs, itm_hits, _ = sums
+    mlm_loss, n_masked, mlm_hits, n_concept, concept_hits, itm_loss, n_pairs, itm_hits = sums
     metrics = {"mlm_loss": mlm_loss / max(1, n_masked), "itm_loss": itm_loss / max(1, n_pairs)}
     metrics.update(_accuracy("mlm_accuracy", int(mlm_hits), int(n_masked)))
     metrics.update(_accuracy("mlm_concept_accuracy", int(concept_hits), int(n_concept)))
     metrics.update(_accuracy("itm_accuracy", int(itm_hits), int(n_pairs)))
     if "scene" in data.val_rows.column_names:
         limit = train_args.per_device_batch_size * train_args.eval_batches
-        correct, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS, limit)
-        metrics.update(_accuracy("colour_word_accuracy", correct, total))
+        closed, opened, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS,
+                                                     limit)
+        metrics.update(_accuracy("colour_word_accuracy", closed, total))
+        metrics.update(_accuracy("colour_word_accuracy_open", opened, total))
     model.train(was_training)
     return metrics

@@ -73,15 +73,38 @@ def step_objectives(weights, mixing, seed, step):
     return {names[choice]: 1.0}
 
 
+IMAGE_KEYS = ("pixel_values", "pixel_mask")
+
+
+def _pad_to(tensor, length, value):
+    return torch.nn.functional.pad(tensor, (0, length - tensor.shape[1]), value=value)
+
+
 def model_inputs(batch, objectives):
-    """The model's keyword arguments for the chosen objectives."""
-    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
-                                           "pixel_mask") if key in batch}
+    """The model's keyword arguments for the chosen objectives.
+
+    MLM runs on the masked own captions (matched pairs), ITM on the unmasked ITM captions. With both, the two
+    views become the rows of one forward pass: [MLM rows; ITM rows], each with -100 labels for the other objective.
+    """
+    images = {key: batch[key] for key in IMAGE_KEYS if key in batch}
+    mlm_view = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "token_type_ids": batch["token_type_ids"]}
+    itm_view = {"input_ids": batch["itm_input_ids"], "attention_mask": batch["itm_attention_mask"],
+                "token_type_ids": batch["itm_token_type_ids"]}
+    if "mlm" in objectives and "itm" in objectives:
+        length = max(batch["input_ids"].shape[1], batch["itm_input_ids"].shape[1])
+        pads = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}
+        inputs = {key: torch.cat([_pad_to(mlm_view[key], length, pad), _pad_to(itm_view[key], length, pad)])
+                  for key, pad in pads.items()}
+        inputs.update({key: torch.cat([value, value]) for key, value in images.items()})
+        ignore_mlm = torch.full_like(batch["mlm_labels"], -100)
+        inputs["mlm_labels"] = torch.cat([_pad_to(batch["mlm_labels"], length, -100),
+                                          _pad_to(ignore_mlm, length, -100)])
+        inputs["itm_labels"] = torch.cat([torch.full_like(batch["itm_labels"], -100), batch["itm_labels"]])
+        return inputs
     if "mlm" in objectives:
-        inputs["mlm_labels"] = batch["mlm_labels"]
-    if "itm" in objectives:
-        inputs["itm_labels"] = batch["itm_labels"]
-    return inputs
+        return {**mlm_view, **images, "mlm_labels": batch["mlm_labels"]}
+    return {**itm_view, **images, "itm_labels": batch["itm_labels"]}
 
 
 def objective_counts(batches, objectives, device):
