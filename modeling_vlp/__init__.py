@@ -14,7 +14,7 @@ from .modeling_vlp import (
     VLPPreTrainedModel,
 )
 
-EXPORTED_FILES = ("configuration_vlp.py", "modeling_vlp.py")
+EXPORTED_FILES = ("configuration_vlp.py", "modeling_vlp.py", "losses_vlp.py")
 
 __all__ = [
     "EXPORTED_FILES",

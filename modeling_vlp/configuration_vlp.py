@@ -59,7 +59,7 @@ class VLPConfig(PretrainedConfig):
         num_itm_labels=2,
         mim_target="pixel",
         mim_norm_pix_loss=True,
-        mim_loss="smooth_l1",
+        mim_loss="l2",
         contrastive_dim=128,
         contrastive_temperature=0.07,
         contrastive_temperature_range=(0.01, 0.5),

@@ -19,6 +19,15 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPConfig
+from .losses_vlp import (
+    clamp_logit_scale,
+    contrastive_loss,
+    mim_loss,
+    mim_pixel_targets,
+    optimal_transport_distance,
+    similarity_matrix,
+    wra_loss,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -56,9 +65,10 @@ class VLPForPreTrainingOutput(ModelOutput):
     mim_loss: torch.FloatTensor | None = None
     itc_loss: torch.FloatTensor | None = None
     wra_loss: torch.FloatTensor | None = None
-    gitm_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
+    mim_predictions: torch.FloatTensor | None = None
+    itc_similarity: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     pooler_output: torch.FloatTensor | None = None
@@ -294,8 +304,6 @@ class VLPPreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
         elif isinstance(module, VLPContrastiveHead):
             nn.init.constant_(module.log_scale, math.log(1.0 / self.config.contrastive_temperature))
-        elif isinstance(module, VLPGroupedMatchingHead):
-            nn.init.zeros_(module.none_score)
 
 
 class VLPEmbeddings(nn.Module):
@@ -406,23 +414,26 @@ class VLPMLMHead(nn.Module):
 
 
 class VLPContrastiveHead(nn.Module):
-    """Linear projections of the text and image [CLS] states and a learnable temperature (ITC)."""
+    """Linear projections of the text and image [CLS] states and a learnable temperature (ITC).
+
+    The logit scale 1 / temperature is learnt in log space and clamped to `contrastive_temperature_range`.
+    """
 
     def __init__(self, config: VLPConfig):
         super().__init__()
         self.text_projection = nn.Linear(config.hidden_size, config.contrastive_dim)
         self.image_projection = nn.Linear(config.hidden_size, config.contrastive_dim)
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.contrastive_temperature)))
+        self.temperature_range = tuple(config.contrastive_temperature_range)
+
+    def logit_scale(self):
+        return clamp_logit_scale(self.log_scale, *self.temperature_range)
 
 
-class VLPGroupedMatchingHead(nn.Module):
-    """Scores caption segments against image cells, plus a learned 'none' score (grouped image-text matching)."""
-
-    def __init__(self, config: VLPConfig):
-        super().__init__()
-        self.segment_projection = nn.Linear(config.hidden_size, config.hidden_size)
-        self.cell_projection = nn.Linear(config.hidden_size, config.hidden_size)
-        self.none_score = nn.Parameter(torch.zeros(1))
+def _masked_mean(outputs):
+    """Mean of the final states over the real tokens of each row (padding excluded)."""
+    mask = outputs.attention_mask.to(outputs.last_hidden_state.dtype).unsqueeze(-1)
+    return (outputs.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def _normalized_sum(summed, normalizer, count):
@@ -432,18 +443,24 @@ def _normalized_sum(summed, normalizer, count):
 
 
 class VLPForPreTraining(VLPPreTrainedModel):
-    """The encoder with its pretraining heads. Each objective runs when its labels are given:
+    """The encoder with its pretraining heads. Each objective runs when its inputs are given:
 
     - `mlm_labels` (B, T): masked language modeling; logits are computed at masked positions only.
     - `itm_labels` (B,): image-text matching (1 = the caption holds for the image) on the pooled state.
+    - `wra_labels` (B,): word-region alignment (UNITER): the optimal-transport distance between the words and the
+      patches of each row, pulled down for matched rows (1) and pushed up for mismatched ones (0).
+    - `mim_mask` (B, P): masked image modeling; the masked patches get the mask embedding and the loss covers them
+      only. Targets are the normalized pixels of each patch (`mim_target="pixel"`), or `mim_targets` (B, P, D),
+      the patch states of an EMA teacher on the unmasked input (`mim_target="teacher"`).
+    - `itc_input_ids` with `itc_pixel_values`: image-text contrast between text-only and image-only passes of
+      matched pairs, gathered over processes (symmetric InfoNCE with a learnt, clamped temperature).
 
-    Rows whose labels are all -100 take no part in that objective, so one forward pass can carry the rows of
-    several objectives (for example masked captions for MLM and unmasked ones for ITM, as separate rows).
-
-    `loss_normalizers` maps an objective to the denominator of its summed loss. The training loop passes the
-    count summed over processes and accumulation micro-batches divided by the number of processes, so that the
-    data-parallel average of the gradients is the gradient of the global mean. Without it each loss is a local mean.
-    `loss_weights` scales each objective in the total (default 1).
+    Rows whose labels are all -100 (or whose `mim_mask` is all False) take no part in that objective, so one
+    forward pass can carry the rows of several objectives (for example masked captions for MLM and unmasked ones
+    for ITM). `loss_normalizers` maps an objective to the denominator of its summed loss; the training loop passes
+    the count summed over processes and accumulation micro-batches divided by the number of processes, so that the
+    data-parallel average of the gradients is the gradient of the global mean. Without it each loss is a local
+    mean. `loss_weights` scales each objective in the total (default 1).
     """
 
     _tied_weights_keys = {"mlm_head.decoder.weight": "vlp.embeddings.text.word_embeddings.weight"}
@@ -453,6 +470,11 @@ class VLPForPreTraining(VLPPreTrainedModel):
         self.vlp = VLPModel(config)
         self.mlm_head = VLPMLMHead(config)
         self.itm_head = nn.Linear(config.hidden_size, config.num_itm_labels)
+        # MIM: a light linear decoder to per-patch pixels (MAE style) or to the teacher's patch states (iBOT style).
+        pixels_per_patch = config.patch_size**2 * config.num_channels
+        self.mim_head = nn.Linear(config.hidden_size,
+                                  pixels_per_patch if config.mim_target == "pixel" else config.hidden_size)
+        self.contrastive = VLPContrastiveHead(config)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -470,6 +492,13 @@ class VLPForPreTraining(VLPPreTrainedModel):
         pixel_mask=None,
         mlm_labels=None,
         itm_labels=None,
+        wra_labels=None,
+        mim_mask=None,
+        mim_targets=None,
+        itc_input_ids=None,
+        itc_attention_mask=None,
+        itc_pixel_values=None,
+        itc_pixel_mask=None,
         loss_normalizers=None,
         loss_weights=None,
         output_attentions=None,
@@ -480,35 +509,47 @@ class VLPForPreTraining(VLPPreTrainedModel):
     ):
         normalizers = loss_normalizers or {}
         weights = loss_weights or {}
-        outputs = self.vlp(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            pixel_values=pixel_values,
-            pixel_mask=pixel_mask,
-            output_attentions=output_attentions,
-            attention_layers=attention_layers,
-            output_hidden_states=output_hidden_states,
-        )
-        losses = {}
-        mlm_logits = itm_logits = None
+        losses, extra = {}, {}
+        outputs = None
+        if input_ids is not None or pixel_values is not None:
+            outputs = self.vlp(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                pixel_values=pixel_values,
+                pixel_mask=pixel_mask,
+                bool_masked_pos=mim_mask,
+                output_attentions=output_attentions,
+                attention_layers=attention_layers,
+                output_hidden_states=output_hidden_states,
+            )
         if mlm_labels is not None:
-            mlm_logits, losses["mlm"] = self.mlm_loss(outputs, mlm_labels, normalizers.get("mlm"))
+            extra["mlm_logits"], losses["mlm"] = self.mlm_loss(outputs, mlm_labels, normalizers.get("mlm"))
         if itm_labels is not None:
-            itm_logits = self.itm_head(outputs.pooler_output)
-            summed = F.cross_entropy(itm_logits.float(), itm_labels, reduction="sum", ignore_index=-100)
+            extra["itm_logits"] = self.itm_head(outputs.pooler_output)
+            summed = F.cross_entropy(extra["itm_logits"].float(), itm_labels, reduction="sum", ignore_index=-100)
             losses["itm"] = _normalized_sum(summed, normalizers.get("itm"), (itm_labels != -100).sum())
+        if wra_labels is not None:
+            losses["wra"] = self.wra_loss(outputs, attention_mask, wra_labels, normalizers.get("wra"))
+        if mim_mask is not None:
+            extra["mim_predictions"], losses["mim"] = self.mim_loss(
+                outputs, pixel_values, mim_mask, mim_targets, normalizers.get("mim"))
+        if itc_input_ids is not None:
+            extra["itc_similarity"], losses["itc"] = self.itc_loss(
+                itc_input_ids, itc_attention_mask, itc_pixel_values, itc_pixel_mask, normalizers.get("itc"))
         total = sum(weights.get(name, 1.0) * value for name, value in losses.items()) if losses else None
         return VLPForPreTrainingOutput(
             loss=total,
             mlm_loss=losses.get("mlm"),
             itm_loss=losses.get("itm"),
-            mlm_logits=mlm_logits,
-            itm_logits=itm_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            pooler_output=outputs.pooler_output,
-            last_hidden_state=outputs.last_hidden_state,
+            mim_loss=losses.get("mim"),
+            itc_loss=losses.get("itc"),
+            wra_loss=losses.get("wra"),
+            hidden_states=outputs.hidden_states if outputs is not None else None,
+            attentions=outputs.attentions if outputs is not None else None,
+            pooler_output=outputs.pooler_output if outputs is not None else None,
+            last_hidden_state=outputs.last_hidden_state if outputs is not None else None,
+            **extra,
         )
 
     def mlm_loss(self, outputs, mlm_labels, normalizer=None):
@@ -519,6 +560,63 @@ class VLPForPreTraining(VLPPreTrainedModel):
         targets = mlm_labels[masked]
         summed = F.cross_entropy(logits.float(), targets, reduction="sum")
         return logits, _normalized_sum(summed, normalizer, masked.sum())
+
+    def patch_states(self, outputs):
+        """The final states of the image patches (image [CLS] excluded), (B, P, D)."""
+        return outputs.last_hidden_state[:, outputs.text_length + 1:]
+
+    def mim_loss(self, outputs, pixel_values, mim_mask, mim_targets=None, normalizer=None):
+        """Predictions at the masked patches and the loss over masked patches only."""
+        mim_mask = mim_mask.bool()
+        predictions = self.mim_head(self.patch_states(outputs)[mim_mask])
+        if self.config.mim_target == "pixel":
+            targets = mim_pixel_targets(pixel_values, self.config.patch_size, self.config.mim_norm_pix_loss)
+        elif mim_targets is None:
+            raise ValueError("mim_target='teacher' needs mim_targets: the teacher's patch states (B, P, D)")
+        else:
+            targets = mim_targets
+        summed, count = mim_loss(predictions, targets, mim_mask, kind=self.config.mim_loss)
+        return predictions, _normalized_sum(summed, normalizer, count)
+
+    def wra_loss(self, outputs, attention_mask, wra_labels, normalizer=None):
+        """UNITER's word-region alignment on the rows with a label (IPOT in float32, plan held constant)."""
+        rows = wra_labels != -100
+        text_length = outputs.text_length
+        text_states = outputs.last_hidden_state[rows, 1:text_length]  # words, without [CLS]
+        text_mask = (attention_mask[rows, 1:] if attention_mask is not None
+                     else torch.ones(text_states.shape[:2], device=text_states.device))
+        # Text-side [SEP] and padding carry no word: drop the last valid token of each row ([SEP]).
+        lengths = text_mask.sum(dim=1, keepdim=True)
+        positions = torch.arange(text_mask.shape[1], device=text_mask.device)[None]
+        text_mask = text_mask * (positions < lengths - 1)
+        image_mask = outputs.attention_mask[rows, text_length + 1:]
+        distance = optimal_transport_distance(
+            text_states, self.patch_states(outputs)[rows], text_mask, image_mask,
+            beta=self.config.wra_weight_beta, iterations=self.config.wra_iterations)
+        summed, count = wra_loss(distance, wra_labels[rows])
+        return _normalized_sum(summed, normalizer, count)
+
+    def contrastive_features(self, input_ids=None, attention_mask=None, pixel_values=None, pixel_mask=None):
+        """L2-normalized projections of the text-only and image-only passes, each mean-pooled over its valid
+        tokens: trained from scratch, the [CLS] states start nearly identical across samples and the contrastive
+        loss stalls at log(batch size); the mean keeps each sample's content from the first step."""
+        text = image = None
+        if input_ids is not None:
+            out = self.vlp(input_ids=input_ids, attention_mask=attention_mask)
+            text = F.normalize(self.contrastive.text_projection(_masked_mean(out)), dim=-1)
+        if pixel_values is not None:
+            out = self.vlp(pixel_values=pixel_values, pixel_mask=pixel_mask)
+            image = F.normalize(self.contrastive.image_projection(_masked_mean(out)), dim=-1)
+        return text, image
+
+    def itc_loss(self, input_ids, attention_mask, pixel_values, pixel_mask=None, normalizer=None):
+        """The local similarity matrix (detached, for hard-negative sampling) and the contrastive loss."""
+        if pixel_values is None:
+            raise ValueError("itc_input_ids needs itc_pixel_values: the images of the same matched pairs")
+        text, image = self.contrastive_features(input_ids, attention_mask, pixel_values, pixel_mask)
+        scale = self.contrastive.logit_scale()
+        summed, count = contrastive_loss(text, image, scale)
+        return similarity_matrix(text, image, scale).detach(), _normalized_sum(summed, normalizer, count)
 
 
 VLPModel.register_for_auto_class("AutoModel")

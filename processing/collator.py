@@ -1,8 +1,8 @@
-"""Batch pretraining samples: pad text and images, drop unreadable rows, and mask words for MLM.
+"""Batch pretraining samples: pad text and images, drop unreadable rows, mask words for MLM and patches for MIM.
 
-MLM masking is drawn per sample from `np.random.default_rng([seed, epoch, index, MLM_STREAM])`, so a
-sample's mask is the same whatever batch it lands in. Only matched pairs (itm_label 1) are masked:
-predicting words of a caption that does not describe the image teaches nothing cross-modal.
+Masks are drawn per sample from `np.random.default_rng([seed, epoch, index, STREAM])`, so a sample's masks are the
+same whatever batch it lands in. MLM masks the rows' own captions (matched pairs): predicting words of a caption
+that does not describe the image teaches nothing cross-modal.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-MLM_STREAM = 2  # distinct from the dataset's caption (0) and ITM (1) streams
+from .masking import block_patch_mask, random_patch_mask
+
+MLM_STREAM = 2
+MIM_STREAM = 3  # distinct from the dataset's caption (0) and ITM (1) streams
 IGNORE_INDEX = -100
 
 
@@ -90,6 +93,10 @@ class PretrainingCollator:
         seed: int = 0,
         whole_word_mask: bool = True,
         pad_to_multiple_of: int | None = None,
+        mim_patch_size: int | None = None,
+        mim_probability: float = 0.4,
+        mim_block: bool = False,
+        holds_fn: Any = None,
     ):
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
@@ -108,6 +115,28 @@ class PretrainingCollator:
         self.replacement_ids = np.setdiff1d(np.arange(len(tokenizer), dtype=np.int64), self.special_ids)
         if self.replacement_ids.size == 0:
             raise ValueError("the vocabulary has no ordinary tokens to use as random replacements")
+        if not 0.0 <= mim_probability <= 1.0:
+            raise ValueError(f"mim_probability must be in [0, 1]; got {mim_probability}")
+        self.mim_patch_size = mim_patch_size
+        self.mim_probability = float(mim_probability)
+        self.mim_block = bool(mim_block)
+        self.holds_fn = holds_fn
+
+    def mim_mask(self, sample: dict[str, Any], rows: int, cols: int) -> np.ndarray:
+        """The patches hidden from one sample for MIM (random or block-wise), from (seed, epoch, index)."""
+        rng = np.random.default_rng([self.seed, int(sample["epoch"]), int(sample["index"]), MIM_STREAM])
+        policy = block_patch_mask if self.mim_block else random_patch_mask
+        return policy(rows, cols, self.mim_probability, rng)
+
+    def holds_matrix(self, samples: list[dict[str, Any]]) -> torch.Tensor:
+        """holds[i, j]: sample j's own caption is true of sample i's image (the diagonal always is)."""
+        size = len(samples)
+        holds = torch.eye(size, dtype=torch.bool)
+        for i, image_sample in enumerate(samples):
+            for j, text_sample in enumerate(samples):
+                if i != j:
+                    holds[i, j] = bool(self.holds_fn(text_sample["caption"], image_sample["scene"]))
+        return holds
 
     def mask_sample(self, sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(masked input ids, labels) for one unpadded matched sample."""
@@ -151,8 +180,14 @@ class PretrainingCollator:
             if sample.get("concept_mask") is not None:
                 concept_mask[row, :n] = torch.as_tensor(sample["concept_mask"], dtype=torch.bool)
         itm_text = self._pad_itm_text(kept)
-
+        extra = {}
         pixel_values, pixel_mask = self._stack_images(kept)
+        if self.mim_patch_size:
+            rows, cols = (size // self.mim_patch_size for size in pixel_values.shape[-2:])
+            extra["mim_mask"] = torch.from_numpy(np.stack([self.mim_mask(s, rows, cols) for s in kept]))
+        if self.holds_fn is not None and all(s.get("scene") is not None for s in kept):
+            extra["holds_matrix"] = self.holds_matrix(kept)
+
         return {
             "input_ids": input_ids,
             "plain_input_ids": plain_input_ids,
@@ -164,6 +199,7 @@ class PretrainingCollator:
             "mlm_labels": mlm_labels,
             "itm_labels": itm_labels,
             **itm_text,
+            **extra,
             "concept_mask": concept_mask,
             "index": torch.tensor([int(sample["index"]) for sample in kept], dtype=torch.long),
             "skipped": skipped,

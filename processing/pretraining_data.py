@@ -194,6 +194,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         return {
             "index": index,
             "epoch": self.epoch,
+            "caption": caption,
+            "scene": row.get("scene"),
             "pixel_values": pixels["pixel_values"][0],
             "pixel_mask": pixels["pixel_mask"][0],
             **text,

@@ -180,16 +180,76 @@ def test_mlm_decoder_is_tied_to_word_embeddings(model):
     assert untied.mlm_head.decoder.weight is not untied.vlp.embeddings.text.word_embeddings.weight
 
 
-def test_gradients_reach_every_parameter_used():
+def all_objective_inputs(ids, pixels):
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    mim_mask = torch.zeros(len(ids), 16, dtype=torch.bool)
+    mim_mask[:, [1, 5, 9]] = True
+    return dict(input_ids=ids, pixel_values=pixels, mlm_labels=labels, itm_labels=torch.tensor([1, 0, 1]),
+                wra_labels=torch.tensor([1, 0, 1]), mim_mask=mim_mask, itc_input_ids=ids, itc_pixel_values=pixels)
+
+
+def test_gradients_reach_every_parameter_with_all_objectives():
     torch.manual_seed(1)
     model = VLPForPreTraining(tiny_config())
     ids, pixels = batch()
-    labels = torch.full_like(ids, -100)
-    labels[:, 2] = ids[:, 2]
-    model(input_ids=ids, pixel_values=pixels, mlm_labels=labels, itm_labels=torch.tensor([1, 0, 1])).loss.backward()
-    unused = {"vlp.embeddings.image.mask_token"}
-    missing = [n for n, p in model.named_parameters() if p.grad is None and n not in unused]
+    out = model(**all_objective_inputs(ids, pixels))
+    for name in ("mlm", "itm", "wra", "mim", "itc"):
+        assert torch.isfinite(getattr(out, f"{name}_loss")), name
+    out.loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
+
+
+def test_mim_loss_covers_masked_patches_only(model):
+    from vlp.modeling_vlp.losses_vlp import mim_pixel_targets
+
+    ids, pixels = batch()
+    inputs = all_objective_inputs(ids, pixels)
+    out = model(input_ids=ids, pixel_values=pixels, mim_mask=inputs["mim_mask"])
+    assert out.mim_predictions.shape == (9, 8 * 8 * 3)
+    targets = mim_pixel_targets(pixels, 8)[inputs["mim_mask"]]
+    torch.testing.assert_close(out.mim_loss, ((out.mim_predictions - targets) ** 2).mean(-1).mean())
+    # Pixels of unmasked patches change the input but not the targets of the loss: perturb only the
+    # unmasked patch 0 of image 0 and the predictions move while the targets of masked patches stay.
+    changed = pixels.clone()
+    changed[0, :, :8, :8] += 5.0
+    torch.testing.assert_close(mim_pixel_targets(changed, 8)[inputs["mim_mask"]], targets)
+
+
+def test_teacher_targets_are_required_for_teacher_mim():
+    model = VLPForPreTraining(tiny_config(mim_target="teacher"))
+    ids, pixels = batch()
+    mask = torch.zeros(3, 16, dtype=torch.bool)
+    mask[:, 0] = True
+    with pytest.raises(ValueError, match="mim_targets"):
+        model(input_ids=ids, pixel_values=pixels, mim_mask=mask)
+    teacher = torch.randn(3, 16, 32)
+    out = model(input_ids=ids, pixel_values=pixels, mim_mask=mask, mim_targets=teacher)
+    assert out.mim_predictions.shape == (3, 32)
+
+
+def test_itc_equals_a_direct_computation(model):
+    ids, pixels = batch()
+    out = model(itc_input_ids=ids, itc_pixel_values=pixels)
+    text = model.vlp(input_ids=ids).last_hidden_state.mean(1)  # no padding here: a plain mean
+    image = model.vlp(pixel_values=pixels).last_hidden_state.mean(1)
+    text = F.normalize(model.contrastive.text_projection(text), dim=-1)
+    image = F.normalize(model.contrastive.image_projection(image), dim=-1)
+    logits = text @ image.T / model.config.contrastive_temperature
+    expected = (F.cross_entropy(logits, torch.arange(3)) + F.cross_entropy(logits.T, torch.arange(3))) / 2
+    torch.testing.assert_close(out.itc_loss, expected)
+    torch.testing.assert_close(out.itc_similarity, logits)
+
+
+def test_wra_pulls_matched_and_pushes_mismatched_rows(model):
+    ids, pixels = batch()
+    matched = model(input_ids=ids, pixel_values=pixels, wra_labels=torch.tensor([1, 1, 1])).wra_loss
+    mismatched = model(input_ids=ids, pixel_values=pixels, wra_labels=torch.tensor([0, 0, 0])).wra_loss
+    assert matched > 0 and torch.isclose(mismatched, -matched)
+    ignored = model(input_ids=ids, pixel_values=pixels, wra_labels=torch.tensor([1, -100, -100])).wra_loss
+    alone = model(input_ids=ids[:1], pixel_values=pixels[:1], wra_labels=torch.tensor([1])).wra_loss
+    torch.testing.assert_close(ignored, alone)
 
 
 @pytest.mark.parametrize(

@@ -41,9 +41,9 @@ def run_pretrain(output_dir, cache_dir, env=None, launcher=None, check=True, **o
     return result
 
 
-def train_losses(output_dir):
-    return [(r["step"], r["mlm_loss"], r["itm_loss"]) for r in read_jsonl(os.path.join(output_dir, "metrics.jsonl"))
-            if r["split"] == "train"]
+def train_losses(output_dir, names=("mlm", "itm")):
+    return [(r["step"], *(r[f"{n}_loss"] for n in names))
+            for r in read_jsonl(os.path.join(output_dir, "metrics.jsonl")) if r["split"] == "train"]
 
 
 def weights(output_dir):
@@ -64,7 +64,7 @@ def test_run_writes_model_processor_logs_and_checkpoints(uninterrupted):
     assert [step for step, _ in list_checkpoints(uninterrupted)] == [8, 10]
     records = read_jsonl(os.path.join(uninterrupted, "metrics.jsonl"))
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, 11))
-    assert [r["step"] for r in records if r["split"] == "val"] == [5, 10]
+    assert [r["step"] for r in records if r["split"] == "val"] == [0, 5, 10]
     final = json.load(open(os.path.join(uninterrupted, "final_metrics.json")))
     for key in ("mlm_loss", "itm_loss", "itm_accuracy", "mlm_accuracy", "mlm_concept_accuracy",
                 "colour_word_accuracy", "itm_accuracy_ci_low"):
@@ -142,16 +142,19 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, cache_dir):
 
 @pytest.mark.distributed
 def test_two_processes_give_the_same_losses_as_one(tmp_path, cache_dir):
-    steps = dict(max_steps=20, save_every=0, warmup_steps=5)
+    """Includes ITC, whose features are gathered over processes, and MIM, whose masks come from sample indices."""
+    names = ("itc", "itm", "mim", "mlm", "wra")
+    steps = dict(max_steps=20, save_every=0, warmup_steps=5, objectives=",".join(names))
     run_pretrain(tmp_path / "one", cache_dir, per_device_batch_size=8, **steps)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                 "-m", "vlp.training.cli"]
     run_pretrain(tmp_path / "two", cache_dir, per_device_batch_size=4, launcher=torchrun, **steps)
-    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    one, two = train_losses(tmp_path / "one", names), train_losses(tmp_path / "two", names)
     assert len(one) == len(two) == 20
-    for (s1, mlm1, itm1), (s2, mlm2, itm2) in zip(one, two):
-        assert s1 == s2
-        assert abs(mlm1 - mlm2) <= 1e-4 * abs(mlm1) and abs(itm1 - itm2) <= 1e-4 * abs(itm1), (s1, mlm1, mlm2)
+    for first, second in zip(one, two):
+        assert first[0] == second[0]
+        for name, a, b in zip(names, first[1:], second[1:]):
+            assert abs(a - b) <= 1e-4 * abs(a), (first[0], name, a, b)
     record = __import__("yaml").safe_load(open(tmp_path / "two" / "run.yaml"))
     assert record["num_processes"] == 2
     shutil.rmtree(tmp_path / "two" / "checkpoints", ignore_errors=True)
@@ -171,3 +174,26 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path, cache_dir):
     run_pretrain(tmp_path, cache_dir, max_steps=2, save_every=0, mixed_precision="bf16")
     losses = train_losses(tmp_path)
     assert len(losses) == 2 and all(isinstance(v, float) for _, *values in losses for v in values)
+
+
+@pytest.mark.parametrize("mixing", ["sum", "sample"])
+def test_every_objective_lowers_its_validation_loss(tmp_path, cache_dir, mixing):
+    """Each objective's validation loss at the end is below its step-0 value by more than its step-to-step spread."""
+    names = ("mlm", "itm", "mim", "itc", "wra")
+    steps = 400 if mixing == "sum" else 1200
+    run_pretrain(tmp_path, cache_dir, max_steps=steps, save_every=0, eval_every=steps, learning_rate=0.003,
+                 warmup_steps=5, objectives=",".join(names), mixing=mixing, num_scenes=1024, hidden_size=64,
+                 num_hidden_layers=2, intermediate_size=128, per_device_batch_size=32, eval_batches=8, max_objects=1,
+                 mim_probability=0.75)
+    records = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    val = {r["step"]: r for r in records if r["split"] == "val"}
+    assert set(val) == {0, steps}
+    train = [r for r in records if r["split"] == "train"]
+    for name in names:
+        seen = [r[f"{name}_loss"] for r in train if f"{name}_loss" in r]
+        assert len(seen) >= 5, (name, len(seen))
+        spread = float(torch.tensor(seen[-10:]).std())
+        start, end = val[0][f"{name}_loss"], val[steps][f"{name}_loss"]
+        assert end < start - spread, (name, start, end, spread)
+    if mixing == "sample":
+        assert all(sum(key.endswith("_loss") for key in r) == 1 for r in train)

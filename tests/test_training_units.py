@@ -8,7 +8,8 @@ import pytest
 
 from vlp.training.config import ConfigError, parse_config
 from vlp.training.logging_utils import MetricLogger, read_jsonl
-from vlp.training.pretrain import learning_rate_at, step_objectives
+from vlp.training.objectives import step_objectives
+from vlp.training.pretrain import learning_rate_at
 from vlp.training.sampler import GlobalBatchSampler
 
 
@@ -128,31 +129,39 @@ def test_nonfinite_values_are_logged_as_strings(tmp_path):
     assert json.loads(open(os.path.join(tmp_path, "metrics.jsonl")).read())["loss"] == "nan"
 
 
-def test_mlm_and_itm_views_share_one_pass_with_the_losses_of_two():
-    """The combined pass ([MLM rows; ITM rows], each ignoring the other's labels) equals two separate passes."""
+def test_objective_inputs_pick_the_right_view():
+    """MLM sees the masked own captions, ITM and WRA the ITM captions, MIM and ITC the unmasked own captions."""
     import torch
 
-    from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
-    from vlp.training.pretrain import model_inputs
+    from vlp.training.objectives import hard_negative_inputs, objective_inputs
 
-    torch.manual_seed(0)
-    model = VLPForPreTraining(VLPConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                        intermediate_size=64, image_size=16, patch_size=8,
-                                        max_position_embeddings=12)).eval()
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 50, (3, 6), generator=gen)
-    mlm_labels = torch.full_like(ids, -100)
-    mlm_labels[:, 2] = ids[:, 2]
-    itm_ids = torch.randint(5, 50, (3, 9), generator=gen)
-    itm_mask = torch.ones_like(itm_ids)
-    itm_mask[0, 7:] = 0
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-             "mlm_labels": mlm_labels, "itm_input_ids": itm_ids, "itm_attention_mask": itm_mask,
-             "itm_token_type_ids": torch.zeros_like(itm_ids), "itm_labels": torch.tensor([1, 0, 1]),
-             "pixel_values": torch.randn(3, 3, 16, 16, generator=gen), "pixel_mask": torch.ones(3, 16, 16).long()}
-    both = model(**model_inputs(batch, {"mlm": 1.0, "itm": 1.0}))
-    mlm = model(**model_inputs(batch, {"mlm": 1.0}))
-    itm = model(**model_inputs(batch, {"itm": 1.0}))
-    torch.testing.assert_close(both.mlm_loss, mlm.mlm_loss, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(both.itm_loss, itm.itm_loss, atol=1e-5, rtol=1e-5)
-    assert mlm.itm_loss is None and itm.mlm_loss is None
+    ids = torch.tensor([[2, 7, 8, 3], [2, 9, 4, 3]])
+    batch = {"input_ids": ids, "plain_input_ids": torch.tensor([[2, 7, 8, 3], [2, 9, 10, 3]]),
+             "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "mlm_labels": torch.tensor([[-100] * 4, [-100, -100, 10, -100]]),
+             "itm_input_ids": torch.tensor([[2, 11, 3], [2, 9, 3]]), "itm_attention_mask": torch.ones(2, 3).long(),
+             "itm_token_type_ids": torch.zeros(2, 3).long(), "itm_labels": torch.tensor([0, 1]),
+             "mim_mask": torch.tensor([[True, False], [False, True]]),
+             "pixel_values": torch.randn(2, 3, 8, 16), "pixel_mask": torch.ones(2, 8, 16).long(),
+             "holds_matrix": torch.tensor([[True, True], [False, True]])}
+    mlm = objective_inputs("mlm", batch, {})
+    assert torch.equal(mlm["input_ids"], ids) and torch.equal(mlm["mlm_labels"], batch["mlm_labels"])
+    itm = objective_inputs("itm", batch, {})
+    assert torch.equal(itm["input_ids"], batch["itm_input_ids"]) and torch.equal(itm["itm_labels"], batch["itm_labels"])
+    assert torch.equal(objective_inputs("wra", batch, {})["wra_labels"], batch["itm_labels"])
+    mim = objective_inputs("mim", batch, {})
+    assert torch.equal(mim["input_ids"], batch["plain_input_ids"]) and torch.equal(mim["mim_mask"], batch["mim_mask"])
+    assert torch.equal(objective_inputs("itc", batch, {})["itc_input_ids"], batch["plain_input_ids"])
+    # Hard negatives: text 1 holds for image 0 too, so image 0 has no negative text and text 1 no negative image;
+    # image 1 is paired with text 0, and text 0 with image 1. Never a caption that holds.
+    hard = hard_negative_inputs(batch, torch.zeros(2, 2), torch.Generator().manual_seed(0))
+    assert hard["itm_labels"].tolist() == [1, 1, 0, 0]
+    assert torch.equal(hard["input_ids"][2], batch["plain_input_ids"][0])
+    assert torch.equal(hard["pixel_values"][2], batch["pixel_values"][1])
+    assert torch.equal(hard["input_ids"][3], batch["plain_input_ids"][0])
+    assert torch.equal(hard["pixel_values"][3], batch["pixel_values"][1])
+    batch["holds_matrix"] = torch.eye(2, dtype=torch.bool)
+    hard = hard_negative_inputs(batch, torch.zeros(2, 2), torch.Generator().manual_seed(0))
+    assert hard["itm_labels"].tolist() == [1, 1, 0, 0, 0, 0]
+    assert torch.equal(hard["input_ids"][2:4], batch["plain_input_ids"][[1, 0]])
+    assert torch.equal(hard["pixel_values"][4:6], batch["pixel_values"][[1, 0]])

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-OBJECTIVES = ("mlm", "itm")
+OBJECTIVES = ("mlm", "itm", "mim", "itc", "wra")
+ITM_NEGATIVES = ("random", "hard")
+MIM_TARGETS = ("pixel", "teacher")
+MIM_LOSSES = ("l2", "smooth_l1", "cosine")
 MIXING_MODES = ("sum", "sample")
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -38,6 +41,9 @@ class ModelArguments:
     hidden_dropout_prob: float = field(default=0.0, metadata={"help": "dropout on hidden states"})
     attention_probs_dropout_prob: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
     vocab_size: int = field(default=1000, metadata={"help": "vocabulary size of the tokenizer trained on the corpus"})
+    mim_target: str = field(default="pixel", metadata={"help": "MIM targets: 'pixel' (normalized, MAE) or 'teacher' "
+                                                                "(EMA teacher patch states, iBOT)"})
+    mim_loss: str = field(default="l2", metadata={"help": "MIM regression loss: 'l2', 'smooth_l1' or 'cosine'"})
     init_from: str | None = field(default=None, metadata={"help": "start from this VLP checkpoint folder"})
 
     def __post_init__(self):
@@ -52,6 +58,8 @@ class ModelArguments:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, key)
             _require(0.0 <= value < 1.0, key, value, "[0, 1)")
+        _require(self.mim_target in MIM_TARGETS, "mim_target", self.mim_target, f"one of {MIM_TARGETS}")
+        _require(self.mim_loss in MIM_LOSSES, "mim_loss", self.mim_loss, f"one of {MIM_LOSSES}")
 
 
 @dataclass
@@ -71,6 +79,8 @@ class DataArguments:
     max_length: int = field(default=32, metadata={"help": "longest caption, in tokens"})
     mlm_probability: float = field(default=0.15, metadata={"help": "share of words masked for MLM"})
     itm_probability: float = field(default=0.5, metadata={"help": "share of pairs given a caption that does not hold"})
+    mim_probability: float = field(default=0.4, metadata={"help": "share of patches masked for MIM"})
+    mim_block: bool = field(default=False, metadata={"help": "block-wise MIM masks (BEiT) instead of random"})
     num_workers: int = field(default=0, metadata={"help": "dataloader worker processes"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping"})
 
@@ -94,6 +104,7 @@ class DataArguments:
             value = getattr(self, key)
             _require(0.0 <= value <= 1.0, key, value, "[0, 1]")
         _require(0.0 < self.mlm_probability <= 1.0, "mlm_probability", self.mlm_probability, "(0, 1]")
+        _require(0.0 < self.mim_probability < 1.0, "mim_probability", self.mim_probability, "(0, 1)")
 
 
 @dataclass
@@ -115,6 +126,10 @@ class PretrainArguments:
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16'"})
     objectives: str = field(default="mlm,itm", metadata={"help": "comma-separated objectives, name[:weight]"})
     mixing: str = field(default="sum", metadata={"help": "'sum': every objective every step; 'sample': one per step"})
+    itm_negatives: str = field(default="random", metadata={
+        "help": "'random': the dataset's negatives (captions of other scenes that do not hold); 'hard': ALBEF's, "
+                "drawn in the batch by ITC similarity (texts that hold for the image excluded)"})
+    teacher_momentum: float = field(default=0.996, metadata={"help": "EMA momentum of the MIM teacher"})
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     eval_every: int = field(default=100, metadata={"help": "steps between validations (0 = only at the end)"})
     eval_batches: int = field(default=8, metadata={"help": "validation batches per validation"})
@@ -141,6 +156,8 @@ class PretrainArguments:
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "[0, inf)")
         _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision, f"one of {PRECISIONS}")
         _require(self.mixing in MIXING_MODES, "mixing", self.mixing, f"one of {MIXING_MODES}")
+        _require(self.itm_negatives in ITM_NEGATIVES, "itm_negatives", self.itm_negatives, f"one of {ITM_NEGATIVES}")
+        _require(0.0 <= self.teacher_momentum < 1.0, "teacher_momentum", self.teacher_momentum, "[0, 1)")
         self.objective_weights()
 
     def objective_weights(self):

@@ -1,5 +1,6 @@
 """From a data config to training and validation datasets, the processor and the data loader."""
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -52,9 +53,14 @@ class PretrainingData:
         )
 
 
+@functools.lru_cache(maxsize=4096)
+def _scene(scene_json):
+    return shapes_world.Scene.from_dict(scene_json)
+
+
 def holds_for_scene(caption, scene_json):
-    """The world's truth for a caption and a stored scene (a JSON string)."""
-    return shapes_world.caption_holds(caption, scene_json)
+    """The world's truth for a caption and a stored scene (a JSON string, parsed once)."""
+    return shapes_world.caption_holds(caption, _scene(scene_json))
 
 
 def load_folder(path, val_scenes):
@@ -109,7 +115,8 @@ def build_processor(rows, model_args, data_args):
     return VLPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator):
+def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator, objectives=("mlm", "itm"),
+                           hard_negatives=False):
     """Datasets and processor for a run. The main process generates and saves; the others then load."""
     processor_dir = os.path.join(output_dir, "processor")
     with accelerator.main_process_first():
@@ -127,13 +134,16 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator)
                                strict=data_args.strict, **common)
     val = PretrainingDataset(val_rows, seed=VALIDATION_SEED_OFFSET, itm_probability=0.5, **common)
     tokenizer = processor.tokenizer
+    masking = dict(mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability,
+                   mim_block=data_args.mim_block,
+                   mim_patch_size=model_args.patch_size if "mim" in objectives else None,
+                   holds_fn=holds if hard_negatives else None)
     return PretrainingData(
         train=train,
         val=val,
         processor=processor,
-        collator=PretrainingCollator(tokenizer, mlm_probability=data_args.mlm_probability, seed=seed),
-        val_collator=PretrainingCollator(tokenizer, mlm_probability=data_args.mlm_probability,
-                                         seed=VALIDATION_SEED_OFFSET),
+        collator=PretrainingCollator(tokenizer, seed=seed, **masking),
+        val_collator=PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking),
         train_rows=train_rows,
         val_rows=val_rows,
     )

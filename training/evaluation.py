@@ -11,6 +11,9 @@ import torch
 
 from ..processing import shapes_world
 from ..processing.pretraining_data import decode_image
+from .objectives import objective_counts, objective_inputs
+
+EXTRA_OBJECTIVES = ("mim", "itc", "wra")  # validated by their loss alone
 
 
 def wilson_interval(correct, total, z=1.959964):
@@ -30,16 +33,36 @@ def _accuracy(prefix, correct, total):
             f"{prefix}_n": total}
 
 
+def _validation_batches(data, batch_size, num_batches, rank, world_size):
+    """This process's share of the first validation batches (fixed: epoch 0, in index order)."""
+    limit = min(len(data.val), batch_size * num_batches)
+    data.val.set_epoch(0)
+    for start in range(rank * batch_size, limit, batch_size * world_size):
+        yield data.val_collator([data.val[i] for i in range(start, min(start + batch_size, limit))])
+
+
+@torch.no_grad()
+def objective_loss_sums(model, data, objectives, batch_size, num_batches, rank=0, world_size=1, teacher=None):
+    """Summed validation loss and unit count of each objective in `objectives` (MIM, ITC, WRA)."""
+    device = next(model.parameters()).device
+    sums = torch.zeros(2 * len(objectives), dtype=torch.float64)
+    context = {"model": model, "teacher": teacher}
+    for batch in _validation_batches(data, batch_size, num_batches, rank, world_size):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for position, name in enumerate(objectives):
+            count = float(objective_counts([batch], {name: 1.0}, "cpu")[0])
+            loss = getattr(model(**objective_inputs(name, batch, context)), f"{name}_loss")
+            sums[2 * position] += float(loss) * count
+            sums[2 * position + 1] += count
+    return sums
+
+
 @torch.no_grad()
 def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
     """Summed MLM/ITM losses and correct counts over this process's share of the first validation batches."""
     device = next(model.parameters()).device
     sums = torch.zeros(8, dtype=torch.float64)
-    limit = min(len(data.val), batch_size * num_batches)
-    data.val.set_epoch(0)
-    for start in range(rank * batch_size, limit, batch_size * world_size):
-        items = [data.val[i] for i in range(start, min(start + batch_size, limit))]
-        batch = data.val_collator(items)
+    for batch in _validation_batches(data, batch_size, num_batches, rank, world_size):
         images = {k: batch[k].to(device) for k in ("pixel_values", "pixel_mask")}
         labels = batch["mlm_labels"].to(device)
         itm = batch["itm_labels"].to(device)
@@ -114,10 +137,11 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
     return closed, opened, len(items)
 
 
-def validate(model, data, train_args, accelerator):
+def validate(model, data, train_args, accelerator, teacher=None):
     """Validation metrics, identical on every process (each evaluates a share; the sums are reduced)."""
     was_training = model.training
     model.eval()
+    extra = [name for name in EXTRA_OBJECTIVES if name in train_args.objective_weights()]
     sums = validation_sums(model, data, train_args.per_device_batch_size, train_args.eval_batches,
                            accelerator.process_index, accelerator.num_processes)
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
@@ -126,6 +150,12 @@ def validate(model, data, train_args, accelerator):
     metrics.update(_accuracy("mlm_accuracy", int(mlm_hits), int(n_masked)))
     metrics.update(_accuracy("mlm_concept_accuracy", int(concept_hits), int(n_concept)))
     metrics.update(_accuracy("itm_accuracy", int(itm_hits), int(n_pairs)))
+    if extra:
+        sums = objective_loss_sums(model, data, extra, train_args.per_device_batch_size, train_args.eval_batches,
+                                   accelerator.process_index, accelerator.num_processes, teacher)
+        sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
+        for position, name in enumerate(extra):
+            metrics[f"{name}_loss"] = sums[2 * position] / max(1.0, sums[2 * position + 1])
     if "scene" in data.val_rows.column_names:
         limit = train_args.per_device_batch_size * train_args.eval_batches
         closed, opened, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS,

@@ -6,6 +6,7 @@ and the result does not depend on how the global batch is split. Checkpoints are
 uninterrupted run.
 """
 
+import copy
 import json
 import math
 import os
@@ -19,11 +20,13 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..modeling_vlp import VLPConfig, VLPForPreTraining
+from ..modeling_vlp.losses_vlp import ema_update
 from . import checkpointing
 from .config import to_dict
 from .data import build_pretraining_data
 from .evaluation import validate
 from .logging_utils import MetricLogger
+from .objectives import OBJECTIVE_ORDER, objective_counts, objective_inputs, step_objectives
 from .sampler import GlobalBatchSampler
 
 # Fault injection for tests. Step indices count completed optimizer steps (the step with index k is logged as k + 1).
@@ -58,64 +61,6 @@ def make_optimizer(model, args):
         (no_decay if plain else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-
-
-def step_objectives(weights, mixing, seed, step):
-    """The objectives of one step: all of them (`sum`), or one drawn from (seed, step) by weight (`sample`).
-
-    The draw depends only on (seed, step), so every process picks the same objective.
-    """
-    if mixing == "sum":
-        return dict(weights)
-    names = sorted(weights)
-    probabilities = np.array([weights[n] for n in names], dtype=float)
-    choice = np.random.default_rng([seed, step, 0x0B7]).choice(len(names), p=probabilities / probabilities.sum())
-    return {names[choice]: 1.0}
-
-
-IMAGE_KEYS = ("pixel_values", "pixel_mask")
-
-
-def _pad_to(tensor, length, value):
-    return torch.nn.functional.pad(tensor, (0, length - tensor.shape[1]), value=value)
-
-
-def model_inputs(batch, objectives):
-    """The model's keyword arguments for the chosen objectives.
-
-    MLM runs on the masked own captions (matched pairs), ITM on the unmasked ITM captions. With both, the two
-    views become the rows of one forward pass: [MLM rows; ITM rows], each with -100 labels for the other objective.
-    """
-    images = {key: batch[key] for key in IMAGE_KEYS if key in batch}
-    mlm_view = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                "token_type_ids": batch["token_type_ids"]}
-    itm_view = {"input_ids": batch["itm_input_ids"], "attention_mask": batch["itm_attention_mask"],
-                "token_type_ids": batch["itm_token_type_ids"]}
-    if "mlm" in objectives and "itm" in objectives:
-        length = max(batch["input_ids"].shape[1], batch["itm_input_ids"].shape[1])
-        pads = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0}
-        inputs = {key: torch.cat([_pad_to(mlm_view[key], length, pad), _pad_to(itm_view[key], length, pad)])
-                  for key, pad in pads.items()}
-        inputs.update({key: torch.cat([value, value]) for key, value in images.items()})
-        ignore_mlm = torch.full_like(batch["mlm_labels"], -100)
-        inputs["mlm_labels"] = torch.cat([_pad_to(batch["mlm_labels"], length, -100),
-                                          _pad_to(ignore_mlm, length, -100)])
-        inputs["itm_labels"] = torch.cat([torch.full_like(batch["itm_labels"], -100), batch["itm_labels"]])
-        return inputs
-    if "mlm" in objectives:
-        return {**mlm_view, **images, "mlm_labels": batch["mlm_labels"]}
-    return {**itm_view, **images, "itm_labels": batch["itm_labels"]}
-
-
-def objective_counts(batches, objectives, device):
-    """How many tokens or samples each objective averages over in this process's micro-batches."""
-    counts = []
-    for name in sorted(objectives):
-        if name == "mlm":
-            counts.append(sum(int((b["mlm_labels"] != -100).sum()) for b in batches))
-        else:
-            counts.append(sum(len(b["itm_labels"]) for b in batches))
-    return torch.tensor(counts, dtype=torch.float64, device=device)
 
 
 def code_version():
@@ -162,6 +107,8 @@ def build_model(model_args, tokenizer, seed):
         hidden_dropout_prob=model_args.hidden_dropout_prob,
         attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
         pad_token_id=tokenizer.pad_token_id,
+        mim_target=model_args.mim_target,
+        mim_loss=model_args.mim_loss,
     )
     return VLPForPreTraining(config)
 
@@ -180,12 +127,21 @@ def pretrain(model_args, data_args, train_args):
     if main:
         os.makedirs(output_dir, exist_ok=True)
 
-    data = build_pretraining_data(model_args, data_args, train_args.seed, output_dir, accelerator)
+    data = build_pretraining_data(model_args, data_args, train_args.seed, output_dir, accelerator, tuple(weights),
+                                  train_args.itm_negatives == "hard")
     model = build_model(model_args, data.processor.tokenizer, train_args.seed)
     optimizer = make_optimizer(model, train_args)
+    teacher = None
+    if "mim" in weights and model.config.mim_target == "teacher":
+        # iBOT-style targets: an EMA copy of the model, never trained by gradients, saved with every checkpoint.
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if teacher is not None:
+        teacher.to(accelerator.device)
     state = checkpointing.LoopState()
     accelerator.register_for_checkpointing(state)
+    if teacher is not None:
+        accelerator.register_for_checkpointing(teacher)
 
     resume_step, resume_path = checkpointing.latest_checkpoint(output_dir) if train_args.resume else (None, None)
     if resume_path is not None:
@@ -210,6 +166,9 @@ def pretrain(model_args, data_args, train_args):
     window = {}
     final_metrics = {}
 
+    if state.step == 0 and train_args.eval_every:
+        # The starting point of every validation curve (and of the "did each loss go down" check).
+        logger.log(0, "val", validate(accelerator.unwrap_model(model), data, train_args, accelerator, teacher))
     model.train()
     while state.step < train_args.max_steps:
         step = state.step
@@ -222,24 +181,34 @@ def pretrain(model_args, data_args, train_args):
         _record_skipped(micro_batches, state, output_dir, step, accelerator)
 
         objectives = step_objectives(weights, train_args.mixing, train_args.seed, step)
-        local_counts = objective_counts(micro_batches, objectives, accelerator.device)
-        global_counts = accelerator.reduce(local_counts.clone(), reduction="sum")
         names = sorted(objectives)
+        hard = train_args.itm_negatives == "hard"
+        local_counts = objective_counts(micro_batches, objectives, accelerator.device, hard)
+        global_counts = accelerator.reduce(local_counts.clone(), reduction="sum")
         normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(names, global_counts)}
         loss_sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
-
-        for index, batch in enumerate(micro_batches):
-            last = index == len(micro_batches) - 1
-            with nullcontext() if last else accelerator.no_sync(model):
-                outputs = model(**model_inputs(batch, objectives), loss_normalizers=normalizers,
+        passes = [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER if name in objectives]
+        generator = torch.Generator(device="cpu").manual_seed(
+            int(np.random.default_rng([train_args.seed, step, accelerator.process_index, 0x4A7]).integers(2**62)))
+        context = {"model": accelerator.unwrap_model(model), "teacher": teacher, "hard_negatives": hard,
+                   "generator": generator}
+        for number, (index, name) in enumerate(passes):
+            batch = micro_batches[index]
+            if name == "itc" or number == 0 or passes[number - 1][0] != index:
+                context["similarity"] = None
+            pass_started = time.perf_counter()
+            # Gradients are synchronised once per optimizer step, in the last backward pass.
+            with nullcontext() if number == len(passes) - 1 else accelerator.no_sync(model):
+                outputs = model(**objective_inputs(name, batch, context), loss_normalizers=normalizers,
                                 loss_weights=objectives)
                 loss = outputs.loss
                 if step in nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
-            for position, name in enumerate(names):
-                value = getattr(outputs, f"{name}_loss")
-                loss_sums[position] += value.detach().double()
+            if name == "itc":
+                context["similarity"] = outputs.itc_similarity
+            loss_sums[names.index(name)] += getattr(outputs, f"{name}_loss").detach().double()
+            timing[f"{name}_time"] = timing.get(f"{name}_time", 0.0) + time.perf_counter() - pass_started
         if step in nonfinite_steps:
             loss_sums += float("nan")
         # Each process holds (its summed loss) / (global count / processes): the mean over processes is the global
@@ -252,6 +221,9 @@ def pretrain(model_args, data_args, train_args):
         if finite:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm or float("inf"))
             optimizer.step()
+            if teacher is not None:
+                ema_update(teacher.parameters(), accelerator.unwrap_model(model).parameters(),
+                           train_args.teacher_momentum)
             state.consecutive_nonfinite = 0
         else:
             grad_norm = torch.tensor(float("nan"))
@@ -287,13 +259,16 @@ def pretrain(model_args, data_args, train_args):
                 step_time=(timing["data"] + timing["compute"]) / max(1, timing["steps"]),
                 data_wait_share=timing["data"] / max(1e-9, timing["data"] + timing["compute"]),
             )
+            total_time = max(1e-9, timing["data"] + timing["compute"])
+            record.update({f"{key[:-5]}_time_share": value / total_time for key, value in timing.items()
+                           if key.endswith("_time")})
             logger.log(state.step, "train", record)
             progress.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("_loss")})
             window = {}
             timing = {"data": 0.0, "compute": 0.0, "steps": 0}
         evaluate_now = train_args.eval_every and state.step % train_args.eval_every == 0
         if evaluate_now or state.step == train_args.max_steps:
-            final_metrics = validate(accelerator.unwrap_model(model), data, train_args, accelerator)
+            final_metrics = validate(accelerator.unwrap_model(model), data, train_args, accelerator, teacher)
             logger.log(state.step, "val", final_metrics)
             model.train()
         save_now = train_args.save_every and state.step % train_args.save_every == 0

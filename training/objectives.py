@@ -1,0 +1,132 @@
+"""What each pretraining objective's forward pass sees, and how many units its loss averages over.
+
+One pass per objective and micro-batch: MLM on the masked own captions (matched pairs, as ViLT and UNITER), ITM and
+WRA on the ITM captions (the dataset's negatives, or ALBEF's hard negatives drawn by ITC similarity), MIM on the
+unmasked own captions with masked patches, ITC as text-only and image-only passes.
+"""
+
+import numpy as np
+import torch
+
+from ..modeling_vlp.losses_vlp import sample_hard_negatives
+
+
+def step_objectives(weights, mixing, seed, step):
+    """The objectives of one step: all of them (`sum`), or one drawn from (seed, step) by weight (`sample`).
+
+    The draw depends only on (seed, step), so every process picks the same objective.
+    """
+    if mixing == "sum":
+        return dict(weights)
+    names = sorted(weights)
+    probabilities = np.array([weights[n] for n in names], dtype=float)
+    choice = np.random.default_rng([seed, step, 0x0B7]).choice(len(names), p=probabilities / probabilities.sum())
+    return {names[choice]: 1.0}
+
+
+IMAGE_KEYS = ("pixel_values", "pixel_mask")
+# ITC runs first in a step, so that hard ITM negatives can reuse its similarities.
+OBJECTIVE_ORDER = ("itc", "mlm", "itm", "wra", "mim")
+
+
+def _text(batch, prefix=""):
+    return {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
+            "token_type_ids": batch[f"{prefix}token_type_ids"]}
+
+
+def _images(batch, rows=None):
+    return {key: batch[key] if rows is None else batch[key][rows] for key in IMAGE_KEYS if key in batch}
+
+
+def _plain_text(batch):
+    """The rows' own captions, unmasked."""
+    return {"input_ids": batch["plain_input_ids"], "attention_mask": batch["attention_mask"],
+            "token_type_ids": batch["token_type_ids"]}
+
+
+@torch.no_grad()
+def contrastive_similarity(model, batch):
+    """ITC similarities of the batch's matched pairs without gradients (hard negatives when ITC is not trained)."""
+    text, image = model.contrastive_features(batch["plain_input_ids"], batch["attention_mask"],
+                                             batch["pixel_values"], batch.get("pixel_mask"))
+    return model.contrastive.logit_scale() * text @ image.T
+
+
+def hard_negative_exclusions(batch, device=None):
+    """exclude[i, j]: text j may not serve as image i's negative (it holds for image i, or it is its own text)."""
+    holds = batch.get("holds_matrix")
+    size = len(batch["itm_labels"])
+    exclude = holds if holds is not None else torch.eye(size, dtype=torch.bool)
+    return exclude.to(device) if device is not None else exclude
+
+
+def hard_negative_inputs(batch, similarity, generator):
+    """ALBEF's ITM rows: the B matched pairs, then each image with a text drawn by similarity, then each text with
+    an image drawn by similarity.
+
+    Candidates exclude every text that holds for the image (`holds_matrix`, from the world's truth) or, without
+    one, the pair's own text; an image or text with no candidate left gets no negative. Draws come from the
+    process's own micro-batch.
+    """
+    exclude = hard_negative_exclusions(batch, similarity.device)
+    own = torch.arange(similarity.shape[0], device=similarity.device)
+    images_with = (~exclude).any(dim=1)  # images that have a negative text
+    texts_with = (~exclude).any(dim=0)  # texts that have a negative image
+    negative_text = sample_hard_negatives(similarity[images_with], generator, exclude[images_with])
+    negative_image = sample_hard_negatives(similarity.T[texts_with], generator, exclude.T[texts_with])
+    text_rows = torch.cat([own, negative_text.to(own.device), own[texts_with]])
+    image_rows = torch.cat([own, own[images_with], negative_image.to(own.device)])
+    inputs = {key: value[text_rows] for key, value in _plain_text(batch).items()}
+    inputs.update(_images(batch, image_rows))
+    labels = torch.zeros(len(text_rows), dtype=torch.long, device=own.device)
+    labels[: len(own)] = 1
+    inputs["itm_labels"] = labels
+    return inputs
+
+
+def objective_inputs(name, batch, context):
+    """The model's keyword arguments for one objective's pass over a micro-batch.
+
+    MLM: masked own captions (matched pairs). ITM and WRA: the ITM captions (random negatives) or ALBEF's hard
+    negatives. MIM: unmasked own captions with masked patches. ITC: text-only and image-only passes.
+    """
+    if name == "mlm":
+        return {**_text(batch), **_images(batch), "mlm_labels": batch["mlm_labels"]}
+    if name == "itm" and context.get("hard_negatives"):
+        similarity = context.get("similarity")
+        if similarity is None:
+            similarity = contrastive_similarity(context["model"], batch)
+        return hard_negative_inputs(batch, similarity, context["generator"])
+    if name in ("itm", "wra"):
+        labels = {"itm_labels" if name == "itm" else "wra_labels": batch["itm_labels"]}
+        return {**_text(batch, "itm_"), **_images(batch), **labels}
+    if name == "mim":
+        inputs = {**_plain_text(batch), **_images(batch), "mim_mask": batch["mim_mask"]}
+        teacher = context.get("teacher")
+        if teacher is not None:
+            with torch.no_grad():
+                out = teacher.vlp(**_plain_text(batch), **_images(batch))
+                inputs["mim_targets"] = out.last_hidden_state[:, out.text_length + 1:]
+        return inputs
+    if name == "itc":
+        return {"itc_input_ids": batch["plain_input_ids"], "itc_attention_mask": batch["attention_mask"],
+                "itc_pixel_values": batch["pixel_values"], "itc_pixel_mask": batch.get("pixel_mask")}
+    raise ValueError(f"unknown objective {name!r}")
+
+
+def objective_counts(batches, objectives, device, hard_negatives=False):
+    """How many units each objective averages over in this process's micro-batches (tokens, pairs, patches)."""
+    counts = []
+    for name in sorted(objectives):
+        if name == "mlm":
+            counts.append(sum(int((b["mlm_labels"] != -100).sum()) for b in batches))
+        elif name == "mim":
+            counts.append(sum(int(b["mim_mask"].sum()) for b in batches))
+        elif name == "itm" and hard_negatives:
+            exclusions = [hard_negative_exclusions(b) for b in batches]
+            counts.append(sum(len(e) + int((~e).any(1).sum()) + int((~e).any(0).sum()) for e in exclusions))
+        else:
+            counts.append(sum(len(b["itm_labels"]) for b in batches))
+    return torch.tensor(counts, dtype=torch.float64, device=device)
+
+
