@@ -22,7 +22,7 @@ $(STAMP): setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vlp demo --output_dir runs/demo
+	$(VENV)/bin/vlp pretrain --config training/configs/demo.yaml --output_dir runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
