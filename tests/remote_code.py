@@ -19,6 +19,12 @@ class _BlockVLP:
 sys.meta_path.insert(0, _BlockVLP())
 for _name in [m for m in sys.modules if m == "vlp" or m.startswith("vlp.")]:
     del sys.modules[_name]
+try:
+    import vlp.processing  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("the import blocker did not block vlp")
 '''
 
 
@@ -35,4 +41,4 @@ def run_blocked(code, workdir, timeout=300):
                             timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"blocked subprocess failed:\n{result.stderr[-6000:]}")
-    return result.stdout
+    return result.stdout + result.stderr

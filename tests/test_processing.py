@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from remote_code import run_blocked
 
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
@@ -317,39 +318,23 @@ def test_processor_joins_text_and_images(processor):
     ]
 
 
-LOAD_WITHOUT_VLP = textwrap.dedent(
-    """
-    import sys
+LOAD_WITHOUT_VLP = """
+import sys
 
-    class BlockVLP:
-        def find_spec(self, name, path=None, target=None):
-            if name == "vlp" or name.startswith("vlp."):
-                raise ImportError(f"vlp is not importable here: {name}")
-            return None
+import numpy as np, PIL.Image, torch
+from transformers import AutoImageProcessor, AutoProcessor
 
-    sys.meta_path.insert(0, BlockVLP())
-    try:
-        import vlp.processing  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("the import blocker did not block vlp")
-
-    import numpy as np, PIL.Image, torch
-    from transformers import AutoImageProcessor, AutoProcessor
-
-    folder, image_file, output_file = sys.argv[1:4]
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert type(processor).__name__ == "VLPProcessor", type(processor)
-    assert not type(processor).__module__.startswith("vlp"), type(processor).__module__
-    assert type(processor.image_processor).__name__ == "VLPImageProcessor"
-    standalone = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
-    assert standalone.to_dict() == processor.image_processor.to_dict()
-    out = processor(images=PIL.Image.open(image_file), text=sys.argv[4:], padding=True, return_tensors="pt")
-    torch.save({key: value for key, value in out.items()}, output_file)
-    assert not any(name == "vlp" or name.startswith("vlp.") for name in sys.modules)
-    """
-)
+folder, image_file, output_file, texts = {arguments!r}
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor).__name__ == "VLPProcessor", type(processor)
+assert not type(processor).__module__.startswith("vlp"), type(processor).__module__
+assert type(processor.image_processor).__name__ == "VLPImageProcessor"
+standalone = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+assert standalone.to_dict() == processor.image_processor.to_dict()
+out = processor(images=PIL.Image.open(image_file), text=texts, padding=True, return_tensors="pt")
+torch.save({{key: value for key, value in out.items()}}, output_file)
+assert not any(name == "vlp" or name.startswith("vlp.") for name in sys.modules)
+"""
 
 
 DUMMY_MODEL_CONFIG = """
@@ -395,21 +380,10 @@ def test_processor_round_trip_loads_from_hub_files_without_vlp(processor, tmp_pa
     assert all(torch.equal(reloaded[key], expected[key]) for key in expected)
     assert "custom code" not in "".join(capfd.readouterr()), "loading asked about remote code"
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
     output_file = tmp_path / "remote.pt"
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_VLP, str(folder), str(image_file), str(output_file), *texts],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "custom code" not in result.stdout + result.stderr, "loading asked about remote code"
+    arguments = (str(folder), str(image_file), str(output_file), list(texts))
+    printed = run_blocked(LOAD_WITHOUT_VLP.format(arguments=arguments), str(tmp_path / "elsewhere"))
+    assert "custom code" not in printed, "loading asked about remote code"
     remote = torch.load(output_file)
     assert set(remote) == set(expected)
     for key in expected:

@@ -90,26 +90,19 @@ def _has_distribution(name):
         return False
 
 
+# ModelArguments that are VLPConfig keys of the same name (the vocabulary comes from the tokenizer).
+MODEL_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
+                     "patch_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                     "mim_target", "mim_loss")
+
+
 def build_model(model_args, tokenizer, seed):
     """A fresh VLPForPreTraining sized by `model_args` (vocabulary from the tokenizer), or one loaded from a folder."""
     if model_args.init_from:
         return VLPForPreTraining.from_pretrained(model_args.init_from)
     set_seed(seed)
-    config = VLPConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=model_args.hidden_size,
-        num_hidden_layers=model_args.num_hidden_layers,
-        num_attention_heads=model_args.num_attention_heads,
-        intermediate_size=model_args.intermediate_size,
-        image_size=model_args.image_size,
-        patch_size=model_args.patch_size,
-        max_position_embeddings=model_args.max_position_embeddings,
-        hidden_dropout_prob=model_args.hidden_dropout_prob,
-        attention_probs_dropout_prob=model_args.attention_probs_dropout_prob,
-        pad_token_id=tokenizer.pad_token_id,
-        mim_target=model_args.mim_target,
-        mim_loss=model_args.mim_loss,
-    )
+    sizes = {key: getattr(model_args, key) for key in MODEL_CONFIG_KEYS}
+    config = VLPConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **sizes)
     return VLPForPreTraining(config)
 
 
