@@ -40,7 +40,9 @@ class VLPModelOutput(ModelOutput):
     """Encoder output. The sequence is `[text tokens][image CLS, patches]`; `text_length` tells where images start.
 
     `attention_mask` is the mask over the whole sequence (1 = real token or patch), `patch_grid` the (rows, columns)
-    of the patch grid, `attentions` one map per chosen layer (eager path only).
+    of the patch grid, `attentions` one map per chosen layer (eager path only), `relevance` (B, S) the attention
+    each position receives from the query positions given as `relevance_weights`, averaged over heads and over
+    `relevance_layers` (computed without gradients, beside the fused attention).
     """
 
     last_hidden_state: torch.FloatTensor = None
@@ -50,6 +52,7 @@ class VLPModelOutput(ModelOutput):
     attention_mask: torch.LongTensor | None = None
     text_length: int | None = None
     patch_grid: tuple[int, int] | None = None
+    relevance: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -201,12 +204,30 @@ class VLPAttention(nn.Module):
         self.attention_dropout = config.attention_probs_dropout_prob
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, attn_mask=None, return_attention=False):
+    def relevance(self, query, key, attn_mask, weights):
+        """How much attention each key receives from the query positions that `weights` (B, S) selects:
+        sum_i w_i softmax(q_i K^T / sqrt(d)), averaged over heads, (B, S). Only the selected rows are computed
+        (at most as many as the largest number of nonzero weights in a row), never the full attention map."""
+        rows = int((weights > 0).sum(dim=1).max())
+        top, index = weights.topk(max(rows, 1), dim=1)
+        top = top / top.sum(dim=1, keepdim=True).clamp(min=torch.finfo(top.dtype).tiny)
+        selected = query.gather(2, index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
+        scores = selected @ key.transpose(-1, -2) / math.sqrt(self.head_dim)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+        probs = scores.float().softmax(dim=-1).mean(dim=1)  # (B, M, S), heads averaged
+        return (top.float().unsqueeze(-1) * probs).sum(dim=1)
+
+    def forward(self, hidden_states, attn_mask=None, return_attention=False, relevance_weights=None):
         batch, length, dim = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv.unbind(0)
         dropout = self.attention_dropout if self.training else 0.0
         probs = None
+        relevance = None
+        if relevance_weights is not None:
+            with torch.no_grad():
+                relevance = self.relevance(query, key, attn_mask, relevance_weights)
         if return_attention:
             scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim)
             if attn_mask is not None:
@@ -216,7 +237,7 @@ class VLPAttention(nn.Module):
         else:
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout)
         context = context.transpose(1, 2).reshape(batch, length, dim)
-        return self.dropout(self.out(context)), probs
+        return self.dropout(self.out(context)), probs, relevance
 
 
 class VLPLayer(GradientCheckpointingLayer):
@@ -232,11 +253,12 @@ class VLPLayer(GradientCheckpointingLayer):
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, attn_mask=None, return_attention=False):
-        attended, probs = self.attention(self.layernorm_before(hidden_states), attn_mask, return_attention)
+    def forward(self, hidden_states, attn_mask=None, return_attention=False, relevance_weights=None):
+        attended, probs, relevance = self.attention(
+            self.layernorm_before(hidden_states), attn_mask, return_attention, relevance_weights)
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.dropout(self.fc2(self.act(self.fc1(self.layernorm_after(hidden_states)))))
-        return hidden_states, probs
+        return hidden_states, probs, relevance
 
 
 class VLPEncoder(nn.Module):
@@ -245,16 +267,21 @@ class VLPEncoder(nn.Module):
         self.layer = nn.ModuleList([VLPLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, attn_mask=None, attention_layers=(), output_hidden_states=False):
+    def forward(self, hidden_states, attn_mask=None, attention_layers=(), output_hidden_states=False,
+                relevance_weights=None, relevance_layers=()):
         all_hidden = (hidden_states,) if output_hidden_states else None
-        maps = []
+        maps, relevances = [], []
         for index, layer in enumerate(self.layer):
-            hidden_states, probs = layer(hidden_states, attn_mask, index in attention_layers)
+            weights = relevance_weights if index in relevance_layers else None
+            hidden_states, probs, relevance = layer(hidden_states, attn_mask, index in attention_layers, weights)
             if probs is not None:
                 maps.append(probs)
+            if relevance is not None:
+                relevances.append(relevance)
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
-        return hidden_states, all_hidden, tuple(maps) if attention_layers else None
+        relevance = torch.stack(relevances).mean(dim=0) if relevances else None
+        return hidden_states, all_hidden, tuple(maps) if attention_layers else None, relevance
 
 
 class VLPPooler(nn.Module):
@@ -320,7 +347,9 @@ class VLPModel(VLPPreTrainedModel):
     """The single-stream encoder. Text-only, image-only and joint passes all work.
 
     `attention_layers` (with `output_attentions=True`) picks which layers return attention maps (default: all);
-    the other layers keep the fused path.
+    the other layers keep the fused path. `relevance_weights` (B, S), non-negative weights over query positions
+    (for example the text tokens, or [CLS] alone), asks for the attention that every position receives from them
+    in `relevance_layers` (default: the last), the relevance scores of attention-guided masking and grounding.
     """
 
     def __init__(self, config: VLPConfig, add_pooling_layer=True):
@@ -369,6 +398,8 @@ class VLPModel(VLPPreTrainedModel):
         output_attentions=None,
         attention_layers=None,
         output_hidden_states=None,
+        relevance_weights=None,
+        relevance_layers=(-1,),
         return_dict=None,
         **kwargs,
     ):
@@ -384,7 +415,9 @@ class VLPModel(VLPPreTrainedModel):
             layers = {index % self.config.num_hidden_layers for index in chosen}
         # A boolean (B, 1, 1, S) key mask, or None when nothing is padded (lets SDPA pick its fastest kernel).
         attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
-        hidden, all_hidden, maps = self.encoder(embeddings, attn_mask, layers, bool(output_hidden_states))
+        relevance_at = {index % self.config.num_hidden_layers for index in relevance_layers}
+        hidden, all_hidden, maps, relevance = self.encoder(
+            embeddings, attn_mask, layers, bool(output_hidden_states), relevance_weights, relevance_at)
         hidden = self.layernorm(hidden)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         return VLPModelOutput(
@@ -395,6 +428,7 @@ class VLPModel(VLPPreTrainedModel):
             attention_mask=mask,
             text_length=text_length,
             patch_grid=grid,
+            relevance=relevance,
         )
 
 

@@ -279,3 +279,37 @@ def test_base_model_loads_from_pretraining_checkpoint(model, tmp_path):
     ids, pixels = batch()
     torch.testing.assert_close(base(input_ids=ids, pixel_values=pixels).last_hidden_state,
                                model.vlp(input_ids=ids, pixel_values=pixels).last_hidden_state)
+
+
+def test_relevance_equals_rows_of_the_attention_map(model):
+    """Relevance from chosen query rows equals the weighted mean of those rows of the eager maps, heads averaged,
+    and it is computed beside the fused attention without changing the outputs."""
+    ids, pixels = batch()
+    mask = torch.ones_like(ids)
+    mask[2, 5:] = 0
+    weights = torch.zeros(3, 7 + 17)
+    weights[:, 1:4] = 1.0  # three text tokens ask
+    weights[0, 0] = 3.0
+    eager = model.vlp(input_ids=ids, attention_mask=mask, pixel_values=pixels, output_attentions=True)
+    fused = model.vlp(input_ids=ids, attention_mask=mask, pixel_values=pixels, relevance_weights=weights)
+    torch.testing.assert_close(fused.last_hidden_state, eager.last_hidden_state, atol=1e-5, rtol=1e-5)
+    rows = eager.attentions[-1].mean(dim=1)  # (B, S, S), heads averaged
+    expected = (weights[:, :, None] * rows).sum(1) / weights.sum(1, keepdim=True)
+    torch.testing.assert_close(fused.relevance, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fused.relevance.sum(-1), torch.ones(3))
+    both = model.vlp(input_ids=ids, attention_mask=mask, pixel_values=pixels, relevance_weights=weights,
+                     relevance_layers=(0, 1))
+    mean = (weights[:, :, None] * (eager.attentions[0].mean(1) + rows) / 2).sum(1) / weights.sum(1, keepdim=True)
+    torch.testing.assert_close(both.relevance, mean, atol=1e-6, rtol=1e-5)
+    assert fused.relevance[2, 5:7].abs().max() == 0, "padded keys receive no attention"
+
+
+def test_relevance_builds_no_full_attention_map(model):
+    ids, pixels = batch(size=2, length=9)
+    weights = torch.zeros(2, 9 + 17)
+    weights[:, 0] = 1.0  # [CLS] only: one row per sample
+    seq = 9 + 17
+    with _RecordShapes() as recorder:
+        model.vlp(input_ids=ids, pixel_values=pixels, relevance_weights=weights)
+    assert not [s for s in recorder.shapes if len(s) >= 2 and s[-2:] == (seq, seq)]
+    assert any(len(s) == 4 and s[-2:] == (1, seq) for s in recorder.shapes)
