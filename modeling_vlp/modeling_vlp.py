@@ -489,6 +489,7 @@ class VLPForPreTraining(VLPPreTrainedModel):
     - `itc_input_ids` with `itc_pixel_values`: image-text contrast between text-only and image-only passes of
       matched pairs, gathered over processes (symmetric InfoNCE with a learnt, clamped temperature).
 
+    Called without any labels, it returns the ITM logits (does the caption hold for the image?) and no loss.
     Rows whose labels are all -100 (or whose `mim_mask` is all False) take no part in that objective, so one
     forward pass can carry the rows of several objectives (for example masked captions for MLM and unmasked ones
     for ITM). `loss_normalizers` maps an objective to the denominator of its summed loss; the training loop passes
@@ -559,8 +560,11 @@ class VLPForPreTraining(VLPPreTrainedModel):
             )
         if mlm_labels is not None:
             extra["mlm_logits"], losses["mlm"] = self.mlm_loss(outputs, mlm_labels, normalizers.get("mlm"))
-        if itm_labels is not None:
+        if itm_labels is not None or (outputs is not None and not any(
+                value is not None for value in (mlm_labels, wra_labels, mim_mask, itc_input_ids))):
+            # Matching scores are also what a call without any labels returns (inference).
             extra["itm_logits"] = self.itm_head(outputs.pooler_output)
+        if itm_labels is not None:
             summed = F.cross_entropy(extra["itm_logits"].float(), itm_labels, reduction="sum", ignore_index=-100)
             losses["itm"] = _normalized_sum(summed, normalizers.get("itm"), (itm_labels != -100).sum())
         if wra_labels is not None:

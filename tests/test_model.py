@@ -313,3 +313,11 @@ def test_relevance_builds_no_full_attention_map(model):
         model.vlp(input_ids=ids, pixel_values=pixels, relevance_weights=weights)
     assert not [s for s in recorder.shapes if len(s) >= 2 and s[-2:] == (seq, seq)]
     assert any(len(s) == 4 and s[-2:] == (1, seq) for s in recorder.shapes)
+
+
+def test_call_without_labels_returns_matching_scores(model):
+    ids, pixels = batch()
+    out = model(input_ids=ids, pixel_values=pixels)
+    assert out.loss is None and out.itm_logits.shape == (3, 2)
+    torch.testing.assert_close(out.itm_logits, model.itm_head(out.pooler_output))
+    assert model(input_ids=ids, pixel_values=pixels, mlm_labels=torch.full_like(ids, -100)).itm_logits is None
