@@ -3,7 +3,6 @@ independent reference (explicit loops, POT's exact solver, a Conv2d, scipy's chi
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -111,20 +110,14 @@ def test_clamp_logit_scale():
         clamp_logit_scale(inside, 0.5, 0.01)
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_itc_distributed_equals_full_batch(tmp_path):
     """Two gloo processes, each with half the batch: the loss and, after DDP's averaging, the parameter gradients
     equal those of one process on the full batch."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # --standalone: the launcher binds its own free rendezvous port (no race on a port chosen beforehand).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                os.path.join(HERE, "distributed_itc_check.py"), str(tmp_path)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-6000:]

@@ -23,15 +23,6 @@ TINY = {
 }
 
 
-def free_port():
-    """A TCP port on the loopback interface that nothing listens on now."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("world_cache"))
@@ -155,8 +146,9 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, cache_dir):
     names = ("itc", "itm", "mim", "mlm", "wra")
     steps = dict(max_steps=20, save_every=0, warmup_steps=5, objectives=",".join(names))
     run_pretrain(tmp_path / "one", cache_dir, per_device_batch_size=8, **steps)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(free_port()), "-m", "vlp.training.cli"]
+    # --standalone: the launcher binds its own free rendezvous port (no race on a port chosen beforehand).
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "vlp.training.cli"]
     run_pretrain(tmp_path / "two", cache_dir, per_device_batch_size=4, launcher=torchrun, **steps)
     one, two = train_losses(tmp_path / "one", names), train_losses(tmp_path / "two", names)
     assert len(one) == len(two) == 20
