@@ -67,6 +67,10 @@ def main(outdir):
     if rank == 0:
         result.update(text_inputs=text_inputs, image_inputs=image_inputs, initial=initial)
     torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
+    # Release DDP's reducer and line the processes up before the group goes: tearing the group down under a live
+    # reducer could hang at exit once in a while.
+    del ddp
+    dist.barrier()
     dist.destroy_process_group()
 
 
