@@ -16,7 +16,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..modeling_vlp import VLPConfig, VLPForPreTraining
@@ -171,13 +171,17 @@ def pretrain(model_args, data_args, train_args):
         micro_batches = [next(batches) for _ in range(train_args.gradient_accumulation_steps)]
         micro_batches = [_to_device(b, accelerator.device) for b in micro_batches]
         fetched = time.perf_counter()
-        _record_skipped(micro_batches, state, output_dir, step, accelerator)
 
         objectives = step_objectives(weights, train_args.mixing, train_args.seed, step)
         names = sorted(objectives)
         hard = train_args.itm_negatives == "hard"
+        # One reduction gives every objective's global count and, last, the number of unreadable samples.
+        skipped = [item for b in micro_batches for item in b.get("skipped", [])]
         local_counts = objective_counts(micro_batches, objectives, accelerator.device, hard)
-        global_counts = accelerator.reduce(local_counts.clone(), reduction="sum")
+        local_counts = torch.cat([local_counts, local_counts.new_tensor([len(skipped)])])
+        global_counts = accelerator.reduce(local_counts, reduction="sum")
+        if global_counts[-1] > 0:
+            _record_skipped(skipped, state, output_dir, step, accelerator)
         normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(names, global_counts)}
         loss_sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
         passes = [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER if name in objectives]
@@ -286,13 +290,12 @@ def _to_device(batch, device):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _record_skipped(batches, state, output_dir, step, accelerator):
-    """Counts unreadable samples (over all processes) and lists them in skipped_samples.jsonl."""
-    skipped = [item for b in batches for item in b.get("skipped", [])]
-    gathered = accelerator.gather_for_metrics(skipped, use_gather_object=True) if accelerator.num_processes > 1 \
-        else skipped
-    if not gathered:
-        return
+def _record_skipped(skipped, state, output_dir, step, accelerator):
+    """Counts unreadable samples (over all processes) and lists them in skipped_samples.jsonl.
+
+    Called on every process, and only in steps where some process skipped a sample (the objects are gathered).
+    """
+    gathered = gather_object(skipped) if accelerator.num_processes > 1 else skipped
     state.skipped_samples += len(gathered)
     if accelerator.is_main_process:
         with open(os.path.join(output_dir, "skipped_samples.jsonl"), "a", encoding="utf-8") as handle:
