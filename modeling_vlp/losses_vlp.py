@@ -295,3 +295,126 @@ def ema_update(teacher_params, student_params, momentum):
         raise ValueError(f"momentum={momentum} must lie in [0, 1]")
     for teacher, student in zip(teacher_params, student_params, strict=True):
         teacher.lerp_(student.to(teacher.dtype), 1 - momentum)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GITM: grouped image-text matching
+# ---------------------------------------------------------------------------------------------------------------------
+
+#: Target of a caption segment that describes no cell of the canvas (padding segments are -100).
+GITM_NONE = -1
+
+
+def _pool_by_id(hidden, ids, first_id, count):
+    """Mean of `hidden` (B, N, D) over the positions whose id is first_id + j, for j < count: (B, count, D).
+    Groups without positions get zeros."""
+    if hidden.dim() != 3 or ids.shape != hidden.shape[:2]:
+        raise ValueError(f"ids of shape {tuple(ids.shape)} must match the first two dims of hidden "
+                         f"{tuple(hidden.shape)}")
+    wanted = torch.arange(first_id, first_id + count, device=ids.device)
+    weights = (ids[:, None, :] == wanted[None, :, None]).to(hidden.dtype)  # (B, count, N)
+    return (weights @ hidden) / weights.sum(dim=-1, keepdim=True).clamp(min=1)
+
+
+def pool_segments(hidden_text, segment_ids, num_segments):
+    """Mean text state of each caption segment: (B, T, D) with `segment_ids` (B, T) -> (B, num_segments, D).
+
+    Slot j pools the tokens with segment id j + 1 (ids are 1-based; 0 marks [CLS] and padding), i.e. the segment
+    whose target is `gitm_segment_targets[:, j]`. Segments absent from a row pool to zeros."""
+    return _pool_by_id(hidden_text, segment_ids, 1, num_segments)
+
+
+def pool_cells(hidden_patches, cell_ids, num_cells):
+    """Mean patch state of each canvas cell: (B, P, D) with `cell_ids` (B, P) in 0..num_cells-1 (-1: no cell)
+    -> (B, num_cells, D). Cells without patches pool to zeros."""
+    return _pool_by_id(hidden_patches, cell_ids, 0, num_cells)
+
+
+def grouped_matching_logits(segment_repr, cell_repr, none_logit, cell_mask=None, scale=1.0):
+    """Scores (B, M, K + 1) of each segment against each cell, scale * <segment, cell>, and in the last column the
+    learned 'none' logit (a scalar, or one per segment (B, M) / (B, M, 1)). Cells where `cell_mask` (B, K) is False
+    get -inf. Computed in float32 with autocast off."""
+    if segment_repr.dim() != 3 or cell_repr.dim() != 3 or segment_repr.shape[::2] != cell_repr.shape[::2]:
+        raise ValueError(f"segment_repr {tuple(segment_repr.shape)} and cell_repr {tuple(cell_repr.shape)} must be "
+                         "(B, M, D) and (B, K, D)")
+    with _full_precision(segment_repr.device):
+        segments, cells = _promote(segment_repr), _promote(cell_repr)
+        scores = scale * segments @ cells.transpose(1, 2)
+        if cell_mask is not None:
+            scores = scores.masked_fill(~cell_mask.bool()[:, None, :], float("-inf"))
+        none = _promote(torch.as_tensor(none_logit, device=scores.device))
+        if none.dim() == 2:
+            none = none[..., None]
+        none = none.to(scores.dtype).expand(*scores.shape[:2], 1)
+        return torch.cat([scores, none], dim=-1)
+
+
+def _class_targets(targets, num_cells):
+    """Segment targets (cell, GITM_NONE or -100) -> class indices of the logits (cell, num_cells for none, -100)."""
+    bad = (targets < GITM_NONE) & (targets != -100) | (targets >= num_cells)
+    if bool(bad.any()):
+        raise ValueError(f"targets must be a cell in [0, {num_cells}), {GITM_NONE} (none) or -100 (padding); got "
+                         f"{sorted(set(targets[bad].tolist()))}")
+    return torch.where(targets == GITM_NONE, torch.full_like(targets, num_cells), targets)
+
+
+def grouped_matching_cross_entropy(logits, targets):
+    """Cross-entropy of logits (B, M, K + 1) against segment targets (B, M) over cells plus 'none'.
+
+    Returns (summed over the segments, their number); padded segments (-100) take no part."""
+    classes = _class_targets(targets, logits.shape[-1] - 1)
+    with _full_precision(logits.device):
+        summed = F.cross_entropy(_promote(logits).flatten(0, 1), classes.flatten(), reduction="sum",
+                                 ignore_index=-100)
+    return summed, (classes != -100).sum()
+
+
+def grouped_matching_loss(segment_repr, cell_repr, none_logit, targets, cell_mask=None, scale=1.0):
+    """GITM loss: each segment (B, M, D) picks its cell among the cells (B, K, D) or 'none' (cross-entropy over
+    K + 1 classes, see `grouped_matching_logits`). Targets (B, M): a cell, GITM_NONE, or -100 for padding.
+
+    Returns (summed over the segments, their number)."""
+    logits = grouped_matching_logits(segment_repr, cell_repr, none_logit, cell_mask, scale)
+    return grouped_matching_cross_entropy(logits, targets)
+
+
+@torch.no_grad()
+def grouped_matching_metrics(logits, targets):
+    """Counts (long tensors, so they add up over batches and processes) for GITM from logits (B, M, K + 1).
+
+    `segments` / `correct`: segments with a target and those whose argmax is it (assignment accuracy);
+    `none_predicted` / `none_actual` / `none_correct`: segments predicted 'none', with target 'none', and both
+    ('none' precision = none_correct / none_predicted, recall = none_correct / none_actual);
+    `groups` / `groups_exact`: rows with at least one segment and those with every segment right (exact match).
+    Segments whose target is -100 are ignored (mask targets to -100 to score a subset, e.g. one distractor kind).
+    """
+    classes = _class_targets(targets, logits.shape[-1] - 1)
+    valid = classes != -100
+    predicted = logits.argmax(dim=-1)
+    none = logits.shape[-1] - 1
+    right = (predicted == classes) & valid
+    has_segments = valid.any(dim=1)
+    return {
+        "segments": valid.sum(),
+        "correct": right.sum(),
+        "none_predicted": ((predicted == none) & valid).sum(),
+        "none_actual": ((classes == none) & valid).sum(),
+        "none_correct": ((classes == none) & right).sum(),
+        "groups": has_segments.sum(),
+        "groups_exact": (has_segments & (right | ~valid).all(dim=1)).sum(),
+    }
+
+
+def summarize_grouped_matching(counts):
+    """Accuracy, 'none' precision and recall and exact match from (summed) `grouped_matching_metrics` counts;
+    NaN where the denominator is 0."""
+    def ratio(num, den):
+        den = int(den)
+        return int(num) / den if den else float("nan")
+
+    return {
+        "accuracy": ratio(counts["correct"], counts["segments"]),
+        "none_precision": ratio(counts["none_correct"], counts["none_predicted"]),
+        "none_recall": ratio(counts["none_correct"], counts["none_actual"]),
+        "exact_match": ratio(counts["groups_exact"], counts["groups"]),
+    }
