@@ -998,6 +998,16 @@ def make_foil(caption: str, scene: Scene | dict | str, kind: str, rng=None) -> s
     return _maybe_text(_foil_clause(clause, _as_scene(scene).objects, kind, _as_random(rng)))
 
 
+def make_foils(caption: str, scene: Scene | dict | str, kind: str) -> list[str]:
+    """Every distinct minimal edit of one ``FOIL_KINDS`` kind that is false for the scene, in a fixed order.
+
+    The candidates :func:`make_foil` draws from, for callers that filter them (evaluation sets).
+    """
+    clause, objects = parse_caption(caption), _as_scene(scene).objects
+    texts = [clause_text(c) for c in _foil_candidates(clause, kind) if not _evaluate(c, objects)]
+    return list(dict.fromkeys(texts))
+
+
 def _maybe_text(clause: Clause | None) -> str | None:
     """Caption text of a clause, passing None through."""
     return None if clause is None else clause_text(clause)
