@@ -22,9 +22,13 @@ from .configuration_vlp import VLPConfig
 from .losses_vlp import (
     clamp_logit_scale,
     contrastive_loss,
+    grouped_matching_cross_entropy,
+    grouped_matching_logits,
     mim_loss,
     mim_pixel_targets,
     optimal_transport_distance,
+    pool_cells,
+    pool_segments,
     similarity_matrix,
     wra_loss,
 )
@@ -60,6 +64,7 @@ class VLPForPreTrainingOutput(ModelOutput):
     """Pretraining output: the weighted total and one loss per objective (None when the objective did not run).
 
     `mlm_logits` holds logits at the masked positions only, in row-major order of `mlm_labels != -100`.
+    `relevance` is the encoder's relevance for `relevance_weights` (see `VLPModel`), when asked for.
     """
 
     loss: torch.FloatTensor | None = None
@@ -68,14 +73,18 @@ class VLPForPreTrainingOutput(ModelOutput):
     mim_loss: torch.FloatTensor | None = None
     itc_loss: torch.FloatTensor | None = None
     wra_loss: torch.FloatTensor | None = None
+    gitm_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None
     mim_predictions: torch.FloatTensor | None = None
     itc_similarity: torch.FloatTensor | None = None
+    gitm_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     pooler_output: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
+    relevance: torch.FloatTensor | None = None
+    text_length: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -205,18 +214,24 @@ class VLPAttention(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def relevance(self, query, key, attn_mask, weights):
-        """How much attention each key receives from the query positions that `weights` (B, S) selects:
-        sum_i w_i softmax(q_i K^T / sqrt(d)), averaged over heads, (B, S). Only the selected rows are computed
-        (at most as many as the largest number of nonzero weights in a row), never the full attention map."""
-        rows = int((weights > 0).sum(dim=1).max())
-        top, index = weights.topk(max(rows, 1), dim=1)
-        top = top / top.sum(dim=1, keepdim=True).clamp(min=torch.finfo(top.dtype).tiny)
+        """How much attention each key receives from the query positions that `weights` selects:
+        sum_i w_i softmax(q_i K^T / sqrt(d)), averaged over heads. `weights` (B, S) gives (B, S); (B, R, S), R sets of
+        query weights at once (for example the patches, or each text token alone), gives (B, R, S). Only the rows
+        some set needs are computed (at most the largest number of such positions in a row), never the full map."""
+        single = weights.dim() == 2
+        weights = weights[:, None] if single else weights
+        needed = (weights > 0).any(dim=1)  # (B, S): query positions some set uses
+        rows = max(int(needed.sum(dim=1).max()), 1)
+        index = needed.to(weights.dtype).topk(rows, dim=1).indices  # (B, M): the needed positions first
+        chosen = weights.gather(2, index[:, None].expand(-1, weights.shape[1], -1))  # (B, R, M)
+        chosen = chosen / chosen.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(chosen.dtype).tiny)
         selected = query.gather(2, index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[-1]))
         scores = selected @ key.transpose(-1, -2) / math.sqrt(self.head_dim)
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
         probs = scores.float().softmax(dim=-1).mean(dim=1)  # (B, M, S), heads averaged
-        return (top.float().unsqueeze(-1) * probs).sum(dim=1)
+        relevance = chosen.float() @ probs  # (B, R, S)
+        return relevance[:, 0] if single else relevance
 
     def forward(self, hidden_states, attn_mask=None, return_attention=False, relevance_weights=None):
         batch, length, dim = hidden_states.shape
@@ -431,7 +446,6 @@ class VLPModel(VLPPreTrainedModel):
             relevance=relevance,
         )
 
-
 class VLPMLMHead(nn.Module):
     """Transform (dense, activation, LayerNorm) then a decoder tied to the word embeddings."""
 
@@ -489,6 +503,11 @@ class VLPForPreTraining(VLPPreTrainedModel):
     - `itc_input_ids` with `itc_pixel_values`: image-text contrast between text-only and image-only passes of
       matched pairs, gathered over processes (symmetric InfoNCE with a learnt, clamped temperature).
 
+    - `gitm_segment_targets` (B, M) with `segment_ids`, `gitm_cell_ids` (B, P) and `gitm_cell_mask` (B, K): grouped
+      image-text matching on a canvas of K cells and a text of M caption segments. Each segment (mean of its tokens)
+      is scored against each cell (mean of its patches) and a learnt 'none' score; cross-entropy over the cells and
+      'none' (target -1), -100 on padding. Needs `num_text_segments` >= M in the config.
+
     Called without any labels, it returns the ITM logits (does the caption hold for the image?) and no loss.
     Rows whose labels are all -100 (or whose `mim_mask` is all False) take no part in that objective, so one
     forward pass can carry the rows of several objectives (for example masked captions for MLM and unmasked ones
@@ -510,6 +529,11 @@ class VLPForPreTraining(VLPPreTrainedModel):
         self.mim_head = nn.Linear(config.hidden_size,
                                   pixels_per_patch if config.mim_target == "pixel" else config.hidden_size)
         self.contrastive = VLPContrastiveHead(config)
+        if config.num_text_segments:
+            # Grouped matching: projections of pooled segments and cells, and a per-segment 'none' score.
+            self.gitm_text_projection = nn.Linear(config.hidden_size, config.hidden_size)
+            self.gitm_cell_projection = nn.Linear(config.hidden_size, config.hidden_size)
+            self.gitm_none_head = nn.Linear(config.hidden_size, 1)
         self.post_init()
 
     def get_output_embeddings(self):
@@ -534,11 +558,17 @@ class VLPForPreTraining(VLPPreTrainedModel):
         itc_attention_mask=None,
         itc_pixel_values=None,
         itc_pixel_mask=None,
+        segment_ids=None,
+        gitm_segment_targets=None,
+        gitm_cell_ids=None,
+        gitm_cell_mask=None,
         loss_normalizers=None,
         loss_weights=None,
         output_attentions=None,
         attention_layers=None,
         output_hidden_states=None,
+        relevance_weights=None,
+        relevance_layers=(-1,),
         return_dict=None,
         **kwargs,
     ):
@@ -551,17 +581,21 @@ class VLPForPreTraining(VLPPreTrainedModel):
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 token_type_ids=token_type_ids,
+                segment_ids=segment_ids,
                 pixel_values=pixel_values,
                 pixel_mask=pixel_mask,
                 bool_masked_pos=mim_mask,
                 output_attentions=output_attentions,
                 attention_layers=attention_layers,
                 output_hidden_states=output_hidden_states,
+                relevance_weights=relevance_weights,
+                relevance_layers=relevance_layers,
             )
         if mlm_labels is not None:
             extra["mlm_logits"], losses["mlm"] = self.mlm_loss(outputs, mlm_labels, normalizers.get("mlm"))
         if itm_labels is not None or (outputs is not None and not any(
-                value is not None for value in (mlm_labels, wra_labels, mim_mask, itc_input_ids))):
+                value is not None for value in (mlm_labels, wra_labels, mim_mask, itc_input_ids,
+                                                gitm_segment_targets))):
             # Matching scores are also what a call without any labels returns (inference).
             extra["itm_logits"] = self.itm_head(outputs.pooler_output)
         if itm_labels is not None:
@@ -575,6 +609,9 @@ class VLPForPreTraining(VLPPreTrainedModel):
         if itc_input_ids is not None:
             extra["itc_similarity"], losses["itc"] = self.itc_loss(
                 itc_input_ids, itc_attention_mask, itc_pixel_values, itc_pixel_mask, normalizers.get("itc"))
+        if gitm_segment_targets is not None:
+            extra["gitm_logits"], losses["gitm"] = self.gitm_loss(
+                outputs, segment_ids, gitm_segment_targets, gitm_cell_ids, gitm_cell_mask, normalizers.get("gitm"))
         total = sum(weights.get(name, 1.0) * value for name, value in losses.items()) if losses else None
         return VLPForPreTrainingOutput(
             loss=total,
@@ -583,10 +620,13 @@ class VLPForPreTraining(VLPPreTrainedModel):
             mim_loss=losses.get("mim"),
             itc_loss=losses.get("itc"),
             wra_loss=losses.get("wra"),
+            gitm_loss=losses.get("gitm"),
             hidden_states=outputs.hidden_states if outputs is not None else None,
             attentions=outputs.attentions if outputs is not None else None,
             pooler_output=outputs.pooler_output if outputs is not None else None,
             last_hidden_state=outputs.last_hidden_state if outputs is not None else None,
+            relevance=outputs.relevance if outputs is not None else None,
+            text_length=outputs.text_length if outputs is not None else None,
             **extra,
         )
 
@@ -598,6 +638,20 @@ class VLPForPreTraining(VLPPreTrainedModel):
         targets = mlm_labels[masked]
         summed = F.cross_entropy(logits.float(), targets, reduction="sum")
         return logits, _normalized_sum(summed, normalizer, masked.sum())
+
+    def gitm_loss(self, outputs, segment_ids, targets, cell_ids, cell_mask, normalizer=None):
+        """Grouped matching logits (B, M, K + 1), the last column 'none', and the summed cross-entropy."""
+        if not self.config.num_text_segments:
+            raise ValueError("grouped matching needs a model built with num_text_segments > 0")
+        if segment_ids is None or cell_ids is None or cell_mask is None:
+            raise ValueError("grouped matching needs segment_ids, gitm_cell_ids and gitm_cell_mask")
+        segments = pool_segments(outputs.last_hidden_state[:, : outputs.text_length], segment_ids, targets.shape[1])
+        cells = pool_cells(self.patch_states(outputs), cell_ids, cell_mask.shape[1])
+        logits = grouped_matching_logits(self.gitm_text_projection(segments), self.gitm_cell_projection(cells),
+                                         self.gitm_none_head(segments)[..., 0], cell_mask,
+                                         scale=self.config.hidden_size**-0.5)
+        summed, count = grouped_matching_cross_entropy(logits, targets)
+        return logits, _normalized_sum(summed, normalizer, count)
 
     def patch_states(self, outputs):
         """The final states of the image patches (image [CLS] excluded), (B, P, D)."""

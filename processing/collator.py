@@ -77,6 +77,9 @@ class PretrainingCollator:
     `itm_attention_mask`, `itm_token_type_ids` (unmasked; a negative caption where `itm_labels` (B,) is 0).
     Images: `pixel_values` (B, 3, H, W) and `pixel_mask` (B, H, W), padded to the largest image. `index` (B,), and
     `skipped`, a list of (index, reason) for the samples the dataset could not read (dropped from the batch).
+    With `mim_patch_size`: `mim_mask` (B, P), and with `object_patches_fn(scene, rows, cols, patch_size)` also
+    `object_patches` (B, P), the patches that lie on an object (for masking diagnostics). `epoch` (B,) with `index`
+    lets a training step draw per-sample masks from (seed, epoch, index).
 
     Args:
         tokenizer: gives the pad and mask ids, the special ids and the vocabulary size.
@@ -97,6 +100,7 @@ class PretrainingCollator:
         mim_probability: float = 0.4,
         mim_block: bool = False,
         holds_fn: Any = None,
+        object_patches_fn: Any = None,
     ):
         if not 0.0 <= mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
@@ -121,6 +125,7 @@ class PretrainingCollator:
         self.mim_probability = float(mim_probability)
         self.mim_block = bool(mim_block)
         self.holds_fn = holds_fn
+        self.object_patches_fn = object_patches_fn
 
     def mim_mask(self, sample: dict[str, Any], rows: int, cols: int) -> np.ndarray:
         """The patches hidden from one sample for MIM (random or block-wise), from (seed, epoch, index)."""
@@ -185,6 +190,9 @@ class PretrainingCollator:
         if self.mim_patch_size:
             rows, cols = (size // self.mim_patch_size for size in pixel_values.shape[-2:])
             extra["mim_mask"] = torch.from_numpy(np.stack([self.mim_mask(s, rows, cols) for s in kept]))
+            if self.object_patches_fn is not None and all(s.get("scene") is not None for s in kept):
+                extra["object_patches"] = torch.from_numpy(np.stack(
+                    [self.object_patches_fn(s["scene"], rows, cols, self.mim_patch_size) for s in kept]))
         if self.holds_fn is not None and all(s.get("scene") is not None for s in kept):
             extra["holds_matrix"] = self.holds_matrix(kept)
 
@@ -202,6 +210,7 @@ class PretrainingCollator:
             **extra,
             "concept_mask": concept_mask,
             "index": torch.tensor([int(sample["index"]) for sample in kept], dtype=torch.long),
+            "epoch": torch.tensor([int(sample.get("epoch", 0)) for sample in kept], dtype=torch.long),
             "skipped": skipped,
         }
 
@@ -255,6 +264,7 @@ class PretrainingCollator:
             "itm_token_type_ids": empty_text.clone(),
             "concept_mask": torch.zeros((0, 0), dtype=torch.bool),
             "index": torch.zeros((0,), dtype=torch.long),
+            "epoch": torch.zeros((0,), dtype=torch.long),
             "skipped": skipped,
         }
 

@@ -260,13 +260,15 @@ def word_policy_mask(scores, word_ids, ratio, policy, rng, valid=None, reduce="m
 
 def batch_policy_masks(
     scores, valid, policy, rng, ratio=None, mask_probability=0.5, word_ids=None, ratio_range=(0.1, 0.5),
-    reduce="mean", **policy_kwargs,
+    reduce="mean", sample_rngs=None, **policy_kwargs,
 ):
     """Masks (B, N) for a batch of scores (B, N) and the ratio used.
 
     Draws, in this order from `rng`: the batch's ratio (`sample_ratio(rng, ratio, *ratio_range)`, no draw when `ratio`
     is fixed), then B uniforms deciding which samples are masked at all (each with `mask_probability`; the others get
     an empty mask), then each masked sample's `policy_mask` (or `word_policy_mask` when `word_ids` (B, N) is given).
+    With `sample_rngs` (one Generator per sample, e.g. seeded by (seed, epoch, index)), `rng` draws only the ratio and
+    sample i's coin and mask come from `sample_rngs[i]`, so a sample's mask does not depend on its batch.
     """
     _check_policy(policy)
     scores = np.asarray(scores, dtype=float)
@@ -279,13 +281,20 @@ def batch_policy_masks(
         raise ValueError(f"word_ids has shape {np.shape(word_ids)} but scores have shape {scores.shape}")
     mask_probability = _check_ratio(mask_probability, "mask_probability")
     batch_ratio = sample_ratio(rng, ratio, *ratio_range)
-    masked_samples = rng.random(len(scores)) < mask_probability
+    if sample_rngs is None:
+        masked_samples = rng.random(len(scores)) < mask_probability
+        rngs = [rng] * len(scores)
+    else:
+        if len(sample_rngs) != len(scores):
+            raise ValueError(f"sample_rngs has {len(sample_rngs)} generators for {len(scores)} samples")
+        rngs = list(sample_rngs)
+        masked_samples = np.array([r.random() < mask_probability for r in rngs], dtype=bool)
     masks = np.zeros(scores.shape, dtype=bool)
     for i in np.flatnonzero(masked_samples):
         if word_ids is None:
-            masks[i] = policy_mask(scores[i], valid[i], batch_ratio, policy, rng, **policy_kwargs)
+            masks[i] = policy_mask(scores[i], valid[i], batch_ratio, policy, rngs[i], **policy_kwargs)
         else:
             masks[i] = word_policy_mask(
-                scores[i], word_ids[i], batch_ratio, policy, rng, valid=valid[i], reduce=reduce, **policy_kwargs
+                scores[i], word_ids[i], batch_ratio, policy, rngs[i], valid=valid[i], reduce=reduce, **policy_kwargs
             )
     return masks, batch_ratio

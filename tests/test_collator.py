@@ -430,9 +430,11 @@ def test_padding_and_image_stacking(piece_tokenizer):
         "itm_token_type_ids",
         "concept_mask",
         "index",
+        "epoch",
         "skipped",
     }
     assert set(batch) == expected_keys
+    assert batch["epoch"].tolist() == [int(s.get("epoch", 0)) for s in samples]
 
 
 def test_dataset_and_collator_together(rows, processor, tokenizer):

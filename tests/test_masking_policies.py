@@ -275,6 +275,28 @@ def test_batch_by_words_and_determinism():
         assert sum(whole) == expected_words and not row[ids == -1].any()
 
 
+def test_batch_with_per_sample_generators_does_not_depend_on_the_batch():
+    """With sample_rngs, sample i's coin and mask come from its own generator: the same sample gets the same mask in
+    any batch, given the same ratio; the step's rng draws the ratio only."""
+    scores = np.stack([sample(20, s)[0] for s in range(6)])
+    valid = np.stack([sample(20, s)[1] for s in range(6)])
+    own = [lambda i=i: rng(100 + i) for i in range(6)]
+    full, ratio = batch_policy_masks(scores, valid, "high", rng(7), mask_probability=0.5,
+                                     sample_rngs=[make() for make in own])
+    assert ratio == sample_ratio(rng(7))
+    order = [4, 1, 5]
+    part, part_ratio = batch_policy_masks(scores[order], valid[order], "high", rng(7), mask_probability=0.5,
+                                          sample_rngs=[own[i]() for i in order])
+    assert part_ratio == ratio and np.array_equal(part, full[order])
+    for i in range(6):
+        coin = rng(100 + i).random() < 0.5
+        assert full[i].any() == coin
+        if coin:
+            assert full[i].sum() == guided_count(20, ratio)
+    with pytest.raises(ValueError, match="2 generators for 6 samples"):
+        batch_policy_masks(scores, valid, "high", rng(7), sample_rngs=[rng(0), rng(1)])
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan"), "0.4", True])
 def test_bad_ratio_raises_naming_the_value(ratio):
     scores, valid = sample(10, 0)

@@ -304,6 +304,29 @@ def test_relevance_equals_rows_of_the_attention_map(model):
     assert fused.relevance[2, 5:7].abs().max() == 0, "padded keys receive no attention"
 
 
+def test_relevance_of_several_query_sets_at_once(model):
+    """(B, R, S) weights: each set's relevance equals its own (B, S) call and the weighted rows of the eager map;
+    the pretraining model passes relevance through, also beside a loss."""
+    ids, pixels = batch()
+    seq = ids.shape[1] + 17
+    weights = torch.zeros(3, 3, seq)
+    weights[:, 0, ids.shape[1] + 1:] = 1.0  # the patches ask (word relevance)
+    weights[:, 1, 1:5] = torch.tensor([1.0, 2.0, 0.5, 1.0])  # some text tokens ask (patch relevance)
+    weights[:, 2, 3] = 1.0  # one token alone: its row of the map
+    out = model.vlp(input_ids=ids, pixel_values=pixels, relevance_weights=weights)
+    assert out.relevance.shape == (3, 3, seq)
+    rows = model.vlp(input_ids=ids, pixel_values=pixels, output_attentions=True).attentions[-1].mean(dim=1)
+    for r in range(3):
+        alone = model.vlp(input_ids=ids, pixel_values=pixels, relevance_weights=weights[:, r]).relevance
+        torch.testing.assert_close(out.relevance[:, r], alone, atol=1e-6, rtol=1e-5)
+        expected = (weights[:, r, :, None] * rows).sum(1) / weights[:, r].sum(1, keepdim=True)
+        torch.testing.assert_close(out.relevance[:, r], expected, atol=1e-6, rtol=1e-5)
+    labels = torch.ones(3, dtype=torch.long)
+    pre = model(input_ids=ids, pixel_values=pixels, itm_labels=labels, relevance_weights=weights)
+    assert pre.itm_loss is not None and pre.text_length == ids.shape[1]
+    torch.testing.assert_close(pre.relevance, out.relevance)
+
+
 def test_relevance_builds_no_full_attention_map(model):
     ids, pixels = batch(size=2, length=9)
     weights = torch.zeros(2, 9 + 17)

@@ -142,8 +142,9 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, cache_dir):
 
 @pytest.mark.distributed
 def test_two_processes_give_the_same_losses_as_one(tmp_path, cache_dir):
-    """Includes ITC, whose features are gathered over processes, and MIM, whose masks come from sample indices."""
-    names = ("itc", "itm", "mim", "mlm", "wra")
+    """Includes ITC, whose features are gathered over processes, MIM, whose masks come from sample indices, and
+    grouped matching, whose groups are drawn from them."""
+    names = ("gitm", "itc", "itm", "mim", "mlm", "wra")
     steps = dict(max_steps=20, save_every=0, warmup_steps=5, objectives=",".join(names))
     run_pretrain(tmp_path / "one", cache_dir, per_device_batch_size=8, **steps)
     # --standalone: the launcher binds its own free rendezvous port (no race on a port chosen beforehand).
@@ -180,7 +181,7 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path, cache_dir):
 @pytest.mark.parametrize("mixing", ["sum", "sample"])
 def test_every_objective_lowers_its_validation_loss(tmp_path, cache_dir, mixing):
     """Each objective's validation loss at the end is below its step-0 value by more than its step-to-step spread."""
-    names = ("mlm", "itm", "mim", "itc", "wra")
+    names = ("mlm", "itm", "mim", "itc", "wra", "gitm")
     steps = 400 if mixing == "sum" else 1200
     run_pretrain(tmp_path, cache_dir, max_steps=steps, save_every=0, eval_every=steps, learning_rate=0.003,
                  warmup_steps=5, objectives=",".join(names), mixing=mixing, num_scenes=1024, hidden_size=64,

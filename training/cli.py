@@ -2,10 +2,14 @@
 
     vlp data shapes --out DIR --num-scenes N --seed S [...]   write the synthetic world as a datasets folder
     vlp pretrain --config FILE [--key value ...]              pretrain (resumes from the newest checkpoint)
+    vlp masks RUN_DIR [--out DIR] [--policies ...]            what each masking policy hides: shares + PNG grid
+    vlp finetune vqa|retrieval|caption MODEL_DIR [...]        finetune a checkpoint with transformers' Trainer
+    vlp evaluate MODEL_DIR --suite NAME [...]                 the evaluation suite: foils, probes, grounding, ...
 """
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -57,7 +61,55 @@ def _pretrain(argv):
     print(json.dumps(metrics, indent=2))
 
 
-COMMANDS = {"data": _data, "pretrain": _pretrain}
+def _masks(argv):
+    parser = argparse.ArgumentParser(
+        prog="vlp masks", description="Mask validation samples of a pretraining run with each policy, guided by the "
+        "run's final model: concept-word and object-patch shares (with paired bootstrap intervals against random) "
+        "in mask_shares.json, and example masks in masks.png.")
+    parser.add_argument("run_dir", help="a `vlp pretrain` output folder (run.yaml and model/)")
+    parser.add_argument("--out", help="output folder (default: RUN_DIR/masks)")
+    parser.add_argument("--policies", default="random,high,low,hint")
+    parser.add_argument("--num-samples", type=int, default=512)
+    parser.add_argument("--ratio", type=float, default=0.3, help="share of words / patches masked per sample")
+    parser.add_argument("--word-relevance-from", default="patches", choices=("patches", "cls"))
+    parser.add_argument("--patch-relevance-from", default="text", choices=("text", "cls"))
+    parser.add_argument("--layers", default="last", choices=("last", "mean"))
+    parser.add_argument("--scoring", default="attention", choices=("attention", "lift"))
+    parser.add_argument("--rows", type=int, default=6, help="samples in the picture")
+    args = parser.parse_args(argv)
+    from ..processing.masking import POLICIES
+    from .config import ConfigError
+    from .mask_report import masks_report
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown or not policies:
+        raise ConfigError(f"--policies: {', '.join(unknown) or 'none given'}; expected names from {POLICIES}")
+    if not os.path.isfile(os.path.join(args.run_dir, "run.yaml")):
+        raise ConfigError(f"{args.run_dir} has no run.yaml: expected a `vlp pretrain` output folder")
+    out = args.out or os.path.join(args.run_dir, "masks")
+    table = masks_report(args.run_dir, out, policies, num_samples=args.num_samples, ratio=args.ratio,
+                         grid_rows=args.rows, word_query=args.word_relevance_from,
+                         patch_query=args.patch_relevance_from, layers=args.layers, scoring=args.scoring)
+    for policy, row in table.items():
+        shares = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if key.endswith("share"))
+        print(f"{policy:>6}: {shares}")
+    print(f"wrote {os.path.join(out, 'mask_shares.json')} and {os.path.join(out, 'masks.png')}")
+
+
+def _from_module(module):
+    """A subcommand whose parser and work live in `module` (a `cli(argv)` function), imported only when used."""
+
+    def run(argv):
+        import importlib
+
+        return importlib.import_module(f"{__package__}.{module}").cli(argv)
+
+    return run
+
+
+COMMANDS = {"data": _data, "pretrain": _pretrain, "masks": _masks, "finetune": _from_module("finetune"),
+            "evaluate": _from_module("evaluation_suite")}
 
 
 def main(argv=None):

@@ -10,12 +10,22 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-OBJECTIVES = ("mlm", "itm", "mim", "itc", "wra")
+OBJECTIVES = ("mlm", "itm", "mim", "itc", "wra", "gitm")
+GITM_MODES = ("resize", "full")
+GITM_DISTRACTORS = ("easy", "hard", "mixed")
 ITM_NEGATIVES = ("random", "hard")
 MIM_TARGETS = ("pixel", "teacher")
 MIM_LOSSES = ("l2", "smooth_l1", "cosine")
 MIXING_MODES = ("sum", "sample")
 PRECISIONS = ("no", "bf16", "fp16")
+MASKING_POLICIES = ("", "random", "high", "low", "hint")
+MASKING_TARGETS = ("mlm", "mim")
+GUIDANCE_SOURCES = ("model", "ema", "itm")
+GUIDANCE_LAYERS = ("last", "mean")
+WORD_QUERIES = ("patches", "cls")
+PATCH_QUERIES = ("text", "cls")
+JOINT_MODES = ("independent", "together", "complementary")
+RELEVANCE_SCORINGS = ("attention", "lift")
 
 
 class ConfigError(ValueError):
@@ -83,6 +93,15 @@ class DataArguments:
     mim_block: bool = field(default=False, metadata={"help": "block-wise MIM masks (BEiT) instead of random"})
     num_workers: int = field(default=0, metadata={"help": "dataloader worker processes"})
     strict: bool = field(default=False, metadata={"help": "stop at the first unreadable image instead of skipping"})
+    gitm_rows: int = field(default=2, metadata={"help": "grouped matching: rows of the image grid"})
+    gitm_cols: int = field(default=2, metadata={"help": "grouped matching: columns of the image grid"})
+    gitm_mode: str = field(default="resize", metadata={
+        "help": "'resize': the canvas keeps the model's resolution (smaller cells); 'full': each cell keeps it"})
+    gitm_own_probability: float = field(default=0.5, metadata={
+        "help": "grouped matching: chance that a cell's caption is its own (else a distractor)"})
+    gitm_distractors: str = field(default="mixed", metadata={
+        "help": "'easy' (captions of images outside the grid), 'hard' (foils of the cell's own caption) or 'mixed'"})
+    gitm_max_length: int = field(default=64, metadata={"help": "grouped matching: longest text of all segments"})
 
     def held_out(self):
         """`held_out_pairs` as a list of (colour, shape)."""
@@ -105,6 +124,15 @@ class DataArguments:
             _require(0.0 <= value <= 1.0, key, value, "[0, 1]")
         _require(0.0 < self.mlm_probability <= 1.0, "mlm_probability", self.mlm_probability, "(0, 1]")
         _require(0.0 < self.mim_probability < 1.0, "mim_probability", self.mim_probability, "(0, 1)")
+        for key in ("gitm_rows", "gitm_cols", "gitm_max_length"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value >= 1, key, value, "an integer >= 1")
+        _require(self.gitm_rows * self.gitm_cols >= 2, "gitm_rows", self.gitm_rows,
+                 f"a grid of at least 2 cells with gitm_cols={self.gitm_cols}")
+        _require(self.gitm_mode in GITM_MODES, "gitm_mode", self.gitm_mode, f"one of {GITM_MODES}")
+        _require(self.gitm_distractors in GITM_DISTRACTORS, "gitm_distractors", self.gitm_distractors,
+                 f"one of {GITM_DISTRACTORS}")
+        _require(0.0 <= self.gitm_own_probability <= 1.0, "gitm_own_probability", self.gitm_own_probability, "[0, 1]")
 
 
 @dataclass
@@ -130,6 +158,34 @@ class PretrainArguments:
         "help": "'random': the dataset's negatives (captions of other scenes that do not hold); 'hard': ALBEF's, "
                 "drawn in the batch by ITC similarity (texts that hold for the image excluded)"})
     teacher_momentum: float = field(default=0.996, metadata={"help": "EMA momentum of the MIM teacher"})
+    masking_policy: str = field(default="", metadata={
+        "help": "'' = the collator's fixed-rate random masks (mlm_probability, mim_probability); 'random', 'high', "
+                "'low' or 'hint' = per-step policy masking (attention-guided except 'random'), same ratio draws"})
+    masking_targets: str = field(default="mlm", metadata={"help": "what the policy masks: 'mlm', 'mim' or 'mlm,mim'"})
+    guidance_source: str = field(default="model", metadata={
+        "help": "relevance from 'model' (an extra no-grad pass), 'ema' (an EMA teacher's pass) or 'itm' (the ITM "
+                "pass of the step, its matched rows; other rows fall back to random)"})
+    guidance_layers: str = field(default="last", metadata={"help": "attention of the 'last' layer or the 'mean'"})
+    word_relevance_from: str = field(default="patches", metadata={
+        "help": "words are ranked by the attention they receive from the 'patches' or from 'cls'"})
+    patch_relevance_from: str = field(default="text", metadata={
+        "help": "patches are ranked by the attention they receive from the caption's words ('text') or 'cls'"})
+    relevance_scoring: str = field(default="attention", metadata={
+        "help": "rank by the 'attention' received from the queries, or by its 'lift' over the attention received from "
+                "every position (discounts attention sinks)"})
+    joint_masking: str = field(default="independent", metadata={
+        "help": "with mlm,mim: 'independent'; 'together' (mask the patches the masked words point at); "
+                "'complementary' (mask patches the visible words point at and the masked words do not)"})
+    masking_ratio: float = field(default=0.0, metadata={
+        "help": "fixed share of words/patches masked in a masked sample (0 = drawn per step)"})
+    masking_ratio_min: float = field(default=0.1, metadata={"help": "per-step ratio range, low end (AttMask 0.1)"})
+    masking_ratio_max: float = field(default=0.5, metadata={"help": "per-step ratio range, high end (AttMask 0.5)"})
+    masking_probability: float = field(default=0.5, metadata={"help": "share of samples masked at all"})
+    masking_random_share: float = field(default=0.0, metadata={
+        "help": "share of the masked positions drawn uniformly at random, the rest by the policy"})
+    hint_share: float = field(default=0.1, metadata={"help": "'hint' reveals this share of the masked positions"})
+    guidance_warmup_steps: int = field(default=0, metadata={
+        "help": "steps that use 'random' (same ratios) before attention guides the masks"})
     log_every: int = field(default=10, metadata={"help": "steps between log lines"})
     eval_every: int = field(default=100, metadata={"help": "steps between validations (0 = only at the end)"})
     eval_batches: int = field(default=8, metadata={"help": "validation batches per validation"})
@@ -158,7 +214,42 @@ class PretrainArguments:
         _require(self.mixing in MIXING_MODES, "mixing", self.mixing, f"one of {MIXING_MODES}")
         _require(self.itm_negatives in ITM_NEGATIVES, "itm_negatives", self.itm_negatives, f"one of {ITM_NEGATIVES}")
         _require(0.0 <= self.teacher_momentum < 1.0, "teacher_momentum", self.teacher_momentum, "[0, 1)")
-        self.objective_weights()
+        weights = self.objective_weights()
+        self._check_masking(weights)
+
+    def masking_target_list(self):
+        """`masking_targets` as a tuple, e.g. 'mlm,mim' -> ('mlm', 'mim')."""
+        return tuple(dict.fromkeys(part.strip() for part in self.masking_targets.split(",") if part.strip()))
+
+    def _check_masking(self, weights):
+        _require(self.masking_policy in MASKING_POLICIES, "masking_policy", self.masking_policy,
+                 f"one of {MASKING_POLICIES}")
+        for key, allowed in (("guidance_source", GUIDANCE_SOURCES), ("guidance_layers", GUIDANCE_LAYERS),
+                             ("word_relevance_from", WORD_QUERIES), ("patch_relevance_from", PATCH_QUERIES),
+                             ("joint_masking", JOINT_MODES), ("relevance_scoring", RELEVANCE_SCORINGS)):
+            _require(getattr(self, key) in allowed, key, getattr(self, key), f"one of {allowed}")
+        for key in ("masking_ratio", "masking_ratio_min", "masking_ratio_max", "masking_probability",
+                    "masking_random_share", "hint_share"):
+            value = getattr(self, key)
+            _require(isinstance(value, (int, float)) and 0.0 <= value <= 1.0, key, value, "[0, 1]")
+        _require(self.masking_ratio_min <= self.masking_ratio_max, "masking_ratio_min", self.masking_ratio_min,
+                 f"at most masking_ratio_max={self.masking_ratio_max}")
+        _require(isinstance(self.guidance_warmup_steps, int) and self.guidance_warmup_steps >= 0,
+                 "guidance_warmup_steps", self.guidance_warmup_steps, "an integer >= 0")
+        if not self.masking_policy:
+            return
+        targets = self.masking_target_list()
+        _require(bool(targets) and set(targets) <= set(MASKING_TARGETS), "masking_targets", self.masking_targets,
+                 f"a comma-separated subset of {MASKING_TARGETS}")
+        for target in targets:
+            _require(target in weights, "masking_targets", self.masking_targets,
+                     f"objectives that are trained (objectives={self.objectives!r})")
+        if self.guidance_source == "itm":
+            _require("itm" in weights and self.mixing == "sum", "guidance_source", "itm",
+                     "an ITM pass in every step: 'itm' among the objectives and mixing='sum'")
+        if self.joint_masking != "independent":
+            _require(set(targets) == {"mlm", "mim"} and self.patch_relevance_from == "text", "joint_masking",
+                     self.joint_masking, "masking_targets='mlm,mim' with patch_relevance_from='text'")
 
     def objective_weights(self):
         """`objectives` as {name: weight}, e.g. 'mlm,itm:0.5' -> {'mlm': 1.0, 'itm': 0.5}."""
@@ -184,7 +275,7 @@ def _field_names():
 
 
 def load_yaml(path):
-    """A YAML mapping of config keys (flat, or nested under model/data/training)."""
+    """A YAML mapping of config keys (flat, or nested under model/data/training/masking)."""
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
     with open(path, encoding="utf-8") as handle:
@@ -193,7 +284,7 @@ def load_yaml(path):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
     flat = {}
     for key, value in loaded.items():
-        if key in ("model", "data", "training") and isinstance(value, dict):
+        if key in ("model", "data", "training", "masking") and isinstance(value, dict):
             flat.update(value)
         else:
             flat[key] = value

@@ -9,6 +9,7 @@ import torch
 
 from ..processing import shapes_world
 from ..processing.collator import PretrainingCollator
+from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
 from ..processing.image_processing_vlp import VLPImageProcessor
 from ..processing.pretraining_data import PretrainingDataset
 from ..processing.processing_vlp import VLPProcessor
@@ -34,6 +35,39 @@ class EpochIndexed(torch.utils.data.Dataset):
         epoch, index = key
         self.dataset.set_epoch(epoch)
         return self.dataset[index]
+
+
+class WithGroups(torch.utils.data.Dataset):
+    """Pretraining samples with, under "gitm", the grouped-matching sample of the same (epoch, index): one sampler
+    drives both, so grouped matching is as independent of processes and workers as the rest."""
+
+    def __init__(self, samples, groups):
+        self.samples, self.groups = samples, groups
+
+    def __len__(self):
+        return len(self.samples)
+
+    def set_epoch(self, epoch):
+        self.samples.set_epoch(epoch)
+        self.groups.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        return {**self.samples[index], "gitm": self.groups[index]}
+
+
+class CollateWithGroups:
+    """The pretraining collator's batch plus `batch["gitm"]`, the grouped-matching batch; unreadable groups are
+    listed in `skipped` with the reason prefixed 'grouped matching: '."""
+
+    def __init__(self, collator, pad_token_id):
+        self.collator, self.pad_token_id = collator, pad_token_id
+
+    def __call__(self, samples):
+        groups = [sample["gitm"] for sample in samples]
+        batch = self.collator([{k: v for k, v in sample.items() if k != "gitm"} for sample in samples])
+        batch["gitm"] = collate_grouped(groups, pad_token_id=self.pad_token_id)
+        batch["skipped"] = batch["skipped"] + [(i, f"grouped matching: {why}") for i, why in batch["gitm"]["skipped"]]
+        return batch
 
 
 @dataclass
@@ -107,6 +141,15 @@ def load_rows(data_args, image_size=64):
     return train, val
 
 
+def object_patches_for_scene(scene_json, rows, cols, patch_size, min_cover=0.1):
+    """(rows * cols,) bool: the patches whose area objects cover by at least `min_cover` (masking diagnostics)."""
+    coverage = shapes_world.object_masks(_scene(scene_json), image_size=rows * patch_size)
+    if cols != rows:
+        raise ValueError(f"the synthetic world's images are square; got a {rows} x {cols} patch grid")
+    covered = coverage.max(axis=0).reshape(rows, patch_size, cols, patch_size).mean(axis=(1, 3))
+    return (covered >= min_cover).reshape(-1)
+
+
 def build_processor(rows, model_args, data_args):
     tokenizer = train_wordpiece_tokenizer(
         (caption for captions in rows["captions"] for caption in captions), vocab_size=model_args.vocab_size
@@ -115,9 +158,24 @@ def build_processor(rows, model_args, data_args):
     return VLPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def grouped_matching(rows, processor, model_args, data_args, seed):
+    """The grouped-matching view of `rows`: the world's truth judges targets when the rows have scenes."""
+    config = GroupConfig(rows=data_args.gitm_rows, cols=data_args.gitm_cols,
+                         own_probability=data_args.gitm_own_probability, distractors=data_args.gitm_distractors)
+    kwargs = {} if "scene" in rows.column_names else {"holds_fn": None}
+    return GroupedMatchingDataset(rows, processor, config, mode=data_args.gitm_mode, patch_size=model_args.patch_size,
+                                  image_size=model_args.image_size, seed=seed, max_length=data_args.gitm_max_length,
+                                  strict=data_args.strict, **kwargs)
+
+
 def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator, objectives=("mlm", "itm"),
-                           hard_negatives=False):
-    """Datasets and processor for a run. The main process generates and saves; the others then load."""
+                           hard_negatives=False, policy_masked=()):
+    """Datasets and processor for a run. The main process generates and saves; the others then load.
+
+    `policy_masked`: the objectives ('mlm', 'mim') whose training masks the step draws (attention-guided masking);
+    the training collator then leaves the captions unmasked. Validation always uses the collator's fixed-rate masks,
+    so every run is measured on the same task.
+    """
     processor_dir = os.path.join(output_dir, "processor")
     with accelerator.main_process_first():
         train_rows, val_rows = load_rows(data_args, image_size=model_args.image_size)
@@ -134,16 +192,25 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator,
                                strict=data_args.strict, **common)
     val = PretrainingDataset(val_rows, seed=VALIDATION_SEED_OFFSET, itm_probability=0.5, **common)
     tokenizer = processor.tokenizer
+    objects = object_patches_for_scene if "scene" in train_rows.column_names else None
     masking = dict(mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability,
                    mim_block=data_args.mim_block,
                    mim_patch_size=model_args.patch_size if "mim" in objectives else None,
-                   holds_fn=holds if hard_negatives else None)
+                   holds_fn=holds if hard_negatives else None, object_patches_fn=objects)
+    train_masking = dict(masking, mlm_probability=0.0) if "mlm" in policy_masked else masking
+    collator = PretrainingCollator(tokenizer, seed=seed, **train_masking)
+    val_collator = PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking)
+    if "gitm" in objectives:
+        train = WithGroups(train, grouped_matching(train_rows, processor, model_args, data_args, seed))
+        val = WithGroups(val, grouped_matching(val_rows, processor, model_args, data_args, VALIDATION_SEED_OFFSET))
+        collator = CollateWithGroups(collator, tokenizer.pad_token_id)
+        val_collator = CollateWithGroups(val_collator, tokenizer.pad_token_id)
     return PretrainingData(
         train=train,
         val=val,
         processor=processor,
-        collator=PretrainingCollator(tokenizer, seed=seed, **masking),
-        val_collator=PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking),
+        collator=collator,
+        val_collator=val_collator,
         train_rows=train_rows,
         val_rows=val_rows,
     )

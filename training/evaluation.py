@@ -11,9 +11,11 @@ import torch
 
 from ..processing import shapes_world
 from ..processing.pretraining_data import decode_image
+from ..modeling_vlp.losses_vlp import grouped_matching_metrics
 from .objectives import objective_counts, objective_inputs
 
-EXTRA_OBJECTIVES = ("mim", "itc", "wra")  # validated by their loss alone
+EXTRA_OBJECTIVES = ("mim", "itc", "wra", "gitm")  # validated by their loss (and grouped matching's own figures)
+GITM_KINDS = {"own": 0, "easy": 1, "hard": 2}  # processing.grouping's segment kinds
 
 
 def wilson_interval(correct, total, z=1.959964):
@@ -137,6 +139,48 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
     return closed, opened, len(items)
 
 
+@torch.no_grad()
+def grouped_matching_counts(model, data, batch_size, num_batches, rank=0, world_size=1):
+    """Counts behind grouped matching's figures on the validation groups: segments and correct assignments (all,
+    and per segment kind: own caption, easy and hard distractor), 'none' predicted / actual / right, whole groups
+    and exactly right groups."""
+    device = next(model.parameters()).device
+    fields = ("segments", "correct", "none_predicted", "none_actual", "none_correct", "groups", "groups_exact")
+    kinds = tuple(GITM_KINDS)
+    sums = torch.zeros(len(fields) + 2 * len(kinds), dtype=torch.float64)
+    for batch in _validation_batches(data, batch_size, num_batches, rank, world_size):
+        group = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["gitm"].items()}
+        if len(group["index"]) == 0:
+            continue
+        logits = model(**objective_inputs("gitm", {"gitm": group}, {})).gitm_logits
+        targets = group["gitm_segment_targets"]
+        counts = grouped_matching_metrics(logits, targets)
+        sums[: len(fields)] += torch.tensor([float(counts[f]) for f in fields], dtype=torch.float64)
+        num_cells = logits.shape[-1] - 1
+        predicted = logits.argmax(dim=-1)
+        wanted = torch.where(targets == -1, torch.full_like(targets, num_cells), targets)
+        for position, kind in enumerate(kinds):
+            rows = (group["gitm_segment_kinds"] == GITM_KINDS[kind]) & (targets != -100)
+            sums[len(fields) + 2 * position] += float(rows.sum())
+            sums[len(fields) + 2 * position + 1] += float(((predicted == wanted) & rows).sum())
+    return sums
+
+
+def grouped_matching_figures(sums):
+    """Figures from `grouped_matching_counts`' (reduced) sums: accuracy with Wilson intervals overall and per
+    segment kind, 'none' precision and recall, whole-group exact match."""
+    segments, correct, none_predicted, none_actual, none_correct, groups, exact = sums[:7]
+    figures = {}
+    figures.update(_accuracy("gitm_accuracy", int(correct), int(segments)))
+    for position, kind in enumerate(GITM_KINDS):
+        total, hits = sums[7 + 2 * position], sums[8 + 2 * position]
+        figures.update(_accuracy(f"gitm_accuracy_{kind}", int(hits), int(total)))
+    figures["gitm_none_precision"] = none_correct / none_predicted if none_predicted else float("nan")
+    figures["gitm_none_recall"] = none_correct / none_actual if none_actual else float("nan")
+    figures.update(_accuracy("gitm_exact_match", int(exact), int(groups)))
+    return figures
+
+
 def validate(model, data, train_args, accelerator, teacher=None):
     """Validation metrics, identical on every process (each evaluates a share; the sums are reduced)."""
     was_training = model.training
@@ -156,6 +200,10 @@ def validate(model, data, train_args, accelerator, teacher=None):
         sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
         for position, name in enumerate(extra):
             metrics[f"{name}_loss"] = sums[2 * position] / max(1.0, sums[2 * position + 1])
+    if "gitm" in extra:
+        sums = grouped_matching_counts(model, data, train_args.per_device_batch_size, train_args.eval_batches,
+                                       accelerator.process_index, accelerator.num_processes)
+        metrics.update(grouped_matching_figures(accelerator.reduce(sums.to(accelerator.device), "sum").cpu().tolist()))
     if "scene" in data.val_rows.column_names:
         limit = train_args.per_device_batch_size * train_args.eval_batches
         closed, opened, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS,

@@ -26,7 +26,9 @@ def step_objectives(weights, mixing, seed, step):
 
 IMAGE_KEYS = ("pixel_values", "pixel_mask")
 # ITC runs first in a step, so that hard ITM negatives can reuse its similarities.
-OBJECTIVE_ORDER = ("itc", "mlm", "itm", "wra", "mim")
+OBJECTIVE_ORDER = ("itc", "mlm", "itm", "wra", "mim", "gitm")
+GITM_KEYS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "pixel_values", "pixel_mask",
+             "gitm_segment_targets", "gitm_cell_ids", "gitm_cell_mask")
 
 
 def _text(batch, prefix=""):
@@ -88,10 +90,14 @@ def objective_inputs(name, batch, context):
     """The model's keyword arguments for one objective's pass over a micro-batch.
 
     MLM: masked own captions (matched pairs). ITM and WRA: the ITM captions (random negatives) or ALBEF's hard
-    negatives. MIM: unmasked own captions with masked patches. ITC: text-only and image-only passes.
+    negatives. MIM: unmasked own captions with masked patches. ITC: text-only and image-only passes. GITM: the
+    batch's grouped-matching canvases and segment texts (`batch["gitm"]`). `guidance`: the
+    unmasked own captions with their images (attention-guided masking's separate pass).
     """
     if name == "mlm":
         return {**_text(batch), **_images(batch), "mlm_labels": batch["mlm_labels"]}
+    if name == "guidance":  # the unmasked, matched pairs that attention-guided masking reads relevance from
+        return {**_plain_text(batch), **_images(batch)}
     if name == "itm" and context.get("hard_negatives"):
         similarity = context.get("similarity")
         if similarity is None:
@@ -108,6 +114,8 @@ def objective_inputs(name, batch, context):
                 out = teacher.vlp(**_plain_text(batch), **_images(batch))
                 inputs["mim_targets"] = out.last_hidden_state[:, out.text_length + 1:]
         return inputs
+    if name == "gitm":  # its own batch: canvases of several images, texts of several caption segments
+        return {key: batch["gitm"][key] for key in GITM_KEYS}
     if name == "itc":
         return {"itc_input_ids": batch["plain_input_ids"], "itc_attention_mask": batch["attention_mask"],
                 "itc_pixel_values": batch["pixel_values"], "itc_pixel_mask": batch.get("pixel_mask")}
@@ -122,6 +130,8 @@ def objective_counts(batches, objectives, device, hard_negatives=False):
             counts.append(sum(int((b["mlm_labels"] != -100).sum()) for b in batches))
         elif name == "mim":
             counts.append(sum(int(b["mim_mask"].sum()) for b in batches))
+        elif name == "gitm":
+            counts.append(sum(int((b["gitm"]["gitm_segment_targets"] != -100).sum()) for b in batches))
         elif name == "itm" and hard_negatives:
             exclusions = [hard_negative_exclusions(b) for b in batches]
             counts.append(sum(len(e) + int((~e).any(1).sum()) + int((~e).any(0).sum()) for e in exclusions))

@@ -25,6 +25,7 @@ from . import checkpointing
 from .config import to_dict
 from .data import build_pretraining_data
 from .evaluation import validate
+from .guided_masking import GuidedMasking, guidance_relevance, mask_diagnostics, share_metrics
 from .logging_utils import MetricLogger
 from .objectives import OBJECTIVE_ORDER, objective_counts, objective_inputs, step_objectives
 from .sampler import GlobalBatchSampler
@@ -96,12 +97,19 @@ MODEL_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", 
                      "mim_target", "mim_loss")
 
 
-def build_model(model_args, tokenizer, seed):
-    """A fresh VLPForPreTraining sized by `model_args` (vocabulary from the tokenizer), or one loaded from a folder."""
+def build_model(model_args, tokenizer, seed, data_args=None, objectives=()):
+    """A fresh VLPForPreTraining sized by `model_args` (vocabulary from the tokenizer), or one loaded from a folder.
+
+    With grouped matching among the objectives, the model gets one segment embedding per grid cell and a position
+    table long enough for the grouped texts.
+    """
     if model_args.init_from:
         return VLPForPreTraining.from_pretrained(model_args.init_from)
     set_seed(seed)
     sizes = {key: getattr(model_args, key) for key in MODEL_CONFIG_KEYS}
+    if "gitm" in objectives and data_args is not None:
+        sizes["num_text_segments"] = data_args.gitm_rows * data_args.gitm_cols
+        sizes["max_position_embeddings"] = max(sizes["max_position_embeddings"], data_args.gitm_max_length)
     config = VLPConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **sizes)
     return VLPForPreTraining(config)
 
@@ -120,13 +128,16 @@ def pretrain(model_args, data_args, train_args):
     if main:
         os.makedirs(output_dir, exist_ok=True)
 
+    policy_targets = train_args.masking_target_list() if train_args.masking_policy else ()
     data = build_pretraining_data(model_args, data_args, train_args.seed, output_dir, accelerator, tuple(weights),
-                                  train_args.itm_negatives == "hard")
-    model = build_model(model_args, data.processor.tokenizer, train_args.seed)
+                                  train_args.itm_negatives == "hard", policy_masked=policy_targets)
+    model = build_model(model_args, data.processor.tokenizer, train_args.seed, data_args, tuple(weights))
+    guide = GuidedMasking.from_args(train_args, data.processor.tokenizer, model.config.patch_size)
     optimizer = make_optimizer(model, train_args)
     teacher = None
-    if "mim" in weights and model.config.mim_target == "teacher":
-        # iBOT-style targets: an EMA copy of the model, never trained by gradients, saved with every checkpoint.
+    if ("mim" in weights and model.config.mim_target == "teacher") or (guide and guide.source == "ema"):
+        # An EMA copy of the model (iBOT-style MIM targets, or the guide of attention-guided masking), never trained
+        # by gradients, saved with every checkpoint.
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     model, optimizer = accelerator.prepare(model, optimizer)
     if teacher is not None:
@@ -175,37 +186,76 @@ def pretrain(model_args, data_args, train_args):
         objectives = step_objectives(weights, train_args.mixing, train_args.seed, step)
         names = sorted(objectives)
         hard = train_args.itm_negatives == "hard"
+        unwrapped = accelerator.unwrap_model(model)
+        # Attention-guided masking: masks drawn now from a guidance pass (model / EMA teacher), or after the ITM
+        # passes whose matched rows give the relevance (`itm`); their objectives' counts are then known only later.
+        masked_now = [t for t in (guide.targets if guide else ()) if t in objectives]
+        reuse = bool(masked_now) and guide.needs_guidance(step) and guide.source == "itm"
+        deferred = [name for name in names if reuse and name in masked_now]
+        diagnostics = {}
+        if masked_now and not reuse:
+            for batch in micro_batches:
+                relevance = None
+                guidance_started = time.perf_counter()
+                if guide.needs_guidance(step):
+                    relevance = guidance_relevance(teacher if guide.source == "ema" else unwrapped,
+                                                   objective_inputs("guidance", batch, {}), guide)
+                _add(diagnostics, guide.apply(batch, step, relevance))
+                timing["guidance_time"] = timing.get("guidance_time", 0.0) + time.perf_counter() - guidance_started
+        elif not masked_now:
+            for batch in micro_batches:
+                _add(diagnostics, mask_diagnostics(batch, [n for n in ("mlm", "mim") if n in objectives]))
         # One reduction gives every objective's global count and, last, the number of unreadable samples.
         skipped = [item for b in micro_batches for item in b.get("skipped", [])]
-        local_counts = objective_counts(micro_batches, objectives, accelerator.device, hard)
+        counted = [name for name in names if name not in deferred]
+        local_counts = objective_counts(micro_batches, counted, accelerator.device, hard)
         local_counts = torch.cat([local_counts, local_counts.new_tensor([len(skipped)])])
         global_counts = accelerator.reduce(local_counts, reduction="sum")
         if global_counts[-1] > 0:
             _record_skipped(skipped, state, output_dir, step, accelerator)
-        normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(names, global_counts)}
+        normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(counted, global_counts)}
         loss_sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
-        passes = [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER if name in objectives]
+        passes = [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
+                  if name in objectives and name not in deferred]
+        first_deferred = len(passes)
+        passes += [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
+                   if name in deferred]
         generator = torch.Generator(device="cpu").manual_seed(
             int(np.random.default_rng([train_args.seed, step, accelerator.process_index, 0x4A7]).integers(2**62)))
-        context = {"model": accelerator.unwrap_model(model), "teacher": teacher, "hard_negatives": hard,
-                   "generator": generator}
+        context = {"model": unwrapped, "teacher": teacher, "hard_negatives": hard, "generator": generator}
+        guidance = {}
         for number, (index, name) in enumerate(passes):
             batch = micro_batches[index]
+            if deferred and number == first_deferred:
+                # Every ITM pass has run: the masks of the deferred objectives, then their global counts.
+                for i, b in enumerate(micro_batches):
+                    _add(diagnostics, guide.apply(b, step, *guidance[i]))
+                deferred_counts = accelerator.reduce(
+                    objective_counts(micro_batches, deferred, accelerator.device, hard), reduction="sum")
+                normalizers.update({n: max(float(c), 1.0) / accelerator.num_processes
+                                    for n, c in zip(deferred, deferred_counts)})
             if name == "itc" or number == 0 or passes[number - 1][0] != index:
                 context["similarity"] = None
+            inputs = objective_inputs(name, batch, context)
+            if reuse and name == "itm":
+                inputs["relevance_weights"] = guide.request(inputs)
+                inputs["relevance_layers"] = guide.relevance_layers(unwrapped.config.num_hidden_layers)
             pass_started = time.perf_counter()
             # Gradients are synchronised once per optimizer step, in the last backward pass.
             with nullcontext() if number == len(passes) - 1 else accelerator.no_sync(model):
-                outputs = model(**objective_inputs(name, batch, context), loss_normalizers=normalizers,
-                                loss_weights=objectives)
+                outputs = model(**inputs, loss_normalizers=normalizers, loss_weights=objectives)
                 loss = outputs.loss
                 if step in nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
             if name == "itc":
                 context["similarity"] = outputs.itc_similarity
+            if reuse and name == "itm":
+                guidance[index] = matched_relevance(outputs.relevance, inputs, batch, hard)
             loss_sums[names.index(name)] += getattr(outputs, f"{name}_loss").detach().double()
             timing[f"{name}_time"] = timing.get(f"{name}_time", 0.0) + time.perf_counter() - pass_started
+        for key, value in share_metrics(diagnostics).items():
+            window.setdefault(key, []).append(value)
         if step in nonfinite_steps:
             loss_sums += float("nan")
         # Each process holds (its summed loss) / (global count / processes): the mean over processes is the global
@@ -286,8 +336,27 @@ def pretrain(model_args, data_args, train_args):
     return final_metrics
 
 
+def matched_relevance(relevance, inputs, batch, hard):
+    """(relevance of the ITM rows that show a sample with its own caption, those samples' rows in the batch).
+
+    With hard negatives the first B ITM rows are the matched pairs; with the dataset's negatives, the rows whose
+    label is 1 show the sample's own caption.
+    """
+    size = len(batch["index"])
+    if hard:
+        return relevance[:size], torch.arange(size)
+    rows = torch.nonzero(inputs["itm_labels"] == 1).flatten()
+    return relevance[rows], rows.cpu()
+
+
+def _add(totals, values):
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + value
+
+
 def _to_device(batch, device):
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else _to_device(v, device) if isinstance(v, dict) else v
+            for k, v in batch.items()}
 
 
 def _record_skipped(skipped, state, output_dir, step, accelerator):
