@@ -5,6 +5,9 @@
     vlp masks RUN_DIR [--out DIR] [--policies ...]            what each masking policy hides: shares + PNG grid
     vlp finetune vqa|retrieval|caption MODEL_DIR [...]        finetune a checkpoint with transformers' Trainer
     vlp evaluate MODEL_DIR --suite NAME [...]                 the evaluation suite: foils, probes, grounding, ...
+    vlp study PRESET_OR_FILE --output_dir DIR                 pretrain several mixes, evaluate, report
+    vlp push RUN_DIR --repo-id NAME [--dry-run DIR]           publish a run's model, processor, code and card
+    vlp convert-vilt SRC DST                                  a transformers ViLT checkpoint -> VLPForPreTraining
 """
 
 import argparse
@@ -109,7 +112,8 @@ def _from_module(module):
 
 
 COMMANDS = {"data": _data, "pretrain": _pretrain, "masks": _masks, "finetune": _from_module("finetune"),
-            "evaluate": _from_module("evaluation_suite")}
+            "evaluate": _from_module("evaluation_suite"), "study": _from_module("study"),
+            "push": _from_module("publish"), "convert-vilt": _from_module("convert_vilt")}
 
 
 def main(argv=None):
