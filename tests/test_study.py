@@ -1,0 +1,135 @@
+"""The study runner: study files, resuming a killed study without redoing finished steps, identical results.json,
+the statistics of the differences, the report, and the presets."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from vlp.training.config import ConfigError
+from vlp.training.study import collect_results, load_study, run_study, step_flops, study_path
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+        "image_size": 32, "patch_size": 8, "max_steps": 5}
+
+
+def write_study(tmp_path, seeds=(0, 1), evaluation=True):
+    study = {"name": "toy", "baseline": "base", "seeds": list(seeds), "primary_metrics": ["foils.acc_r"],
+             "base": dict(TINY), "mixes": [{"name": "base", "overrides": {}},
+                                           {"name": "plus", "overrides": {"objectives": "mlm,itm,mim"}}]}
+    if evaluation:
+        study["evaluation"] = {"suites": ["foils"], "items_per_phenomenon": 20}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return str(path)
+
+
+class FakeRunner:
+    """Stands in for `vlp pretrain|evaluate`: writes what they write, deterministically from (mix, seed). The mix
+    `plus` is better on every item by construction; `fail_at` raises at that call (a killed study)."""
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at = [], fail_at
+
+    def __call__(self, args, log_path):
+        self.calls.append(args)
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt("killed")
+        if args[0] == "pretrain":
+            config = yaml.safe_load(open(args[2]))
+            run_dir, seed = config["output_dir"], config["seed"]
+            plus = "mim" in config.get("objectives", "")
+            os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
+            json.dump({"itm_accuracy": 0.6 + 0.05 * plus + 0.01 * seed, "mlm_loss": 2.0 - 0.1 * plus},
+                      open(os.path.join(run_dir, "final_metrics.json"), "w"))
+            with open(os.path.join(run_dir, "metrics.jsonl"), "w") as handle:
+                for step in (1, 2):
+                    handle.write(json.dumps({"step": step, "split": "train", "mlm_loss": 3.0 - step,
+                                             "step_time": 0.1, "samples_seen": 8 * step}) + "\n")
+        elif args[0] == "evaluate":
+            run_dir = os.path.dirname(args[1])
+            plus = "/plus/" in run_dir
+            seed = int(run_dir.rsplit("seed", 1)[1])
+            rng = np.random.default_rng(seed)
+            items = (rng.random(200) < 0.6 + 0.2 * plus).astype(float).tolist()
+            json.dump({"foils": {"colour": {"acc_r": float(np.mean(items)), "acc_r_items": items}}},
+                      open(args[args.index("--output") + 1], "w"))
+
+
+def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tmp_path):
+    path = write_study(tmp_path)
+    whole = FakeRunner()
+    uninterrupted = run_study(path, str(tmp_path / "whole"), runner=whole)
+    assert uninterrupted["complete"] and len(whole.calls) == 8  # 2 mixes x 2 seeds x (pretrain, evaluate)
+    killed = FakeRunner(fail_at=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, str(tmp_path / "resumed"), runner=killed)
+    again = FakeRunner()
+    resumed = run_study(path, str(tmp_path / "resumed"), runner=again)
+    assert len(again.calls) == 4, again.calls  # the killed call and what followed it; nothing finished is redone
+    assert again.calls[0][0] == "pretrain" or again.calls[0][0] == "evaluate"
+    first = json.load(open(tmp_path / "whole" / "results.json"))
+    second = json.load(open(tmp_path / "resumed" / "results.json"))
+    assert first == second == json.loads(json.dumps(resumed))
+    assert os.path.exists(tmp_path / "resumed" / "report.md")
+
+
+def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(tmp_path):
+    path = write_study(tmp_path)
+    results = run_study(path, str(tmp_path / "out"), runner=FakeRunner())
+    diff = results["differences"]["plus"]["eval.foils.colour.acc_r"]
+    assert diff["interval_over"] == "seeds, items" and diff["low"] > 0 and diff["significant"]
+    assert 0.1 < diff["difference"] < 0.3  # 0.2 by construction, 200 items per seed
+    entry = results["mixes"]["plus"]["metrics"]["val.itm_accuracy"]
+    assert entry["per_seed"] == pytest.approx([0.65, 0.66]) and entry["interval_over"] == "seeds"
+    report = open(tmp_path / "out" / "report.md").read()
+    assert "**plus**: higher on eval.foils.colour.acc_r" in report
+    assert "learning_curves.png" in report and os.path.exists(tmp_path / "out" / "learning_curves.png")
+    assert results["mixes"]["plus"]["step_flops"] > results["mixes"]["base"]["step_flops"]
+
+
+def test_one_seed_intervals_cover_items_only_and_the_report_says_so(tmp_path):
+    path = write_study(tmp_path, seeds=(3,))
+    results = run_study(path, str(tmp_path / "out"), runner=FakeRunner())
+    assert results["mixes"]["base"]["metrics"]["eval.foils.colour.acc_r"]["interval_over"] == "items"
+    assert results["differences"]["plus"]["eval.foils.colour.acc_r"]["interval_over"] == "items"
+    assert "intervals cover the sampling of evaluation items only" in open(tmp_path / "out" / "report.md").read()
+
+
+def test_study_files_are_checked(tmp_path):
+    path = write_study(tmp_path)
+    study = yaml.safe_load(open(path))
+    study["baseline"] = "nope"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="baseline 'nope'"):
+        load_study(str(tmp_path / "bad.yaml"))
+    study["baseline"] = "base"
+    study["mixes"][1]["overrides"] = {"objectivs": "mlm"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="mix 'plus'.*objectivs"):
+        load_study(str(tmp_path / "bad.yaml"))
+    with pytest.raises(ConfigError, match="presets: .*quick"):
+        study_path("no-such-preset")
+
+
+def test_presets_load():
+    for preset in ("quick", "standard", "gpu", "agmm", "gitm"):
+        study = load_study(study_path(preset))
+        assert study["baseline"] in [mix["name"] for mix in study["mixes"]]
+
+
+def test_step_flops_counts_the_passes_of_each_objective():
+    base = dict(TINY, objectives="mlm,itm")
+    one = step_flops(dict(TINY, objectives="mlm"))
+    assert step_flops(base) == pytest.approx(2 * one)
+    assert step_flops(dict(base, itm_negatives="hard")) == pytest.approx(4 * one)
+    assert step_flops(dict(base, masking_policy="high")) == pytest.approx(2 * one + one / 3)
+    assert step_flops(dict(base, mixing="sample")) == pytest.approx(one)
+
+
+def test_collect_results_on_an_empty_study_folder(tmp_path):
+    study = load_study(write_study(tmp_path))
+    results = collect_results(study, str(tmp_path / "empty"))
+    assert results["mixes"]["base"]["runs"] == 0 and results["differences"] == {}

@@ -1,0 +1,385 @@
+"""`vlp study`: pretrain several objective mixes on the same budget and seeds, evaluate each run, and report the
+differences to a baseline mix with intervals.
+
+A study file (YAML; presets in `training/configs/studies/`) holds:
+
+    name, description
+    baseline: the mix the others are compared with
+    seeds: [0, 1, 2]                  every mix runs with the same seeds
+    primary_metrics: [...]            declared up front; the report leads with them
+    base: {...}                       pretraining keys shared by every mix (the budget: max_steps, batch, ...)
+    mixes: [{name, overrides: {...}}]
+    evaluation: {suites: [...], items_per_phenomenon: N}      optional (`vlp evaluate`)
+    finetune: {vqa: {...}}            optional short VQA finetune per run, question-only baseline once per study
+    masks_for: mix name               optional: the mix whose masks are pictured (attention-guided masking)
+
+Each (mix, seed) is a folder `runs/<mix>/seed<seed>/` with the merged config, the pretraining run (resumable: a run
+that stopped restarts from its last checkpoint), `evaluation.json` and `finetune/`. A step writes its output last
+and atomically, so a finished step is never redone and a killed study continues where it stopped. `results.json`
+holds only what the runs determine (no wall times), so an interrupted and an uninterrupted study give the same file;
+times go to `costs.json` and the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import yaml
+
+from .config import ConfigError, parse_config
+from .statistics import bootstrap_ci, hierarchical_bootstrap_difference, holm_correction
+
+STUDIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "studies")
+RESULTS_FORMAT = "vlp-study-results"
+RESULTS_VERSION = 1
+
+
+# -- the study file ---------------------------------------------------------------------------------------------------
+
+
+def study_path(preset_or_file):
+    """A preset name (quick, standard, gpu, agmm, gitm, ...) or a path to a study YAML file."""
+    if os.path.isfile(preset_or_file):
+        return preset_or_file
+    path = os.path.join(STUDIES_DIR, f"{preset_or_file}.yaml")
+    if not os.path.isfile(path):
+        presets = sorted(name[:-5] for name in os.listdir(STUDIES_DIR) if name.endswith(".yaml"))
+        raise ConfigError(f"{preset_or_file!r} is neither a file nor a preset; presets: {', '.join(presets)}")
+    return path
+
+
+def load_study(path):
+    """The study as a dict, checked: every mix's config parses, names are unique, the baseline is a mix."""
+    with open(path, encoding="utf-8") as handle:
+        study = yaml.safe_load(handle) or {}
+    for key in ("name", "baseline", "seeds", "base", "mixes"):
+        if key not in study:
+            raise ConfigError(f"{path}: missing key {key!r} (a study needs name, baseline, seeds, base, mixes)")
+    names = [mix.get("name") for mix in study["mixes"]]
+    if len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"{path}: mix names must be present and unique; got {names}")
+    if study["baseline"] not in names:
+        raise ConfigError(f"{path}: baseline {study['baseline']!r} is not one of the mixes {names}")
+    if not study["seeds"] or not all(isinstance(seed, int) for seed in study["seeds"]):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers; got {study['seeds']!r}")
+    for mix in study["mixes"]:
+        try:
+            parse_config(values=mix_values(study, mix, study["seeds"][0], "unused"))
+        except ConfigError as error:
+            raise ConfigError(f"{path}: mix {mix['name']!r}: {error}") from None
+    return study
+
+
+def mix_values(study, mix, seed, output_dir):
+    return {**study["base"], **(mix.get("overrides") or {}), "seed": seed, "output_dir": output_dir}
+
+
+# -- running ----------------------------------------------------------------------------------------------------------
+
+
+def _write_json(path, data):
+    """Atomic: a reader sees the old file or the whole new one, never a partial one."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+    os.replace(temporary, path)
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _vlp(args, log_path, env=None):
+    """Runs `vlp ARGS` in a subprocess (isolated state and memory), its output appended to `log_path`."""
+    command = [sys.executable, "-m", "vlp.training.cli", *args]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ vlp {' '.join(args)}\n")
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+    if result.returncode != 0:
+        raise RuntimeError(f"`vlp {args[0]}` failed (exit {result.returncode}); see {log_path}")
+
+
+def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None):
+    """Runs (or continues) a study; returns the results dict. `runner(args, log_path)` runs one `vlp` command
+    (tests replace it); `budget_seconds` stops starting new steps once that much wall time has passed."""
+    path = study_path(preset_or_file)
+    study = load_study(path)
+    runner = runner or _vlp
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "study.yaml"), "w", encoding="utf-8") as handle:
+        yaml.safe_dump(study, handle, sort_keys=False)
+    started = time.time()
+    costs_path = os.path.join(output_dir, "costs.json")
+    costs = _read_json(costs_path) if os.path.exists(costs_path) else {}
+    log_path = os.path.join(output_dir, "study.log")
+
+    def out_of_time():
+        return budget_seconds is not None and time.time() - started > budget_seconds
+
+    finetune = (study.get("finetune") or {}).get("vqa")
+    for seed in study["seeds"]:
+        for mix in study["mixes"]:
+            if out_of_time():
+                break
+            run_dir = _run_dir(output_dir, mix["name"], seed)
+            _pretrain(runner, study, mix, seed, run_dir, log_path, costs)
+            evaluation = study.get("evaluation") or {}
+            target = os.path.join(run_dir, "evaluation.json")
+            if evaluation and not os.path.exists(target):
+                runner(["evaluate", os.path.join(run_dir, "model"), "--output", target,
+                        "--suite", ",".join(evaluation.get("suites", ["all"])), "--seed", str(seed),
+                        *_flags({k: v for k, v in evaluation.items() if k != "suites"})], log_path)
+            vqa_dir = os.path.join(run_dir, "finetune_vqa")
+            if finetune and not os.path.exists(os.path.join(vqa_dir, "DONE")):
+                runner(["finetune", "vqa", os.path.join(run_dir, "model"), "--output_dir", vqa_dir,
+                        *_flags(finetune)], log_path)
+                _mark_done(vqa_dir)
+            _write_json(costs_path, costs)
+    complete = all(os.path.exists(os.path.join(_run_dir(output_dir, m["name"], s), "DONE"))
+                   for s in study["seeds"] for m in study["mixes"])
+    results = collect_results(study, output_dir)
+    results["complete"] = complete
+    _write_json(os.path.join(output_dir, "results.json"), results)
+    from .study_report import write_report
+
+    write_report(study, results, costs, output_dir)
+    return results
+
+
+def _run_dir(output_dir, mix, seed):
+    return os.path.join(output_dir, "runs", mix, f"seed{seed}")
+
+
+def _flags(values):
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def _mark_done(folder, record=None):
+    os.makedirs(folder, exist_ok=True)
+    _write_json(os.path.join(folder, "DONE"), record or {})
+
+
+def _pretrain(runner, study, mix, seed, run_dir, log_path, costs):
+    """Pretrains one (mix, seed) unless finished; a stopped run resumes from its newest checkpoint."""
+    if os.path.exists(os.path.join(run_dir, "DONE")):
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    config_path = os.path.join(run_dir, "config.yaml")
+    with open(config_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(mix_values(study, mix, seed, run_dir), handle, sort_keys=False)
+    began = time.time()
+    runner(["pretrain", "--config", config_path, "--progress_bar", "false"], log_path)
+    costs[f"{mix['name']}/seed{seed}"] = {"pretrain_seconds": time.time() - began, **_train_costs(run_dir)}
+    _mark_done(run_dir)
+
+
+def _train_costs(run_dir):
+    """Mean step time and throughput from the run's training log."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    train = [r for r in records if r.get("split") == "train" and "step_time" in r]
+    if not train:
+        return {}
+    step_time = float(np.mean([r["step_time"] for r in train]))
+    samples = train[-1].get("samples_seen", 0) / max(1, train[-1]["step"])
+    return {"step_time": step_time, "samples_per_second": samples / step_time if step_time else None}
+
+
+# -- what a study found -----------------------------------------------------------------------------------------------
+
+
+def step_flops(config_values):
+    """Model FLOPs of one optimizer step, estimated: per objective pass, 6 x (non-embedding parameters) x tokens
+    plus the attention score and value products (12 x layers x hidden x S^2 per sample, forward and backward).
+    An estimate for comparing mixes, not a measurement; guidance passes (no backward) count a third."""
+    model_args, data_args, train_args = parse_config(values=config_values)
+    hidden, layers = model_args.hidden_size, model_args.num_hidden_layers
+    params = layers * (4 * hidden * hidden + 2 * hidden * model_args.intermediate_size)
+    patches = (model_args.image_size // model_args.patch_size) ** 2
+    text = data_args.max_length
+    batch = train_args.per_device_batch_size * train_args.gradient_accumulation_steps
+
+    def pass_flops(tokens, rows=batch):
+        return rows * (6 * params * tokens + 12 * layers * hidden * tokens**2)
+
+    joint = text + 1 + patches
+    flops = 0.0
+    for name in train_args.objective_weights():
+        if name in ("mlm", "itm", "wra", "mim"):
+            rows = 3 * batch if (name == "itm" and train_args.itm_negatives == "hard") else batch
+            flops += pass_flops(joint, rows)
+        elif name == "itc":
+            flops += pass_flops(text) + pass_flops(1 + patches)
+        elif name == "gitm":
+            cells = data_args.gitm_rows * data_args.gitm_cols
+            canvas = patches * (cells if data_args.gitm_mode == "full" else 1)
+            flops += pass_flops(data_args.gitm_max_length + 1 + canvas)
+    if train_args.masking_policy and train_args.masking_policy != "random" and train_args.guidance_source != "itm":
+        flops += pass_flops(joint) / 3
+    if train_args.mixing == "sample":
+        flops /= len(train_args.objective_weights())
+    return flops
+
+
+def _numbers(tree, prefix=""):
+    """Flattens the scalar figures of a nested results dict: {'foils.colour.acc_r': 0.7, ...}."""
+    flat = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            flat.update(_numbers(value, f"{prefix}{key}."))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and math.isfinite(tree):
+        flat[prefix[:-1]] = float(tree)
+    return flat
+
+
+def _items(tree, prefix=""):
+    """Per-item values saved beside a figure as `<figure>_items` (e.g. `acc_r_items`: 1/0 per item), keyed by the
+    figure's flattened name; they make paired, item-level intervals possible."""
+    found = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key.endswith("_items") and isinstance(value, list) and len(value) > 1 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                found[f"{prefix}{key[:-len('_items')]}"] = np.asarray(value, dtype=float)
+            else:
+                found.update(_items(value, f"{prefix}{key}."))
+    return found
+
+
+def run_figures(run_dir):
+    """Every scalar figure of one run: final validation metrics, evaluation suite, VQA finetune."""
+    figures, items = {}, {}
+    sources = (("val", "final_metrics.json"), ("eval", "evaluation.json"), ("vqa", "finetune_vqa/results.json"))
+    for prefix, name in sources:
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            data = _read_json(path)
+            figures.update({f"{prefix}.{k}": v for k, v in _numbers(data).items()})
+            items.update({f"{prefix}.{k}": v for k, v in _items(data).items()})
+    return figures, items
+
+
+def collect_results(study, output_dir, n_resamples=2000):
+    """Per mix and metric: per-seed values, mean and a bootstrap interval over seeds (or, with one seed, over that
+    seed's items where the evaluation saved them); differences to the baseline with a paired, hierarchical bootstrap
+    (seeds, then items) where items exist, else over seeds; Holm correction across the compared metrics."""
+    seeds = study["seeds"]
+    per_run = {}
+    for mix in study["mixes"]:
+        for seed in seeds:
+            run_dir = _run_dir(output_dir, mix["name"], seed)
+            if os.path.exists(os.path.join(run_dir, "DONE")):
+                per_run[(mix["name"], seed)] = run_figures(run_dir)
+    primary = list(study.get("primary_metrics") or [])
+    results = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "study": study["name"],
+               "baseline": study["baseline"], "seeds": seeds, "primary_metrics": primary, "mixes": {},
+               "differences": {}}
+    for mix in study["mixes"]:
+        name = mix["name"]
+        runs = [per_run[(name, s)] for s in seeds if (name, s) in per_run]
+        metrics = {}
+        for metric in sorted(set().union(*(figures for figures, _ in runs)) if runs else ()):
+            values = [figures[metric] for figures, _ in runs if metric in figures]
+            entry = {"per_seed": values, "mean": float(np.mean(values))}
+            if len(values) > 1:
+                entry.update(_interval(bootstrap_ci(values, n_resamples=n_resamples), "seeds"))
+            else:
+                item_values = runs[0][1].get(metric)
+                if item_values is not None and len(item_values) > 1:
+                    entry.update(_interval(bootstrap_ci(item_values, n_resamples=n_resamples), "items"))
+            metrics[metric] = entry
+        results["mixes"][name] = {"runs": len(runs), "overrides": mix.get("overrides") or {},
+                                  "step_flops": step_flops(mix_values(study, mix, seeds[0], "unused")),
+                                  "metrics": metrics}
+    results["differences"] = _differences(study, per_run, primary, n_resamples)
+    return results
+
+
+def _interval(interval, over):
+    return {"low": interval.low, "high": interval.high, "interval_over": over}
+
+
+def _differences(study, per_run, primary, n_resamples):
+    """Each mix minus the baseline, per metric, with Holm-adjusted p-values across the metrics compared for it."""
+    baseline, seeds = study["baseline"], study["seeds"]
+    out = {}
+    for mix in study["mixes"]:
+        name = mix["name"]
+        if name == baseline:
+            continue
+        pairs = [(per_run.get((baseline, s)), per_run.get((name, s))) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        compared = {}
+        common = set.intersection(*(set(a[0]) & set(b[0]) for a, b in pairs))
+        for metric in sorted(common):
+            base_items = [a[1].get(metric) for a, _ in pairs]
+            mix_items = [b[1].get(metric) for _, b in pairs]
+            if all(x is not None and y is not None and len(x) == len(y) > 1 for x, y in zip(base_items, mix_items)):
+                test = hierarchical_bootstrap_difference(base_items, mix_items, n_resamples=n_resamples)
+                over = test.resampled
+            elif len(pairs) > 1:
+                test = hierarchical_bootstrap_difference([[a[0][metric]] for a, _ in pairs],
+                                                         [[b[0][metric]] for _, b in pairs], n_resamples=n_resamples)
+                over = "seeds"
+            else:
+                compared[metric] = {"difference": pairs[0][1][0][metric] - pairs[0][0][0][metric],
+                                    "interval_over": "none (one seed, no items)"}
+                continue
+            compared[metric] = {"difference": test.interval.point, "low": test.interval.low,
+                                "high": test.interval.high, "p_value": test.p_value, "interval_over": over}
+        tested = [m for m in compared if "p_value" in compared[m] and (not primary or is_primary(m, primary))]
+        if tested:
+            correction = holm_correction([compared[m]["p_value"] for m in tested])
+            for metric, adjusted, reject in zip(tested, correction.adjusted, correction.reject):
+                compared[metric]["p_holm"] = float(adjusted)
+                compared[metric]["significant"] = bool(reject)
+        out[name] = compared
+    return out
+
+
+def is_primary(metric, primary):
+    """A declared primary metric 'foils.acc_r' names every figure whose dotted path contains its parts in order
+    ('eval.foils.colour.acc_r', 'eval.foils.relation.acc_r', ...)."""
+    parts = metric.split(".")
+    for pattern in primary:
+        position = 0
+        for part in pattern.split("."):
+            try:
+                position = parts.index(part, position) + 1
+            except ValueError:
+                break
+        else:
+            return True
+    return False
+
+
+# -- command line -----------------------------------------------------------------------------------------------------
+
+
+def cli(argv):
+    parser = argparse.ArgumentParser(
+        prog="vlp study", description="Pretrain each objective mix of a study with the same seeds and budget, "
+        "evaluate every run, and write report.md, plots and results.json. Resumable: run the same command again.")
+    parser.add_argument("study", help="a preset (quick, standard, gpu, agmm, gitm) or a study YAML file")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--budget-seconds", type=float, default=None, help="start no new step after this long")
+    args = parser.parse_args(argv)
+    results = run_study(args.study, args.output_dir, args.budget_seconds)
+    print(f"study {results['study']}: {'complete' if results['complete'] else 'incomplete'}; "
+          f"report: {os.path.join(args.output_dir, 'report.md')}")
+
+
+__all__ = ["collect_results", "load_study", "run_study", "step_flops", "study_path"]

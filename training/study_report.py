@@ -1,0 +1,251 @@
+"""report.md and PNG plots of a study from its results.json, costs and run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .study import is_primary
+
+
+def _fmt(value, digits=3):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(entry):
+    if entry is None:
+        return "—"
+    text = _fmt(entry["mean"])
+    if "low" in entry:
+        text += f" [{_fmt(entry['low'])}, {_fmt(entry['high'])}]"
+    return text
+
+
+def _difference_cell(entry):
+    if entry is None:
+        return "—"
+    text = f"{entry['difference']:+.3f}"
+    if "low" in entry:
+        text += f" [{entry['low']:+.3f}, {entry['high']:+.3f}]"
+    if "p_holm" in entry:
+        text += f", p_Holm {entry['p_holm']:.3f}" + (" *" if entry.get("significant") else "")
+    return text
+
+
+def _report_metrics(results):
+    """The metrics the tables show: the declared primary ones first, then validation figures of every run."""
+    every = sorted(set().union(*(set(m["metrics"]) for m in results["mixes"].values())) if results["mixes"] else ())
+    primary = [m for m in every if is_primary(m, results["primary_metrics"])]
+    headline = [m for m in every if m.startswith("val.") and m.endswith(("_accuracy", "_loss"))]
+    return primary, [m for m in headline if m not in primary], every
+
+
+def _words(name, differences, metrics):
+    """One line: where a mix helps or hurts, only for differences whose interval excludes zero after Holm."""
+    helps = [f"{m} ({d['difference']:+.3f})" for m, d in differences.items() if d.get("significant")
+             and d["difference"] > 0 and m in metrics]
+    hurts = [f"{m} ({d['difference']:+.3f})" for m, d in differences.items() if d.get("significant")
+             and d["difference"] < 0 and m in metrics]
+    if not helps and not hurts:
+        return f"- **{name}**: no difference to the baseline whose interval excludes zero after the Holm correction."
+    parts = []
+    if helps:
+        parts.append("higher on " + ", ".join(helps))
+    if hurts:
+        parts.append("lower on " + ", ".join(hurts))
+    return f"- **{name}**: " + "; ".join(parts) + " (losses: lower is better)."
+
+
+def write_report(study, results, costs, output_dir):
+    """Writes report.md and the plots into `output_dir`."""
+    plots = write_plots(study, results, output_dir) + write_examples(study, results, output_dir)
+    primary, headline, every = _report_metrics(results)
+    baseline = results["baseline"]
+    seeds = results["seeds"]
+    lines = [f"# Study `{results['study']}`", ""]
+    if study.get("description"):
+        lines += [study["description"], ""]
+    lines += [f"Mixes: {', '.join(results['mixes'])}; baseline `{baseline}`; seeds {seeds}."
+              + ("" if results.get("complete") else " **Incomplete: some runs have not finished.**"), ""]
+    budget = {k: v for k, v in study["base"].items() if k in ("max_steps", "per_device_batch_size",
+                                                              "gradient_accumulation_steps", "num_scenes")}
+    lines += [f"Budget per run: {budget} (equal for every mix).", ""]
+    if len(seeds) == 1:
+        lines += ["With one seed, intervals cover the sampling of evaluation items only, not the variation between "
+                  "training runs.", ""]
+    lines += ["Intervals are 95 % bootstrap intervals; differences to the baseline use a paired bootstrap, "
+              "hierarchical over seeds then items where items were saved. `*`: the interval excludes zero after a "
+              "Holm correction across the metrics compared for that mix.", ""]
+    for title, metrics in (("Primary metrics", primary), ("Validation during pretraining", headline)):
+        if not metrics:
+            continue
+        lines += [f"## {title}", "", "| metric | " + " | ".join(results["mixes"]) + " |",
+                  "|---|" + "---|" * len(results["mixes"])]
+        for metric in metrics:
+            row = [_cell(results["mixes"][mix]["metrics"].get(metric)) for mix in results["mixes"]]
+            lines.append(f"| {metric} | " + " | ".join(row) + " |")
+        lines += ["", "Difference to the baseline:", "", "| metric | " + " | ".join(
+            m for m in results["mixes"] if m != baseline) + " |", "|---|" + "---|" * (len(results["mixes"]) - 1)]
+        for metric in metrics:
+            row = [_difference_cell(results["differences"].get(mix, {}).get(metric))
+                   for mix in results["mixes"] if mix != baseline]
+            lines.append(f"| {metric} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["## In words", ""]
+    for mix in results["mixes"]:
+        if mix != baseline:
+            lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline)))
+    lines += ["", "## Cost", "", "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | total |",
+              "|---|---|---|---|---|"]
+    for mix, data in results["mixes"].items():
+        times = [c for key, c in costs.items() if key.split("/")[0] == mix]
+        step = np.mean([c["step_time"] for c in times if c.get("step_time")]) if times else None
+        rate = np.mean([c["samples_per_second"] for c in times if c.get("samples_per_second")]) if times else None
+        total = data["step_flops"] * study["base"].get("max_steps", 0)
+        lines.append(f"| {mix} | {_fmt(step)} | {_fmt(rate, 1)} | {data['step_flops']:.3g} | {total:.3g} |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", f"All figures: `results.json` ({len(every)} metrics per mix)."]
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def write_plots(study, results, output_dir):
+    """Learning curves, per-metric bars with intervals, and (when the runs have them) accuracy against concept
+    frequency; returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    seed = results["seeds"][0]
+    curves = {}
+    for mix in results["mixes"]:
+        path = os.path.join(output_dir, "runs", mix, f"seed{seed}", "metrics.jsonl")
+        if os.path.exists(path):
+            records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+            curves[mix] = [r for r in records if r.get("split") == "train"]
+    losses = sorted({k for records in curves.values() for r in records for k in r if k.endswith("_loss")})
+    if losses:
+        figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.2), squeeze=False)
+        for axis, loss in zip(axes[0], losses):
+            for mix, records in curves.items():
+                points = [(r["step"], r[loss]) for r in records if loss in r]
+                if points:
+                    axis.plot(*zip(*points), label=mix)
+            axis.set_title(loss, fontsize=9)
+            axis.set_xlabel("step", fontsize=8)
+        axes[0][0].legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(os.path.join(output_dir, "learning_curves.png"), dpi=100)
+        plt.close(figure)
+        written.append("learning_curves.png")
+    primary, headline, _ = _report_metrics(results)
+    bars = [m for m in primary + headline if m.endswith(("accuracy", "acc_r", "score"))][:12]
+    if bars:
+        mixes = list(results["mixes"])
+        figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(bars) * len(mixes) / 2), 3.6))
+        width = 0.8 / len(mixes)
+        for position, mix in enumerate(mixes):
+            entries = [results["mixes"][mix]["metrics"].get(m) for m in bars]
+            means = [e["mean"] if e else np.nan for e in entries]
+            errors = np.array([[e["mean"] - e["low"], e["high"] - e["mean"]] if e and "low" in e else [0, 0]
+                               for e in entries]).T
+            axis.bar(np.arange(len(bars)) + position * width, means, width, yerr=errors, label=mix, capsize=2)
+        axis.set_xticks(np.arange(len(bars)) + 0.4 - width / 2)
+        axis.set_xticklabels(bars, rotation=30, ha="right", fontsize=7)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(os.path.join(output_dir, "metrics.png"), dpi=100)
+        plt.close(figure)
+        written.append("metrics.png")
+    return written
+
+
+def _run_config(run_dir):
+    import yaml
+
+    from .config import parse_config
+
+    with open(os.path.join(run_dir, "run.yaml"), encoding="utf-8") as handle:
+        return parse_config(values=yaml.safe_load(handle)["config"])
+
+
+def write_gitm_examples(run_dir, path, groups=4):
+    """A PNG of validation groups of a run trained with grouped matching: the canvas with its cells numbered, each
+    caption segment with its true cell and the model's choice ('none' when the caption holds for no cell)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from accelerate import Accelerator
+
+    from ..modeling_vlp import VLPForPreTraining
+    from .data import build_pretraining_data
+    from .objectives import objective_inputs
+
+    model_args, data_args, _ = _run_config(run_dir)
+    model = VLPForPreTraining.from_pretrained(os.path.join(run_dir, "model")).eval()
+    data = build_pretraining_data(model_args, data_args, 0, run_dir, Accelerator(cpu=True), ("mlm", "itm", "gitm"))
+    samples = [data.val[i] for i in range(groups)]
+    batch = data.val_collator(samples)
+    with torch.no_grad():
+        logits = model(**objective_inputs("gitm", batch, {})).gitm_logits
+    predicted = logits.argmax(-1)
+    processor = data.processor.image_processor
+    mean = torch.tensor(processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    figure, axes = plt.subplots(1, groups, figsize=(3.6 * groups, 4.6), squeeze=False)
+    for column, sample in enumerate(samples):
+        group = sample["gitm"]
+        axis = axes[0][column]
+        axis.imshow((group["pixel_values"] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        rows, cols = group["gitm_grid"]
+        height, width = group["pixel_values"].shape[-2:]
+        for cell in range(rows * cols):
+            axis.text((cell % cols + 0.05) * width / cols, (cell // cols + 0.2) * height / rows, str(cell),
+                      color="white", fontsize=9, weight="bold")
+        lines = []
+        cells = rows * cols
+        for position, (text, target) in enumerate(zip(group["group"].segments, group["group"].segment_targets)):
+            guess = int(predicted[column, position])
+            name = lambda c: "none" if c < 0 or c >= cells else str(c)  # noqa: E731
+            mark = "ok" if (guess == cells and target < 0) or guess == target else "x"
+            lines.append(f"{text[:38]} -> {name(target)} / {name(guess)} {mark}")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_xlabel("\n".join(lines), fontsize=6, loc="left")
+    figure.suptitle("caption -> true cell / model's cell", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_examples(study, results, output_dir):
+    """Example masks of the attention-guided mix (`masks_for`) and grouped-matching assignments of the first mix
+    with grouped matching, from the first seed's runs; returns the file names written."""
+    from .mask_report import masks_report
+
+    written = []
+    seed = results["seeds"][0]
+    masks_mix = study.get("masks_for")
+    run = os.path.join(output_dir, "runs", str(masks_mix), f"seed{seed}")
+    if masks_mix and os.path.exists(os.path.join(run, "model")):
+        overrides = next(m.get("overrides") or {} for m in study["mixes"] if m["name"] == masks_mix)
+        folder = os.path.join(output_dir, "masks")
+        masks_report(run, folder, policies=("random", overrides.get("masking_policy", "high")), num_samples=128,
+                     scoring=overrides.get("relevance_scoring", "attention"))
+        os.replace(os.path.join(folder, "masks.png"), os.path.join(output_dir, "example_masks.png"))
+        written.append("example_masks.png")
+    for mix in study["mixes"]:
+        objectives = (mix.get("overrides") or {}).get("objectives", study["base"].get("objectives", ""))
+        run = os.path.join(output_dir, "runs", mix["name"], f"seed{seed}")
+        if "gitm" in objectives and os.path.exists(os.path.join(run, "model")):
+            write_gitm_examples(run, os.path.join(output_dir, "example_groups.png"))
+            written.append("example_groups.png")
+            break
+    return written
