@@ -134,8 +134,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         """Choose the epoch whose captions and negatives `__getitem__` draws (call before iterating)."""
         self.epoch = int(epoch)
 
-    def _rng(self, index: int, stream: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index, stream])
+    def _rng(self, index: int, stream: int, epoch: int | None = None) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), index, stream])
 
     @staticmethod
     def _caption_list(value: Any) -> list[str]:
@@ -146,14 +146,24 @@ class PretrainingDataset(torch.utils.data.Dataset):
         return [caption for caption in value if isinstance(caption, str) and caption.strip()]
 
     def _draw_negative(
-        self, index: int, own_captions: list[str], scene: str | None, rng: np.random.Generator
+        self, index: int, own_captions: list[str], scene: str | None, rng: np.random.Generator, pool: Any = None
     ) -> str | None:
-        """A caption of another row that is not one of this row's captions and (with holds_fn) is false here."""
-        size = len(self.rows)
+        """A caption of another row that is not one of this row's captions and (with holds_fn) is false here.
+
+        `pool`: rows with `captions` to draw from instead of this dataset's own (a stream's caption bank); the row
+        itself is not among them, so every pool row is a candidate.
+        """
+        texts = self.texts if pool is None else pool
+        size = len(texts)
+        if size < (2 if pool is None else 1):
+            return None
         for _ in range(self.max_negative_draws):
-            other = int(rng.integers(size - 1))
-            other += other >= index  # uniform over every row except `index`
-            candidates = self._caption_list(self.texts[other]["captions"])
+            if pool is None:
+                other = int(rng.integers(size - 1))
+                other += other >= index  # uniform over every row except `index`
+            else:
+                other = int(rng.integers(size))
+            candidates = self._caption_list(texts[other]["captions"])
             if not candidates:
                 continue
             caption = candidates[int(rng.integers(len(candidates)))]
@@ -173,27 +183,36 @@ class PretrainingDataset(torch.utils.data.Dataset):
         index = int(index)
         if not 0 <= index < len(self.rows):
             raise IndexError(f"row {index} out of range for a dataset of {len(self.rows)} rows")
-        row = self.rows[index]
-        captions = self._caption_list(row["captions"])
+        return self.sample_from_row(self.rows[index], index)
+
+    def sample_from_row(
+        self, row: dict[str, Any], index: int, epoch: int | None = None, negatives: Any = None
+    ) -> dict[str, Any]:
+        """The sample of one row (`image`, `captions`, optional `scene`) at `index`, drawn for `epoch` (default: the
+        current one). The map-style path passes its own rows; a stream passes the rows it reads, with `negatives`,
+        the rows (`captions`) its ITM negatives are drawn from (see `_draw_negative`)."""
+        index = int(index)
+        epoch = self.epoch if epoch is None else int(epoch)
+        captions = self._caption_list(row.get("captions"))
         if not captions:
             return self._skip(index, "row has no captions")
         try:
-            image = decode_image(row["image"])
+            image = decode_image(row.get("image"))
             pixels = self.image_processor(image, return_tensors="pt")
         except (ValueError, TypeError) as error:
             return self._skip(index, str(error))
 
-        caption = captions[int(self._rng(index, CAPTION_STREAM).integers(len(captions)))]
+        caption = captions[int(self._rng(index, CAPTION_STREAM, epoch).integers(len(captions)))]
         text = self.encode_caption(caption)
         itm_text, itm_label = text, 1
-        itm_rng = self._rng(index, ITM_STREAM)
+        itm_rng = self._rng(index, ITM_STREAM, epoch)
         if itm_rng.random() < self.itm_probability:
-            negative = self._draw_negative(index, captions, row.get("scene"), itm_rng)
+            negative = self._draw_negative(index, captions, row.get("scene"), itm_rng, negatives)
             if negative is not None:
                 itm_text, itm_label = self.encode_caption(negative), 0
         return {
             "index": index,
-            "epoch": self.epoch,
+            "epoch": epoch,
             "caption": caption,
             "scene": row.get("scene"),
             "pixel_values": pixels["pixel_values"][0],

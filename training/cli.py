@@ -17,30 +17,69 @@ import sys
 
 
 def _data(argv):
-    parser = argparse.ArgumentParser(prog="vlp data", description="Write a dataset folder (datasets format).")
+    parser = argparse.ArgumentParser(prog="vlp data", description="Write a dataset folder (datasets format) or "
+                                                                   "WebDataset shards.")
     sub = parser.add_subparsers(dest="kind", required=True)
     shapes = sub.add_parser("shapes", help="the synthetic shapes world")
     shapes.add_argument("--out", required=True, help="output folder")
-    shapes.add_argument("--num-scenes", type=int, default=4000)
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--image-size", type=int, default=64)
-    shapes.add_argument("--max-objects", type=int, default=3)
-    shapes.add_argument("--captions-per-scene", type=int, default=4)
-    shapes.add_argument("--zipf-exponent", type=float, default=1.0)
-    shapes.add_argument("--noise-rate", type=float, default=0.0)
-    shapes.add_argument("--background-noise", type=float, default=0.0)
-    shapes.add_argument("--held-out", default="", help="colour-shape pairs kept out, e.g. 'red circle,blue star'")
+    shards = sub.add_parser("shards", help="WebDataset tar shards (img2dataset layout + manifest.json) from a reader")
+    shards.add_argument("--from", dest="source", required=True,
+                        help="'shapes' (the world, options below), 'captions:FILE@ROOT' or 'coco:FILE@ROOT'")
+    shards.add_argument("--out", required=True, help="output folder (shards and manifest.json)")
+    shards.add_argument("--samples-per-shard", type=int, default=1000)
+    shards.add_argument("--name", help="the source name in the manifest (default: the output folder's name)")
+    shards.add_argument("--max-pixels", type=int, default=0, help="caption/coco: skip images above this many pixels")
+    for command in (shapes, shards):
+        command.add_argument("--num-scenes", type=int, default=4000)
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--image-size", type=int, default=64)
+        command.add_argument("--max-objects", type=int, default=3)
+        command.add_argument("--captions-per-scene", type=int, default=4)
+        command.add_argument("--zipf-exponent", type=float, default=1.0)
+        command.add_argument("--noise-rate", type=float, default=0.0)
+        command.add_argument("--background-noise", type=float, default=0.0)
+        command.add_argument("--held-out", default="", help="colour-shape pairs kept out, e.g. 'red circle,blue star'")
     args = parser.parse_args(argv)
-    from ..processing.shapes_world import write_shapes_dataset
+    from ..processing import shapes_world
 
     held_out = [tuple(pair.replace(":", " ").split()) for pair in args.held_out.split(",") if pair.strip()]
-    write_shapes_dataset(
-        args.out, num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size,
-        max_objects=args.max_objects, captions_per_scene=args.captions_per_scene,
-        zipf_exponent=args.zipf_exponent, noise_rate=args.noise_rate, background_noise=args.background_noise,
-        held_out_pairs=held_out,
-    )
-    print(f"wrote {args.num_scenes} scenes to {args.out}")
+    world = dict(num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size,
+                 max_objects=args.max_objects, captions_per_scene=args.captions_per_scene,
+                 zipf_exponent=args.zipf_exponent, noise_rate=args.noise_rate, background_noise=args.background_noise,
+                 held_out_pairs=held_out)
+    if args.kind == "shapes":
+        shapes_world.write_shapes_dataset(args.out, **world)
+        print(f"wrote {args.num_scenes} scenes to {args.out}")
+        return
+    from ..processing.webdataset import write_shards
+    from .config import ConfigError, parse_sources
+    from .data import read_source
+
+    if args.samples_per_shard < 1:
+        raise ConfigError(f"--samples-per-shard={args.samples_per_shard}: expected an integer >= 1")
+    sources = parse_sources(args.source, "--from")
+    if len(sources) != 1 or sources[0].kind not in ("shapes", "captions", "coco"):
+        raise ConfigError(f"--from={args.source!r}: expected one source, 'shapes', 'captions:FILE@ROOT' or "
+                          f"'coco:FILE@ROOT'")
+    name = args.name or os.path.basename(os.path.normpath(args.out))
+    report = None
+    if sources[0].kind == "shapes":
+        rows = shapes_world.build_dataset(shapes_world.WorldConfig(**world))
+    else:
+        try:
+            rows, report = read_source(sources[0], name, args.max_pixels)
+        except ValueError as error:
+            raise ConfigError(f"--from={args.source!r}: {error}") from None
+    written = write_shards(rows, args.out, args.samples_per_shard, source=name)
+    if report is not None:
+        written.report.merge(report)
+    manifest = written.manifest
+    print(f"wrote {manifest['samples']} samples in {len(manifest['shards'])} shard(s) to {args.out}")
+    for source, by_reason in written.report.counts().items():
+        print(f"  skipped from {source}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items())))
+    if written.report.entries:
+        with open(os.path.join(args.out, "skipped_samples.json"), "w", encoding="utf-8") as handle:
+            json.dump(written.report.to_dict(), handle, indent=1)
 
 
 def _pretrain(argv):

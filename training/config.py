@@ -4,6 +4,7 @@ Every value is checked before any work starts; a bad one raises `ConfigError` na
 """
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -30,6 +31,70 @@ RELEVANCE_SCORINGS = ("attention", "lift")
 
 class ConfigError(ValueError):
     """A configuration key with a value outside its allowed range, or a key that does not exist."""
+
+
+SOURCE_KINDS = ("shards", "captions", "coco")  # the prefixes of real data sources in `dataset` / `val_dataset`
+DEFAULT_MAX_PIXELS = 2**25  # images above this many pixels are skipped (webdataset.DEFAULT_MAX_PIXELS)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One source of `dataset`: kind 'shapes' (the embedded world), 'folder' (written by `vlp data shapes`),
+    'shards' (a WebDataset folder with manifest.json), 'captions' (ALBEF/BLIP json or jsonl) or 'coco' (COCO
+    captions json); `root` is the image folder of 'captions' and 'coco'."""
+
+    kind: str
+    path: str = ""
+    root: str = ""
+
+    @property
+    def streaming(self):
+        return self.kind == "shards"
+
+
+def parse_sources(spec, key="dataset"):
+    """`dataset` / `val_dataset` as a list of `DataSource`.
+
+    Forms: 'shapes'; a folder; or comma-separated real sources 'shards:DIR', 'captions:FILE@ROOT', 'coco:FILE@ROOT'
+    (without '@ROOT' images are relative to the file's folder). A part without a prefix takes the previous part's
+    kind ('shards:a,b' is two shard folders). Shards stream; captions and coco are read into memory; the two do
+    not mix in one run, and 'shapes' or a folder stand alone.
+    """
+    parts = [part.strip() for part in str(spec).split(",") if part.strip()]
+    _require(bool(parts), key, spec, "'shapes', a folder, or sources such as 'shards:DIR' or 'captions:FILE@ROOT'")
+    sources, kind = [], None
+    for part in parts:
+        prefix, colon, rest = part.partition(":")
+        if colon and prefix in SOURCE_KINDS:
+            kind, path = prefix, rest.strip()
+        elif kind is not None:
+            path = part
+        elif part == "shapes":
+            sources.append(DataSource("shapes"))
+            continue
+        else:
+            sources.append(DataSource("folder", part))
+            continue
+        _require(bool(path), key, part, f"a path after '{kind}:'")
+        root = ""
+        if kind != "shards":
+            path, _, root = path.rpartition("@") if "@" in path else (path, "", "")
+            root = root or os.path.dirname(path)
+        sources.append(DataSource(kind, path, root))
+    kinds = {source.kind for source in sources}
+    if len(sources) > 1 and kinds & {"shapes", "folder"}:
+        raise ConfigError(f"{key}={spec!r}: 'shapes' and a `vlp data shapes` folder cannot be combined with other "
+                          f"sources; write them as shards (`vlp data shards --from shapes`) and list 'shards:DIR'")
+    if "shards" in kinds and kinds != {"shards"}:
+        raise ConfigError(f"{key}={spec!r}: shards stream while caption and COCO files are read into memory; "
+                          f"convert those with `vlp data shards --from captions:FILE@ROOT --out DIR` and list "
+                          f"every source as shards")
+    return sources
+
+
+def _joined(value):
+    """A YAML list of sources or weights as the comma-separated string the command line takes."""
+    return ",".join(str(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _require(ok, key, value, allowed):
@@ -74,11 +139,34 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """The embedded synthetic shapes world (or a dataset saved with `vlp data`) and how samples become inputs."""
+    """The training data (the embedded synthetic world, a folder saved with `vlp data shapes`, caption / COCO files or
+    WebDataset shards, see `parse_sources`), its validation data, and how samples become inputs."""
 
-    dataset: str = field(default="shapes", metadata={"help": "'shapes' or a folder written by `vlp data shapes`"})
+    dataset: str = field(default="shapes", metadata={
+        "help": "'shapes', a folder written by `vlp data shapes`, or real sources separated by commas (or a YAML "
+                "list): 'shards:DIR' (WebDataset shards with manifest.json, streamed), 'captions:FILE@ROOT' "
+                "(ALBEF/BLIP json or jsonl, images under ROOT), 'coco:FILE@ROOT' (COCO captions json)"})
+    val_dataset: str = field(default="", metadata={
+        "help": "validation sources, same forms as dataset (the first val_scenes readable samples). '' = shapes: a "
+                "separately seeded world; a folder: its last val_scenes rows; captions/coco: the last val_scenes "
+                "rows of the sources (split evenly), held out of training; shards: required"})
+    source_weights: str = field(default="", metadata={
+        "help": "one weight per source, comma-separated: mix the sources in these proportions per epoch "
+                "('' = every sample of every source once)"})
+    samples_per_epoch: int = field(default=0, metadata={
+        "help": "with source_weights: samples in one mixed epoch (0 = the sum of the sources)"})
+    shuffle_buffer: int = field(default=1000, metadata={
+        "help": "shards: samples per dataloader worker held for shuffling (0 = shard order only); a resume loses at "
+                "most one buffer per worker (counted as lost_samples)"})
+    max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
+        "help": "real sources: images with more pixels are skipped (headers only; 0 = no limit)"})
+    negative_bank: int = field(default=10000, metadata={
+        "help": "shards: captions of the first readable samples, the pool of ITM negatives and the tokenizer corpus"})
+    record_samples: bool = field(default=False, metadata={
+        "help": "debug: list the sample indices each process trains on in samples/rank<R>.jsonl"})
     num_scenes: int = field(default=4000, metadata={"help": "training scenes of the synthetic world"})
-    val_scenes: int = field(default=500, metadata={"help": "validation scenes (a separately seeded world)"})
+    val_scenes: int = field(default=500, metadata={
+        "help": "validation scenes (a separately seeded world), or validation samples of other sources"})
     world_seed: int = field(default=0, metadata={"help": "seed of the synthetic world"})
     max_objects: int = field(default=3, metadata={"help": "most objects in one scene"})
     zipf_exponent: float = field(default=1.0, metadata={"help": "Zipf exponent of colour-shape pair frequencies (0 = uniform)"})
@@ -112,7 +200,53 @@ class DataArguments:
             pairs.append(tuple(words))
         return pairs
 
+    def sources(self):
+        """`dataset` as a list of `DataSource`."""
+        return parse_sources(self.dataset, "dataset")
+
+    def val_sources(self):
+        """`val_dataset` as a list of `DataSource` (empty: validation comes from `dataset`, see its help)."""
+        return parse_sources(self.val_dataset, "val_dataset") if self.val_dataset.strip() else []
+
+    def streaming(self):
+        """Whether the training data streams from shards."""
+        return any(source.streaming for source in self.sources())
+
+    def weights(self):
+        """`source_weights` as a list of floats (None when empty)."""
+        if not str(self.source_weights).strip():
+            return None
+        try:
+            return [float(part) for part in str(self.source_weights).split(",") if part.strip()]
+        except ValueError:
+            raise ConfigError(f"source_weights={self.source_weights!r}: expected comma-separated numbers") from None
+
+    def _check_sources(self):
+        self.dataset, self.val_dataset = str(_joined(self.dataset)), str(_joined(self.val_dataset) or "")
+        self.source_weights = str(_joined(self.source_weights) or "")
+        sources = self.sources()
+        val = self.val_sources()
+        real = sources[0].kind in SOURCE_KINDS
+        weights = self.weights()
+        if weights is not None:
+            _require(real, "source_weights", self.source_weights,
+                     "'' unless dataset lists shards, captions or coco sources")
+            _require(len(weights) == len(sources), "source_weights", self.source_weights,
+                     f"one weight per source ({len(sources)} in dataset={self.dataset!r})")
+            _require(all(math.isfinite(w) and w > 0 for w in weights), "source_weights", self.source_weights,
+                     "finite weights > 0")
+        if sources[0].streaming:
+            _require(bool(val), "val_dataset", self.val_dataset,
+                     "validation sources for a streaming dataset (e.g. 'shards:VAL_DIR' or 'shapes'): samples "
+                     "cannot be held out of shards")
+        for key in ("samples_per_epoch", "shuffle_buffer", "max_pixels"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value >= 0, key, value, "an integer >= 0")
+        _require(isinstance(self.negative_bank, int) and self.negative_bank >= 2, "negative_bank",
+                 self.negative_bank, "an integer >= 2")
+
     def __post_init__(self):
+        self._check_sources()
         self.held_out()
         for key in ("num_scenes", "val_scenes", "max_objects", "max_length"):
             value = getattr(self, key)

@@ -4,6 +4,12 @@ One optimizer step = `gradient_accumulation_steps` micro-batches on every proces
 and divided by the objective's count over all processes and micro-batches, so the logged loss is the global mean
 and the result does not depend on how the global batch is split. Checkpoints are exact: resuming reproduces the
 uninterrupted run.
+
+Data come from a map-style dataset (a `GlobalBatchSampler` slices each epoch's permutation) or from WebDataset shards
+(a `ShardStream`: every process reads its own shards; the stream's cursors are checkpointed, so a resumed run
+continues with the samples it had not yet seen). A process whose micro-batch is empty (padding at the end of a
+streamed epoch, or only unreadable samples) runs a placeholder batch with its loss times zero, so every process makes
+the same passes and no collective waits forever.
 """
 
 import copy
@@ -16,17 +22,18 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..modeling_vlp import VLPConfig, VLPForPreTraining
 from ..modeling_vlp.losses_vlp import ema_update
+from ..processing.caption_readers import SkipReport
 from . import checkpointing
 from .config import to_dict
-from .data import build_pretraining_data
+from .data import build_pretraining_data, write_source_report
 from .evaluation import validate
 from .guided_masking import GuidedMasking, guidance_relevance, mask_diagnostics, share_metrics
-from .logging_utils import MetricLogger
+from .logging_utils import MetricLogger, truncate_jsonl
 from .objectives import OBJECTIVE_ORDER, objective_counts, objective_inputs, step_objectives
 from .sampler import GlobalBatchSampler
 
@@ -114,6 +121,29 @@ def build_model(model_args, tokenizer, seed, data_args=None, objectives=()):
     return VLPForPreTraining(config)
 
 
+def fsdp_requested():
+    """Whether the launcher asked for FSDP (`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def enable_fsdp_on_cpu(accelerator, mixed_precision):
+    """Turn FSDP on for a multi-process CPU run (gloo), as accelerate does on GPUs.
+
+    accelerate (1.15) enables FSDP only for accelerator devices and silently trains a CPU run with DDP; FSDP2
+    (`fully_shard`) itself runs on CPU over gloo, so the plugin the launcher configured (environment variables) is
+    installed in the shared state before `prepare`. Used for tests and debugging; GPU runs take accelerate's path.
+    """
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.state import PartialState
+
+    plugin = FullyShardedDataParallelPlugin()
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # AcceleratorState re-reads it
+
+
 def pretrain(model_args, data_args, train_args):
     """Runs (or resumes) one pretraining run; returns the final validation metrics."""
     weights = train_args.objective_weights()
@@ -123,6 +153,9 @@ def pretrain(model_args, data_args, train_args):
         mixed_precision=train_args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        enable_fsdp_on_cpu(accelerator, train_args.mixed_precision)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     output_dir = train_args.output_dir
     main = accelerator.is_main_process
     if main:
@@ -131,7 +164,10 @@ def pretrain(model_args, data_args, train_args):
     policy_targets = train_args.masking_target_list() if train_args.masking_policy else ()
     data = build_pretraining_data(model_args, data_args, train_args.seed, output_dir, accelerator, tuple(weights),
                                   train_args.itm_negatives == "hard", policy_masked=policy_targets)
+    if fsdp:
+        _check_fsdp_validation(len(data.val), train_args, accelerator.num_processes)
     model = build_model(model_args, data.processor.tokenizer, train_args.seed, data_args, tuple(weights))
+    scalar_parameters = vector_scalar_parameters(model) if fsdp else []
     guide = GuidedMasking.from_args(train_args, data.processor.tokenizer, model.config.patch_size)
     optimizer = make_optimizer(model, train_args)
     teacher = None
@@ -146,6 +182,12 @@ def pretrain(model_args, data_args, train_args):
     accelerator.register_for_checkpointing(state)
     if teacher is not None:
         accelerator.register_for_checkpointing(teacher)
+    stream = None
+    if data.streaming:
+        stream = data.stream(data_args, train_args.per_device_batch_size, train_args.seed, accelerator.process_index,
+                             accelerator.num_processes, gather_object if accelerator.num_processes > 1 else None)
+        # Registered last, after the loop state and the teacher, so that their checkpoint files keep their numbers.
+        accelerator.register_for_checkpointing(stream)
 
     resume_step, resume_path = checkpointing.latest_checkpoint(output_dir) if train_args.resume else (None, None)
     if resume_path is not None:
@@ -153,15 +195,33 @@ def pretrain(model_args, data_args, train_args):
         accelerator.print(f"resumed from {resume_path} (step {state.step})")
     if main:
         _write_run_record(output_dir, model_args, data_args, train_args, accelerator)
+        if data.source_report.read or data.source_report.entries:
+            write_source_report(os.path.join(output_dir, "source_report.json"), data.source_report)
+            for source, count in sorted(data.source_report.read.items()):
+                skipped = data.source_report.counts().get(source, {})
+                accelerator.print(f"source {source}: read {count}, kept {data.source_report.kept[source]}, skipped "
+                                  f"{sum(skipped.values())} {skipped or ''}")
     logger = MetricLogger(output_dir, enabled=main, tensorboard=train_args.tensorboard, resume_step=resume_step)
+    recorder = _sample_recorder(output_dir, accelerator.process_index, resume_step) if data_args.record_samples \
+        else None
 
-    sampler = GlobalBatchSampler(
-        len(data.train), train_args.per_device_batch_size, train_args.seed, accelerator.process_index,
-        accelerator.num_processes, train_args.gradient_accumulation_steps, start_step=state.step,
-        max_steps=train_args.max_steps,
-    )
-    loader = data.loader(sampler, data_args.num_workers)
-    batches = iter(loader)
+    if stream is not None:
+        batches = stream_batches(stream, data.collator)
+        sampler = None
+        # Samples a shuffle buffer held when the checkpoint was written are lost on resume (counted, never repeated).
+        lost_samples = int(accelerator.reduce(torch.tensor([stream.lost_total], device=accelerator.device),
+                                              reduction="sum").item())
+        if lost_samples:
+            accelerator.print(f"resumed stream: {lost_samples} sample(s) held in shuffle buffers were lost")
+    else:
+        sampler = GlobalBatchSampler(
+            len(data.train), train_args.per_device_batch_size, train_args.seed, accelerator.process_index,
+            accelerator.num_processes, train_args.gradient_accumulation_steps, start_step=state.step,
+            max_steps=train_args.max_steps,
+        )
+        loader = data.loader(sampler, data_args.num_workers)
+        batches = iter(loader)
+    placeholder = None
     fault_step = int(os.environ.get(FAULT_ENV, "-1"))
     nonfinite_steps = {int(s) for s in os.environ.get(NONFINITE_ENV, "").split(",") if s.strip()}
     progress = tqdm(total=train_args.max_steps, initial=state.step, disable=not (main and train_args.progress_bar),
@@ -182,6 +242,22 @@ def pretrain(model_args, data_args, train_args):
         micro_batches = [next(batches) for _ in range(train_args.gradient_accumulation_steps)]
         micro_batches = [_to_device(b, accelerator.device) for b in micro_batches]
         fetched = time.perf_counter()
+        if recorder is not None:
+            recorder(state.step + 1, micro_batches)
+        skipped = [item for b in micro_batches for item in b.get("skipped", [])]
+        if skipped and stream is not None and data_args.strict:
+            raise ValueError(f"strict: unreadable sample {skipped[0][0]}: {skipped[0][1]}")
+        # Samples this process really consumed (padding excluded, unreadable ones included), and the micro-batch
+        # sizes, which decide below whether every process can take part in the gathered ITC loss.
+        real = sum(_real_count(b) for b in micro_batches)
+        sizes = [len(b["index"]) for b in micro_batches]
+        empty = [size == 0 for size in sizes]
+        if any(empty):
+            if placeholder is None:
+                placeholder = data.placeholder_batch()
+            micro_batches = [_to_device(copy.deepcopy(placeholder), accelerator.device) if blank else b
+                             for b, blank in zip(micro_batches, empty)]
+        real_batches = [b for b, blank in zip(micro_batches, empty) if not blank]
 
         objectives = step_objectives(weights, train_args.mixing, train_args.seed, step)
         names = sorted(objectives)
@@ -194,29 +270,42 @@ def pretrain(model_args, data_args, train_args):
         deferred = [name for name in names if reuse and name in masked_now]
         diagnostics = {}
         if masked_now and not reuse:
-            for batch in micro_batches:
+            for batch, blank in zip(micro_batches, empty):
                 relevance = None
                 guidance_started = time.perf_counter()
                 if guide.needs_guidance(step):
                     relevance = guidance_relevance(teacher if guide.source == "ema" else unwrapped,
                                                    objective_inputs("guidance", batch, {}), guide)
-                _add(diagnostics, guide.apply(batch, step, relevance))
+                applied = guide.apply(batch, step, relevance)
+                if not blank:
+                    _add(diagnostics, applied)
                 timing["guidance_time"] = timing.get("guidance_time", 0.0) + time.perf_counter() - guidance_started
         elif not masked_now:
-            for batch in micro_batches:
+            for batch in real_batches:
                 _add(diagnostics, mask_diagnostics(batch, [n for n in ("mlm", "mim") if n in objectives]))
-        # One reduction gives every objective's global count and, last, the number of unreadable samples.
-        skipped = [item for b in micro_batches for item in b.get("skipped", [])]
+        # One reduction gives every objective's global count, the number of unreadable samples, the number of real
+        # samples and every process's micro-batch sizes.
         counted = [name for name in names if name not in deferred]
-        local_counts = objective_counts(micro_batches, counted, accelerator.device, hard)
-        local_counts = torch.cat([local_counts, local_counts.new_tensor([len(skipped)])])
+        local_counts = objective_counts(real_batches, counted, accelerator.device, hard)
+        size_slots = torch.zeros(len(sizes) * accelerator.num_processes, dtype=torch.float64)
+        size_slots[accelerator.process_index::accelerator.num_processes] = torch.tensor(sizes, dtype=torch.float64)
+        local_counts = torch.cat([local_counts, local_counts.new_tensor([len(skipped), real]),
+                                  size_slots.to(local_counts.device)])
         global_counts = accelerator.reduce(local_counts, reduction="sum")
-        if global_counts[-1] > 0:
+        global_sizes = global_counts[len(counted) + 2:].view(len(sizes), accelerator.num_processes)
+        if global_counts[len(counted)] > 0:
             _record_skipped(skipped, state, output_dir, step, accelerator)
+        real_samples = int(global_counts[len(counted) + 1])
         normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(counted, global_counts)}
+        # ITC gathers features from every process and needs equal micro-batch sizes; a step where they differ (an
+        # uneven end of a streamed epoch, unreadable samples) trains without it, the same on every process.
+        unequal = bool((global_sizes != global_sizes[:, :1]).any())
+        dropped = {"itc"} if "itc" in objectives and accelerator.num_processes > 1 and unequal else set()
+        if "itc" in objectives and accelerator.num_processes > 1:
+            window.setdefault("itc_skipped_share", []).append(float(bool(dropped)))
         loss_sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
         passes = [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
-                  if name in objectives and name not in deferred]
+                  if name in objectives and name not in deferred and name not in dropped]
         first_deferred = len(passes)
         passes += [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
                    if name in deferred]
@@ -229,9 +318,11 @@ def pretrain(model_args, data_args, train_args):
             if deferred and number == first_deferred:
                 # Every ITM pass has run: the masks of the deferred objectives, then their global counts.
                 for i, b in enumerate(micro_batches):
-                    _add(diagnostics, guide.apply(b, step, *guidance[i]))
+                    applied = guide.apply(b, step, *guidance[i])
+                    if not empty[i]:
+                        _add(diagnostics, applied)
                 deferred_counts = accelerator.reduce(
-                    objective_counts(micro_batches, deferred, accelerator.device, hard), reduction="sum")
+                    objective_counts(real_batches, deferred, accelerator.device, hard), reduction="sum")
                 normalizers.update({n: max(float(c), 1.0) / accelerator.num_processes
                                     for n, c in zip(deferred, deferred_counts)})
             if name == "itc" or number == 0 or passes[number - 1][0] != index:
@@ -245,6 +336,8 @@ def pretrain(model_args, data_args, train_args):
             with nullcontext() if number == len(passes) - 1 else accelerator.no_sync(model):
                 outputs = model(**inputs, loss_normalizers=normalizers, loss_weights=objectives)
                 loss = outputs.loss
+                if empty[index]:
+                    loss = loss * 0.0  # the placeholder: the same passes as every other process, no gradient
                 if step in nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
@@ -252,7 +345,8 @@ def pretrain(model_args, data_args, train_args):
                 context["similarity"] = outputs.itc_similarity
             if reuse and name == "itm":
                 guidance[index] = matched_relevance(outputs.relevance, inputs, batch, hard)
-            loss_sums[names.index(name)] += getattr(outputs, f"{name}_loss").detach().double()
+            if not empty[index]:
+                loss_sums[names.index(name)] += getattr(outputs, f"{name}_loss").detach().double()
             timing[f"{name}_time"] = timing.get(f"{name}_time", 0.0) + time.perf_counter() - pass_started
         for key, value in share_metrics(diagnostics).items():
             window.setdefault(key, []).append(value)
@@ -269,7 +363,7 @@ def pretrain(model_args, data_args, train_args):
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm or float("inf"))
             optimizer.step()
             if teacher is not None:
-                ema_update(teacher.parameters(), accelerator.unwrap_model(model).parameters(),
+                ema_update(teacher.parameters(), _full_parameters(accelerator.unwrap_model(model)),
                            train_args.teacher_momentum)
             state.consecutive_nonfinite = 0
         else:
@@ -278,13 +372,14 @@ def pretrain(model_args, data_args, train_args):
             state.consecutive_nonfinite += 1
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        state.samples_seen += sampler.global_batch
+        state.samples_seen += sampler.global_batch if sampler is not None else real_samples
         done = time.perf_counter()
         timing["data"] += fetched - started
         timing["compute"] += done - fetched
         timing["steps"] += 1
         for name, value in zip(names, loss_sums.tolist()):
-            window.setdefault(f"{name}_loss", []).append(value)
+            if name not in dropped:
+                window.setdefault(f"{name}_loss", []).append(value)
         progress.update(1)
 
         if not finite and state.consecutive_nonfinite >= train_args.max_nonfinite_steps:
@@ -306,6 +401,8 @@ def pretrain(model_args, data_args, train_args):
                 step_time=(timing["data"] + timing["compute"]) / max(1, timing["steps"]),
                 data_wait_share=timing["data"] / max(1e-9, timing["data"] + timing["compute"]),
             )
+            if stream is not None:
+                record.update(epoch=stream.epoch, lost_samples=lost_samples)
             total_time = max(1e-9, timing["data"] + timing["compute"])
             record.update({f"{key[:-5]}_time_share": value / total_time for key, value in timing.items()
                            if key.endswith("_time")})
@@ -324,16 +421,104 @@ def pretrain(model_args, data_args, train_args):
 
     progress.close()
     logger.close()
+    if stream is not None:
+        reports = gather_object([stream.report.to_dict()]) if accelerator.num_processes > 1 \
+            else [stream.report.to_dict()]
+        if main:
+            report = data.source_report
+            for entry in reports:
+                report.merge(SkipReport.from_dict(entry))
+            write_source_report(os.path.join(output_dir, "source_report.json"), report)
     accelerator.wait_for_everyone()
+    # Under FSDP the parameters are sharded: every process takes part in gathering the full state dict.
+    full_state = accelerator.get_state_dict(model) if fsdp else None
+    if main and full_state is not None:
+        # The gathered dict holds tied weights twice (as separate tensors); save_pretrained stores the source only.
+        tied = getattr(accelerator.unwrap_model(model), "_tied_weights_keys", None) or {}
+        if isinstance(tied, dict):
+            full_state = {name: value for name, value in full_state.items()
+                          if not (name in tied and tied[name] in full_state)}
+        for name in scalar_parameters:
+            full_state[name] = full_state[name].reshape(())
     if main:
         final_dir = os.path.join(output_dir, "model")
-        accelerator.unwrap_model(model).save_pretrained(final_dir)
+        accelerator.unwrap_model(model).save_pretrained(final_dir, **({"state_dict": full_state} if fsdp else {}))
         data.processor.save_pretrained(final_dir)
         with open(os.path.join(output_dir, "final_metrics.json"), "w", encoding="utf-8") as handle:
             json.dump({"step": state.step, **final_metrics}, handle, indent=2)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final_metrics
+
+
+def stream_batches(stream, collate_fn):
+    """Batches of a `ShardStream`, epoch after epoch, each recorded as consumed (`observe`) when it is handed out,
+    so that a checkpoint written after the step saves cursors just past it. Starts at the stream's current epoch
+    and position (where `load_state_dict` put it)."""
+    while True:
+        for batch in stream.loader(collate_fn):
+            stream.observe(batch)
+            yield batch
+        stream.set_epoch(stream.epoch + 1)
+
+
+def _real_count(batch):
+    """Samples a batch consumed: streamed positions that are not padding, or the kept and skipped samples."""
+    if "stream_positions" in batch:
+        return sum(1 for position in batch["stream_positions"] if position[4] >= 0)
+    return len(batch["index"]) + len(batch.get("skipped", []))
+
+
+def _sample_recorder(output_dir, rank, resume_step):
+    """A function writing each micro-batch's sample indices (kept and skipped) to samples/rank<R>.jsonl; on resume
+    the file is cut back to the checkpoint's step, as the metrics log."""
+    path = os.path.join(output_dir, "samples", f"rank{rank}.jsonl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if resume_step is not None:
+        truncate_jsonl(path, resume_step)
+    elif os.path.exists(path):
+        os.remove(path)
+
+    def record(step, micro_batches):
+        with open(path, "a", encoding="utf-8") as handle:
+            for batch in micro_batches:
+                indices = [int(i) for i in batch["index"]] + [int(i) for i, _ in batch.get("skipped", [])]
+                epochs = sorted({int(p[0]) for p in batch.get("stream_positions", ())}
+                                or {int(e) for e in batch["epoch"]})
+                handle.write(json.dumps({"step": step, "epoch": epochs[0] if epochs else None,
+                                         "index": indices}) + "\n")
+
+    return record
+
+
+def vector_scalar_parameters(model):
+    """Make 0-d parameters (the ITC temperature) 1-element vectors, which FSDP2 can shard ("fully_shard doesn't
+    support scalar parameters"); the values and the losses are unchanged. Returns their names, so that the saved
+    model gets them back as scalars."""
+    names = []
+    for module_name, module in model.named_modules():
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            if parameter.ndim == 0:
+                setattr(module, name, torch.nn.Parameter(parameter.detach().reshape(1),
+                                                         requires_grad=parameter.requires_grad))
+                names.append(f"{module_name}.{name}" if module_name else name)
+    return names
+
+
+def _full_parameters(model):
+    """The model's parameters as full tensors (FSDP shards them as DTensors; the EMA teacher holds full ones)."""
+    for parameter in model.parameters():
+        yield parameter.full_tensor() if hasattr(parameter, "full_tensor") else parameter
+
+
+def _check_fsdp_validation(num_val, train_args, num_processes):
+    """Under FSDP every forward pass is collective: validation batches must split evenly over the processes."""
+    batches = -(-min(num_val, train_args.per_device_batch_size * train_args.eval_batches)
+                // train_args.per_device_batch_size)
+    if batches % num_processes:
+        raise ValueError(f"FSDP: validation runs {batches} batches of {train_args.per_device_batch_size} over "
+                         f"{num_processes} processes; every process must run as many forward passes, so choose "
+                         f"eval_batches (and enough validation samples) for a multiple of {num_processes} batches")
 
 
 def matched_relevance(relevance, inputs, batch, hard):
