@@ -1,6 +1,7 @@
 """The `vlp` command line.
 
     vlp data shapes --out DIR --num-scenes N --seed S [...]   write the synthetic world as a datasets folder
+    vlp data shards --from SOURCE --out DIR [...]             write WebDataset shards from the world or a reader
     vlp pretrain --config FILE [--key value ...]              pretrain (resumes from the newest checkpoint)
     vlp masks RUN_DIR [--out DIR] [--policies ...]            what each masking policy hides: shares + PNG grid
     vlp finetune vqa|retrieval|caption MODEL_DIR [...]        finetune a checkpoint with transformers' Trainer
