@@ -48,8 +48,14 @@ class FakeRunner:
                 for step in (1, 2):
                     handle.write(json.dumps({"step": step, "split": "train", "mlm_loss": 3.0 - step,
                                              "step_time": 0.1, "samples_seen": 8 * step}) + "\n")
+        elif args[0] == "finetune":
+            out = args[args.index("--output_dir") + 1]
+            os.makedirs(out, exist_ok=True)
+            variants = args[args.index("--variants") + 1].split(",")
+            json.dump({v: {"accuracy": 0.5 + 0.1 * len(v) / 20} for v in variants},
+                      open(os.path.join(out, "results.json"), "w"))
         elif args[0] == "evaluate":
-            run_dir = os.path.dirname(args[1])
+            run_dir = args[1]
             plus = "/plus/" in run_dir
             seed = int(run_dir.rsplit("seed", 1)[1])
             rng = np.random.default_rng(seed)
@@ -133,3 +139,19 @@ def test_collect_results_on_an_empty_study_folder(tmp_path):
     study = load_study(write_study(tmp_path))
     results = collect_results(study, str(tmp_path / "empty"))
     assert results["mixes"]["base"]["runs"] == 0 and results["differences"] == {}
+
+
+def test_vqa_finetune_per_run_and_baselines_once_per_study(tmp_path):
+    study = yaml.safe_load(open(write_study(tmp_path, evaluation=False)))
+    study["finetune"] = {"vqa": {"epochs": 1}}
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(study))
+    runner = FakeRunner()
+    results = run_study(str(tmp_path / "ft.yaml"), str(tmp_path / "out"), runner=runner)
+    finetunes = [call for call in runner.calls if call[0] == "finetune"]
+    variants = sorted(call[call.index("--variants") + 1] for call in finetunes)
+    assert variants == ["pretrained"] * 4 + ["question_only,random_init"]
+    assert "vqa.pretrained.accuracy" in results["mixes"]["plus"]["metrics"]
+    assert set(results["vqa_baselines"]) == {"question_only.accuracy", "random_init.accuracy"}
+    again = FakeRunner()
+    run_study(str(tmp_path / "ft.yaml"), str(tmp_path / "out"), runner=again)
+    assert again.calls == []

@@ -10,7 +10,8 @@ A study file (YAML; presets in `training/configs/studies/`) holds:
     base: {...}                       pretraining keys shared by every mix (the budget: max_steps, batch, ...)
     mixes: [{name, overrides: {...}}]
     evaluation: {suites: [...], items_per_phenomenon: N}      optional (`vlp evaluate`)
-    finetune: {vqa: {...}}            optional short VQA finetune per run, question-only baseline once per study
+    finetune: {vqa: {...}}            optional short VQA finetune per run (`vlp finetune vqa` keys); the question-only
+                                      and random-initialisation baselines run once per study
     masks_for: mix name               optional: the mix whose masks are pictured (attention-guided masking)
 
 Each (mix, seed) is a folder `runs/<mix>/seed<seed>/` with the merged config, the pretraining run (resumable: a run
@@ -135,19 +136,30 @@ def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None):
             evaluation = study.get("evaluation") or {}
             target = os.path.join(run_dir, "evaluation.json")
             if evaluation and not os.path.exists(target):
-                runner(["evaluate", os.path.join(run_dir, "model"), "--output", target,
+                runner(["evaluate", run_dir, "--output", target,
                         "--suite", ",".join(evaluation.get("suites", ["all"])), "--seed", str(seed),
                         *_flags({k: v for k, v in evaluation.items() if k != "suites"})], log_path)
             vqa_dir = os.path.join(run_dir, "finetune_vqa")
             if finetune and not os.path.exists(os.path.join(vqa_dir, "DONE")):
-                runner(["finetune", "vqa", os.path.join(run_dir, "model"), "--output_dir", vqa_dir,
+                runner(["finetune", "vqa", run_dir, "--output_dir", vqa_dir, "--variants", "pretrained",
                         *_flags(finetune)], log_path)
                 _mark_done(vqa_dir)
+            baselines = os.path.join(output_dir, "vqa_baselines")
+            first = (mix["name"], seed) == (study["baseline"], study["seeds"][0])
+            if finetune and first and not os.path.exists(os.path.join(baselines, "DONE")):
+                # Once per study: question-only (image blanked) and random-initialisation finetunes, the floors that
+                # show what pretraining bought.
+                runner(["finetune", "vqa", run_dir, "--output_dir", baselines, "--variants",
+                        "question_only,random_init", *_flags(finetune)], log_path)
+                _mark_done(baselines)
             _write_json(costs_path, costs)
     complete = all(os.path.exists(os.path.join(_run_dir(output_dir, m["name"], s), "DONE"))
                    for s in study["seeds"] for m in study["mixes"])
     results = collect_results(study, output_dir)
     results["complete"] = complete
+    baselines = os.path.join(output_dir, "vqa_baselines", "results.json")
+    if os.path.exists(baselines):
+        results["vqa_baselines"] = _numbers(_read_json(baselines))
     _write_json(os.path.join(output_dir, "results.json"), results)
     from .study_report import write_report
 
