@@ -11,6 +11,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "training", "configs", "d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_demo_pretraining_learns_matching_and_colour_words(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     subprocess.run([sys.executable, "-m", "vlp.training.cli", "pretrain", "--config", CONFIG, "--output_dir",
@@ -22,6 +23,7 @@ def test_demo_pretraining_learns_matching_and_colour_words(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_high_masks_more_concept_words_and_object_patches_than_random(tmp_path):
     """Guided by the demo model after 600 steps, 'high' hides a larger share of concept words and of object patches
     than 'random' (lower ends of the paired bootstrap intervals above zero) when words and patches are ranked by the

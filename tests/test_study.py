@@ -155,3 +155,15 @@ def test_vqa_finetune_per_run_and_baselines_once_per_study(tmp_path):
     again = FakeRunner()
     run_study(str(tmp_path / "ft.yaml"), str(tmp_path / "out"), runner=again)
     assert again.calls == []
+
+
+def test_figures_with_intervals_from_the_evaluation_are_read_as_such(tmp_path):
+    from vlp.training.study import run_figures
+
+    run = tmp_path / "run"
+    run.mkdir()
+    json.dump({"suites": {"foils": {"colour": {"score": {"acc_r": {"value": 0.7, "low": 0.6, "high": 0.8}}}}}},
+              open(run / "evaluation.json", "w"))
+    figures, items = run_figures(str(run))
+    assert figures == {"eval.suites.foils.colour.score.acc_r": 0.7}
+    assert items["_intervals"] == {"eval.suites.foils.colour.score.acc_r": (0.6, 0.8)}

@@ -244,9 +244,16 @@ def step_flops(config_values):
     return flops
 
 
+def _is_figure(tree):
+    return isinstance(tree, dict) and "value" in tree and set(tree) <= {"value", "low", "high"}
+
+
 def _numbers(tree, prefix=""):
-    """Flattens the scalar figures of a nested results dict: {'foils.colour.acc_r': 0.7, ...}."""
+    """Flattens the scalar figures of a nested results dict: {'foils.colour.acc_r': 0.7, ...}; a figure written as
+    {"value", "low", "high"} (the evaluation suite's) counts as its value."""
     flat = {}
+    if _is_figure(tree):
+        return _numbers(tree["value"], prefix)
     if isinstance(tree, dict):
         for key, value in tree.items():
             flat.update(_numbers(value, f"{prefix}{key}."))
@@ -269,9 +276,23 @@ def _items(tree, prefix=""):
     return found
 
 
+def _intervals(tree, prefix=""):
+    """The item-bootstrap intervals an evaluation saved with its figures: {'foils.colour.acc_r': (low, high)}."""
+    found = {}
+    if _is_figure(tree):
+        low, high = tree.get("low"), tree.get("high")
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+            found[prefix[:-1]] = (float(low), float(high))
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            found.update(_intervals(value, f"{prefix}{key}."))
+    return found
+
+
 def run_figures(run_dir):
-    """Every scalar figure of one run: final validation metrics, evaluation suite, VQA finetune."""
-    figures, items = {}, {}
+    """Every scalar figure of one run: final validation metrics, evaluation suite, VQA finetune; per-item values and
+    the evaluation's own item intervals ride along under the keys '_items' and '_intervals'."""
+    figures, items, intervals = {}, {}, {}
     sources = (("val", "final_metrics.json"), ("eval", "evaluation.json"), ("vqa", "finetune_vqa/results.json"))
     for prefix, name in sources:
         path = os.path.join(run_dir, name)
@@ -279,6 +300,8 @@ def run_figures(run_dir):
             data = _read_json(path)
             figures.update({f"{prefix}.{k}": v for k, v in _numbers(data).items()})
             items.update({f"{prefix}.{k}": v for k, v in _items(data).items()})
+            intervals.update({f"{prefix}.{k}": v for k, v in _intervals(data).items()})
+    items["_intervals"] = intervals
     return figures, items
 
 
@@ -308,8 +331,11 @@ def collect_results(study, output_dir, n_resamples=2000):
                 entry.update(_interval(bootstrap_ci(values, n_resamples=n_resamples), "seeds"))
             else:
                 item_values = runs[0][1].get(metric)
+                saved = runs[0][1]["_intervals"].get(metric)
                 if item_values is not None and len(item_values) > 1:
                     entry.update(_interval(bootstrap_ci(item_values, n_resamples=n_resamples), "items"))
+                elif saved is not None:
+                    entry.update({"low": saved[0], "high": saved[1], "interval_over": "items"})
             metrics[metric] = entry
         results["mixes"][name] = {"runs": len(runs), "overrides": mix.get("overrides") or {},
                                   "step_flops": step_flops(mix_values(study, mix, seeds[0], "unused")),
