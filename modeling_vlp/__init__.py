@@ -13,16 +13,32 @@ from .modeling_vlp import (
     VLPModelOutput,
     VLPPreTrainedModel,
 )
+from .modeling_vlp_tasks import (
+    VLPCaptioningOutput,
+    VLPForConditionalGeneration,
+    VLPForImageTextRetrieval,
+    VLPForQuestionAnswering,
+    VLPImageTextRetrievalOutput,
+    VLPQuestionAnsweringOutput,
+    VLPRetrievalScores,
+)
 
-EXPORTED_FILES = ("configuration_vlp.py", "modeling_vlp.py", "losses_vlp.py")
+EXPORTED_FILES = ("configuration_vlp.py", "modeling_vlp.py", "losses_vlp.py", "modeling_vlp_tasks.py")
 
 __all__ = [
     "EXPORTED_FILES",
     "VLP_AUTO_MAP",
+    "VLPCaptioningOutput",
     "VLPConfig",
+    "VLPForConditionalGeneration",
+    "VLPForImageTextRetrieval",
     "VLPForPreTraining",
     "VLPForPreTrainingOutput",
+    "VLPForQuestionAnswering",
+    "VLPImageTextRetrievalOutput",
     "VLPModel",
     "VLPModelOutput",
     "VLPPreTrainedModel",
+    "VLPQuestionAnsweringOutput",
+    "VLPRetrievalScores",
 ]

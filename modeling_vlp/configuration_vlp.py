@@ -10,6 +10,10 @@ VLP_AUTO_MAP = {
     "AutoConfig": "configuration_vlp.VLPConfig",
     "AutoModel": "modeling_vlp.VLPModel",
     "AutoModelForPreTraining": "modeling_vlp.VLPForPreTraining",
+    "AutoModelForVisualQuestionAnswering": "modeling_vlp_tasks.VLPForQuestionAnswering",
+    "AutoModelForImageTextToText": "modeling_vlp_tasks.VLPForConditionalGeneration",
+    # transformers has no image-text retrieval auto class; the contrastive image-text models (CLIP, SigLIP) sit here.
+    "AutoModelForZeroShotImageClassification": "modeling_vlp_tasks.VLPForImageTextRetrieval",
 }
 
 
@@ -30,6 +34,11 @@ class VLPConfig(PretrainedConfig):
 
     Text tokens come first in the sequence, then an image [CLS] token and the image patches, as in ViLT.
     `image_size` is the size of the learned position grid; other sizes and non-square canvases interpolate it.
+
+    Task models: VQA's answer vocabulary is the standard `id2label` / `label2id` (`num_labels` its size).
+    `retrieval_top_k` is how many candidates per query the ITM head re-ranks, `retrieval_negatives` how the
+    retrieval ITM loss draws in-batch negatives ("hard": ∝ softmax of the ITC similarity; "random": uniformly),
+    `caption_prefix_length` how many leading text tokens captioning shows to every position (1: the [CLS]).
     """
 
     model_type = "vlp"
@@ -66,6 +75,9 @@ class VLPConfig(PretrainedConfig):
         wra_weight_beta=0.5,
         wra_iterations=50,
         gitm_max_cells=9,
+        retrieval_top_k=16,
+        retrieval_negatives="hard",
+        caption_prefix_length=1,
         **kwargs,
     ):
         kwargs.setdefault("auto_map", dict(VLP_AUTO_MAP))
@@ -98,6 +110,9 @@ class VLPConfig(PretrainedConfig):
         self.wra_weight_beta = wra_weight_beta
         self.wra_iterations = wra_iterations
         self.gitm_max_cells = gitm_max_cells
+        self.retrieval_top_k = retrieval_top_k
+        self.retrieval_negatives = retrieval_negatives
+        self.caption_prefix_length = caption_prefix_length
         self.validate()
 
     def validate(self):
@@ -108,6 +123,12 @@ class VLPConfig(PretrainedConfig):
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             _check_range(name, getattr(self, name), low=0.0, high=1.0)
         _check_range("num_text_segments", self.num_text_segments, low=0, integer=True)
+        _check_range("retrieval_top_k", self.retrieval_top_k, low=1, integer=True)
+        _check_range("caption_prefix_length", self.caption_prefix_length, low=0, integer=True)
+        if self.retrieval_negatives not in ("hard", "random"):
+            raise ValueError(
+                f"VLPConfig.retrieval_negatives={self.retrieval_negatives!r}: expected 'hard' or 'random'"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VLPConfig.hidden_size={self.hidden_size} must be a multiple of "

@@ -365,6 +365,8 @@ class VLPModel(VLPPreTrainedModel):
     the other layers keep the fused path. `relevance_weights` (B, S), non-negative weights over query positions
     (for example the text tokens, or [CLS] alone), asks for the attention that every position receives from them
     in `relevance_layers` (default: the last), the relevance scores of attention-guided masking and grounding.
+    `self_attention_mask` (B, S, S) bool, True where query position i may attend to key position j over the whole
+    sequence (for example the prefix-LM pattern of captioning), is combined with the padding mask.
     """
 
     def __init__(self, config: VLPConfig, add_pooling_layer=True):
@@ -416,6 +418,7 @@ class VLPModel(VLPPreTrainedModel):
         relevance_weights=None,
         relevance_layers=(-1,),
         return_dict=None,
+        self_attention_mask=None,
         **kwargs,
     ):
         embeddings, mask, text_length, grid = self.embed(
@@ -430,6 +433,8 @@ class VLPModel(VLPPreTrainedModel):
             layers = {index % self.config.num_hidden_layers for index in chosen}
         # A boolean (B, 1, 1, S) key mask, or None when nothing is padded (lets SDPA pick its fastest kernel).
         attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+        if self_attention_mask is not None:
+            attn_mask = self._combine_attention_mask(self_attention_mask, attn_mask, mask, relevance_weights)
         relevance_at = {index % self.config.num_hidden_layers for index in relevance_layers}
         hidden, all_hidden, maps, relevance = self.encoder(
             embeddings, attn_mask, layers, bool(output_hidden_states), relevance_weights, relevance_at)
@@ -445,6 +450,19 @@ class VLPModel(VLPPreTrainedModel):
             patch_grid=grid,
             relevance=relevance,
         )
+
+    @staticmethod
+    def _combine_attention_mask(self_attention_mask, key_mask, sequence_mask, relevance_weights):
+        """A (B, S, S) query-key pattern AND the (B, 1, 1, S) key padding mask, as a (B, 1, S, S) boolean mask."""
+        batch, length = sequence_mask.shape
+        if tuple(self_attention_mask.shape) != (batch, length, length):
+            raise ValueError(f"self_attention_mask has shape {tuple(self_attention_mask.shape)}; expected "
+                             f"(batch, sequence, sequence) = {(batch, length, length)}")
+        if relevance_weights is not None:
+            raise ValueError("relevance_weights cannot be combined with a self_attention_mask")
+        pattern = self_attention_mask.bool()[:, None]
+        return pattern if key_mask is None else pattern & key_mask
+
 
 class VLPMLMHead(nn.Module):
     """Transform (dense, activation, LayerNorm) then a decoder tied to the word embeddings."""
@@ -713,3 +731,15 @@ class VLPForPreTraining(VLPPreTrainedModel):
 
 VLPModel.register_for_auto_class("AutoModel")
 VLPForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+
+# The task models (VQA, retrieval, captioning) build on the classes above and live in modeling_vlp_tasks.py. This
+# import makes `save_pretrained` copy that file into every checkpoint (it copies a model file's relative imports), so
+# the task entries of the saved auto_map load from any VLP checkpoint. When the task file is imported first, it
+# imports this one, whose classes are all defined by then; nothing from it is needed here.
+try:
+    from .modeling_vlp_tasks import VLPForQuestionAnswering  # noqa: E402, F401
+except ImportError:
+    import sys
+
+    if f"{__package__}.modeling_vlp_tasks" not in sys.modules:  # a real failure, not the task file importing this one
+        raise

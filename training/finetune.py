@@ -1,0 +1,698 @@
+"""Downstream finetuning through transformers' Trainer: VQA, image-text retrieval and captioning.
+
+`finetune_vqa`, `finetune_retrieval` and `finetune_caption` load a checkpoint with `from_pretrained`, finetune it with a
+plain `transformers.Trainer` and a collator from `processing/finetune_collators.py`, evaluate with VLP's local
+`evaluate` modules and write `results.json` (and the finetuned model with its processor under `model/`) to the output
+folder. Beside the pretrained score they report baselines, so that what pretraining bought is visible:
+
+- `random_init`: the same config and the same finetuning from fresh weights;
+- VQA `question_only`: the pretrained checkpoint finetuned and evaluated with every image blanked (a constant image,
+  `pixel_values` all zero): what the question alone tells;
+- captioning `blank_image`: the same for captions (a caption prior learnt by the same model), and `most_frequent`:
+  the most frequent training caption given for every image (no training).
+
+    vlp finetune vqa RUN/model --output_dir out/vqa                 # synthetic VQA with complementary pairs
+    vlp finetune retrieval RUN/model --output_dir out/ret           # the shapes world's captions
+    vlp finetune caption RUN/model --output_dir out/cap --num_beams 3
+    vlp finetune vqa RUN/model --output_dir out --data vqa2 --train_questions ... --eval_pairs ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments, set_seed
+
+from ..modeling_vlp import VLPForConditionalGeneration, VLPForImageTextRetrieval, VLPForQuestionAnswering
+from ..processing import shapes_world
+from ..processing.downstream_readers import build_answer_vocabulary, read_karpathy_split, read_vqa_v2, vqa_features
+from ..processing.finetune_collators import (
+    CaptionCollator,
+    CaptionPairs,
+    ImageCollator,
+    RetrievalCollator,
+    VQACollator,
+    image_batch,
+)
+from ..processing.processing_vlp import VLPProcessor
+from ..processing.synthetic_vqa import QUESTION_FAMILIES, SyntheticVQAConfig, build_synthetic_vqa_dataset
+from .config import ConfigError
+from .metrics import load_metric
+
+VQA_VARIANTS = ("pretrained", "question_only", "random_init")
+RETRIEVAL_VARIANTS = ("pretrained", "random_init")
+CAPTION_VARIANTS = ("pretrained", "blank_image", "random_init")
+RESULTS_FILE = "results.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneSettings:
+    """Trainer settings shared by the three tasks (one value for every variant of a comparison).
+
+    `head_lr_multiplier` scales the learning rate of every parameter outside the encoder `vlp` (ViLT trains its VQA
+    head at 10 x the encoder's rate); at 1 the Trainer builds its own AdamW.
+    """
+
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    head_lr_multiplier: float = 1.0
+    seed: int = 0
+    max_length: int | None = None
+    logging_steps: int = 50
+
+    def __post_init__(self):
+        checks = (
+            ("epochs", self.epochs > 0, "> 0"),
+            ("max_steps", isinstance(self.max_steps, int) and (self.max_steps == -1 or self.max_steps > 0),
+             "-1 (use epochs) or a positive integer"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
+            ("eval_batch_size", isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "an integer >= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "[0, 1)"),
+            ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+            ("head_lr_multiplier", self.head_lr_multiplier > 0, "> 0"),
+            ("max_length", self.max_length is None or (isinstance(self.max_length, int) and self.max_length >= 2),
+             "None or an integer >= 2"),
+            ("logging_steps", isinstance(self.logging_steps, int) and self.logging_steps >= 1, "an integer >= 1"),
+        )
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is out of range: expected {allowed}")
+
+
+def resolve_model_dir(model_dir: str) -> str:
+    """A folder with config.json, or a `vlp pretrain` run folder whose model is under `model/`."""
+    if os.path.isfile(os.path.join(model_dir, "config.json")):
+        return model_dir
+    inner = os.path.join(model_dir, "model")
+    if os.path.isfile(os.path.join(inner, "config.json")):
+        return inner
+    raise ConfigError(f"MODEL_DIR={model_dir!r} has no config.json (nor model/config.json): expected a checkpoint")
+
+
+def training_arguments(output_dir: str, settings: FinetuneSettings, **overrides) -> TrainingArguments:
+    """TrainingArguments of one finetuning run: no checkpoints, no reporting, no hub, the raw columns kept."""
+    values = dict(
+        output_dir=output_dir,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,
+        max_grad_norm=settings.max_grad_norm,
+        lr_scheduler_type="linear",
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        push_to_hub=False,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=settings.seed,
+        data_seed=settings.seed,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+def head_optimizer(model, settings):
+    """AdamW with the encoder at `learning_rate` and the task heads at `head_lr_multiplier` times it; no weight
+    decay on biases and LayerNorm weights (as the Trainer's own AdamW)."""
+    groups = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        head = not name.startswith("vlp.")
+        decay = parameter.ndim >= 2 and "LayerNorm" not in name and "layernorm" not in name
+        groups.setdefault((head, decay), []).append(parameter)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": settings.weight_decay if decay else 0.0,
+          "lr": settings.learning_rate * (settings.head_lr_multiplier if head else 1.0)}
+         for (head, decay), params in groups.items()],
+        lr=settings.learning_rate)
+
+
+def _train(model, output_dir, settings, train_dataset, collator, **overrides):
+    """Finetune with a plain Trainer; returns (trainer, {train_loss, train_seconds, train_steps})."""
+    optimizers = (head_optimizer(model, settings), None) if settings.head_lr_multiplier != 1 else (None, None)
+    trainer = Trainer(model=model, args=training_arguments(output_dir, settings, **overrides),
+                      train_dataset=train_dataset, data_collator=collator, optimizers=optimizers)
+    start = time.perf_counter()
+    result = trainer.train()
+    return trainer, {"train_loss": float(result.training_loss), "train_seconds": time.perf_counter() - start,
+                     "train_steps": int(result.global_step)}
+
+
+def _load(model_class, model_dir, variant, seed, **config_updates):
+    """The task model from the checkpoint (pretrained variants), or with the same config and fresh weights."""
+    set_seed(seed)
+    if variant == "random_init":
+        config = model_class.config_class.from_pretrained(model_dir, **config_updates)
+        return model_class(config)
+    return model_class.from_pretrained(model_dir, **config_updates)
+
+
+def _column(rows, key):
+    """One column of a datasets.Dataset or of a list of dicts, without decoding the other columns."""
+    return list(rows[key]) if hasattr(rows, "column_names") else [row[key] for row in rows]
+
+
+def _write_results(output_dir, results):
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RESULTS_FILE)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    return path
+
+
+def _save(model, processor, output_dir):
+    """save_pretrained of the finetuned model and its processor under output_dir/model (loadable without VLP)."""
+    folder = os.path.join(output_dir, "model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def load_processor(model_dir, image_size=None):
+    """The checkpoint's processor; with `image_size`, resizing images to that side instead (finetuning at a higher
+    resolution than pretraining, as ALBEF and BLIP do: the position grid is interpolated to the larger patch grid)."""
+    processor = VLPProcessor.from_pretrained(model_dir)
+    if image_size is not None:
+        patch_size = VLPForQuestionAnswering.config_class.from_pretrained(model_dir).patch_size
+        if not isinstance(image_size, int) or image_size < patch_size or image_size % patch_size:
+            raise ConfigError(f"image_size={image_size!r} is out of range: expected a positive multiple of the "
+                              f"model's patch_size={patch_size}")
+        processor.image_processor.size = {"height": image_size, "width": image_size}
+    return processor
+
+
+def _image_size(processor):
+    """The side images are resized to (synthetic data is rendered at it)."""
+    return int(processor.image_processor.size["height"])
+
+
+def _check_variants(variants, allowed):
+    variants = tuple(variants)
+    unknown = [v for v in variants if v not in allowed]
+    if unknown or not variants:
+        raise ConfigError(f"variants {unknown or 'none given'}: expected names from {allowed}")
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# VQA
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def synthetic_vqa_splits(num_train_pairs, num_eval_pairs, image_size=64, seed=0, max_objects=3,
+                         families=QUESTION_FAMILIES):
+    """Training and evaluation sets of synthetic VQA (separately seeded splits, complementary pairs)."""
+    common = dict(seed=seed, image_size=image_size, max_objects=max_objects, families=tuple(families))
+    train = build_synthetic_vqa_dataset(SyntheticVQAConfig(num_pairs=num_train_pairs, split="train", **common))
+    evaluation = build_synthetic_vqa_dataset(SyntheticVQAConfig(num_pairs=num_eval_pairs, split="val", **common))
+    return train, evaluation
+
+
+def answer_vocabulary(rows, min_count=9):
+    """(id2label, label2id) of the answers given at least `min_count` times over all annotators' answers."""
+    answers = build_answer_vocabulary(({"answers": a} for a in _column(rows, "answers")), min_count=min_count)
+    if not answers:
+        raise ConfigError(f"min_answer_count={min_count} leaves no answer in the training set")
+    return {i: a for i, a in enumerate(answers)}, {a: i for i, a in enumerate(answers)}
+
+
+class VQAMetrics:
+    """`compute_metrics` for a Trainer evaluating VQA: argmax answers of the eval rows (in their order, as the
+    Trainer's sequential evaluation keeps it) scored with the `vqa_accuracy` module (official accuracy, per type,
+    complementary-pair accuracy, bootstrap 95 % intervals)."""
+
+    def __init__(self, eval_rows, id2label):
+        self.references = [list(a) for a in _column(eval_rows, "answers")]
+        names = eval_rows.column_names if hasattr(eval_rows, "column_names") else list(eval_rows[0])
+        self.question_types = _column(eval_rows, "question_type") if "question_type" in names else None
+        self.answer_types = _column(eval_rows, "answer_type") if "answer_type" in names else None
+        self.pair_ids = _column(eval_rows, "pair_id") if "pair_id" in names else None
+        self.id2label = {int(k): v for k, v in id2label.items()}
+        self.metric = load_metric("vqa_accuracy")
+
+    def answers(self, logits):
+        """The predicted answer strings of (N, num_labels) logits."""
+        return [self.id2label[int(i)] for i in np.asarray(logits).argmax(axis=-1)]
+
+    def full(self, logits):
+        """Every figure of the `vqa_accuracy` module (nested per-type dicts included, per-question scores left out)."""
+        predictions = self.answers(logits)
+        if len(predictions) != len(self.references):
+            raise ValueError(f"{len(predictions)} predictions for {len(self.references)} evaluation questions")
+        pairs = self.pair_ids if self.pair_ids is not None and any(p >= 0 for p in self.pair_ids) else None
+        result = self.metric.compute(predictions=predictions, references=self.references,
+                                     question_types=self.question_types, answer_types=self.answer_types,
+                                     pair_ids=pairs)
+        result.pop("scores", None)
+        return result
+
+    def __call__(self, eval_prediction):
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        result = self.full(logits)
+        flat = {key: value for key, value in result.items() if not isinstance(value, dict)}
+        for kind, figures in result.get("per_answer_type", {}).items():
+            flat[f"accuracy_{kind.replace('/', '_')}"] = figures["accuracy"]
+        return flat
+
+
+def finetune_vqa(
+    model_dir,
+    output_dir,
+    train_rows=None,
+    eval_rows=None,
+    *,
+    num_train_pairs=1000,
+    num_eval_pairs=250,
+    data_seed=0,
+    max_objects=3,
+    families=QUESTION_FAMILIES,
+    min_answer_count=9,
+    image_size=None,
+    variants=VQA_VARIANTS,
+    settings=None,
+    save_model=True,
+    data_name=None,
+):
+    """Finetune VLPForQuestionAnswering from `model_dir` on VQA rows and report each variant's VQA accuracy.
+
+    Rows (`downstream_readers.VQA_ROW_KEYS`) default to synthetic VQA at the processor's image size: `num_train_pairs`
+    and `num_eval_pairs` complementary pairs of the question `families`. The answer vocabulary holds the training
+    answers given at least `min_answer_count` times (over all annotators). `image_size` finetunes and evaluates at
+    another resolution than the checkpoint's processor (see `load_processor`). Returns the results written to output_dir/results.json:
+    per variant the accuracy with its 95 % interval, complementary-pair accuracy, per question and answer type.
+    """
+    settings = settings or FinetuneSettings()
+    variants = _check_variants(variants, VQA_VARIANTS)
+    model_dir = resolve_model_dir(model_dir)
+    processor = load_processor(model_dir, image_size)
+    if train_rows is None or eval_rows is None:
+        synthetic_train, synthetic_eval = synthetic_vqa_splits(num_train_pairs, num_eval_pairs, _image_size(processor),
+                                                               data_seed, max_objects, families)
+        train_rows = synthetic_train if train_rows is None else train_rows
+        eval_rows = synthetic_eval if eval_rows is None else eval_rows
+        data_name = data_name or "synthetic"
+    id2label, label2id = answer_vocabulary(train_rows, min_answer_count)
+    metrics = VQAMetrics(eval_rows, id2label)
+    runs = {}
+    for variant in variants:
+        model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label,
+                      label2id=label2id)
+        blank = variant == "question_only"
+        collator = VQACollator(processor, label2id, settings.max_length, blank_image=blank)
+        trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_rows, collator)
+        prediction = trainer.predict(eval_rows)
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        runs[variant] = {**metrics.full(logits), **info, "eval_loss": float(prediction.metrics["test_loss"])}
+        if save_model and variant == "pretrained":
+            _save(model, processor, output_dir)
+    results = {
+        "task": "vqa",
+        "model_dir": os.path.abspath(model_dir),
+        "data": data_name or "given rows",
+        "n_train": len(train_rows),
+        "n_eval": len(eval_rows),
+        "num_answers": len(id2label),
+        "image_size": _image_size(processor),
+        "settings": asdict(settings),
+        "runs": runs,
+    }
+    if results["data"] == "synthetic":
+        results["families"] = list(families)
+    for baseline in ("question_only", "random_init"):
+        if "pretrained" in runs and baseline in runs:
+            results[f"gain_over_{baseline}"] = runs["pretrained"]["accuracy"] - runs[baseline]["accuracy"]
+    _write_results(output_dir, results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Retrieval
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def world_rows(num_scenes, image_size=64, seed=0, max_objects=3, captions_per_scene=4):
+    """Shapes-world rows (image, captions, scene, ...) generated in memory."""
+    config = shapes_world.WorldConfig(num_scenes=num_scenes, seed=seed, image_size=image_size,
+                                      max_objects=max_objects, captions_per_scene=captions_per_scene)
+    return shapes_world.build_dataset(config)
+
+
+def _world_splits(image_size, num_train, num_eval, seed, max_objects, captions_per_scene):
+    """Training and evaluation worlds (the evaluation world is seeded apart) rendered at `image_size`."""
+    train = world_rows(num_train, image_size, seed, max_objects, captions_per_scene)
+    evaluation = world_rows(num_eval, image_size, seed + 1_000_003, max_objects, captions_per_scene)
+    return train, evaluation
+
+
+@torch.no_grad()
+def retrieval_scores(model, processor, pairs: CaptionPairs, top_k=None, batch_size=64, max_length=None):
+    """`VLPForImageTextRetrieval.similarity` over the gallery of `pairs` (its rows' images, every caption)."""
+    model.eval()
+    rows = pairs.rows
+    images = [image_batch(processor, [rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+              for start in range(0, len(rows), batch_size)]
+    pixel_values = torch.cat([b["pixel_values"] for b in images]).to(model.device)
+    pixel_mask = torch.cat([b["pixel_mask"] for b in images]).to(model.device)
+    texts = processor.tokenizer(pairs.texts(), padding=True, truncation=max_length is not None,
+                                max_length=max_length, return_tensors="pt")
+    return model.similarity(texts["input_ids"].to(model.device), pixel_values,
+                            attention_mask=texts["attention_mask"].to(model.device), pixel_mask=pixel_mask,
+                            top_k=top_k, batch_size=batch_size)
+
+
+def recall_figures(scores, owners):
+    """R@1/5/10 both ways with intervals: image->text from the per-image re-ranked matrix, text->image from the
+    per-text one (`retrieval_recall`), and the same from the ITC scores alone (keys prefixed `itc_`)."""
+    metric = load_metric("retrieval_recall")
+
+    def compute(matrix):
+        return metric.compute(predictions=matrix.T.cpu().double().numpy().tolist(), references=list(owners))
+
+    i2t, t2i, itc = compute(scores.i2t), compute(scores.t2i), compute(scores.itc)
+    result = {key: value for key, value in i2t.items() if key.startswith("i2t_")}
+    result.update({key: value for key, value in t2i.items() if key.startswith("t2i_")})
+    result["rsum"] = sum(result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
+    result.update({f"itc_{key}": value for key, value in itc.items() if key[:4] in ("i2t_", "t2i_", "rsum")})
+    result.update(n_images=i2t["n_images"], n_texts=i2t["n_texts"])
+    return result
+
+
+def finetune_retrieval(
+    model_dir,
+    output_dir,
+    train_rows=None,
+    eval_rows=None,
+    *,
+    num_train_scenes=2000,
+    num_eval_scenes=100,
+    data_seed=0,
+    max_objects=3,
+    captions_per_scene=4,
+    max_eval_captions=2,
+    top_k=None,
+    image_size=None,
+    variants=RETRIEVAL_VARIANTS,
+    settings=None,
+    save_model=True,
+    data_name=None,
+):
+    """Finetune VLPForImageTextRetrieval (ITC + ITM with in-batch hard negatives) on image-caption rows and report
+    R@1/5/10 in both directions (ITM re-ranking of the ITC top k) for each variant.
+
+    Rows (`image`, `captions`) default to the shapes world at the processor's image size; the gallery is `eval_rows`
+    with the first `max_eval_captions` captions of each image. A caption counts as right only for its own image
+    (the world's captions often hold for other scenes too, so recall on it is a lower bound).
+    """
+    settings = settings or FinetuneSettings()
+    variants = _check_variants(variants, RETRIEVAL_VARIANTS)
+    model_dir = resolve_model_dir(model_dir)
+    processor = load_processor(model_dir, image_size)
+    if train_rows is None or eval_rows is None:
+        train, evaluation = _world_splits(_image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects,
+                                          captions_per_scene)
+        train_rows = train if train_rows is None else train_rows
+        eval_rows = evaluation if eval_rows is None else eval_rows
+        data_name = data_name or "synthetic"
+    train_pairs = CaptionPairs(train_rows)
+    gallery = CaptionPairs(eval_rows, max_captions=max_eval_captions)
+    runs = {}
+    for variant in variants:
+        model = _load(VLPForImageTextRetrieval, model_dir, variant, settings.seed)
+        collator = RetrievalCollator(processor, settings.max_length)
+        trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_pairs, collator)
+        scores = retrieval_scores(model, processor, gallery, top_k, settings.eval_batch_size, settings.max_length)
+        runs[variant] = {**recall_figures(scores, gallery.owners()), **info}
+        if save_model and variant == "pretrained":
+            _save(model, processor, output_dir)
+    results = {
+        "task": "retrieval",
+        "model_dir": os.path.abspath(model_dir),
+        "data": data_name or "given rows",
+        "n_train_pairs": len(train_pairs),
+        "n_eval_images": len(eval_rows),
+        "n_eval_texts": len(gallery),
+        "top_k": top_k or VLPForImageTextRetrieval.config_class.from_pretrained(model_dir).retrieval_top_k,
+        "settings": asdict(settings),
+        "runs": runs,
+    }
+    _write_results(output_dir, results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Captioning
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def setup_generation(model, tokenizer, max_new_tokens=None):
+    """Caption generation settings: [CLS] starts, [SEP] ends; at most the positions the model has."""
+    room = model.config.max_position_embeddings - 1
+    config = model.generation_config
+    config.bos_token_id = tokenizer.cls_token_id
+    config.eos_token_id = tokenizer.sep_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.decoder_start_token_id = None
+    config.max_new_tokens = min(max_new_tokens or room, room)
+    config.use_cache = False
+    return model
+
+
+@torch.no_grad()
+def generate_captions(model, processor, rows, blank_image=False, num_beams=1, batch_size=64):
+    """One caption per row's image with `generate` (greedy when num_beams is 1), decoded without special tokens."""
+    model.eval()
+    collator = ImageCollator(processor, blank_image)
+    captions = []
+    for start in range(0, len(rows), batch_size):
+        batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        batch = {key: value.to(model.device) for key, value in batch.items()}
+        generated = model.generate(**batch, num_beams=num_beams, do_sample=False)
+        captions.extend(processor.tokenizer.batch_decode(generated, skip_special_tokens=True))
+    return [" ".join(c.split()) for c in captions]
+
+
+def caption_figures(predictions, references, tokenize=True, meteor=True):
+    """BLEU-4, METEOR, CIDEr-D (pycocoevalcap through `caption_metrics`), per-image scores left out."""
+    result = load_metric("caption_metrics").compute(predictions=predictions, references=references,
+                                                    tokenize=tokenize, meteor=meteor)
+    return {key: value for key, value in result.items() if not key.endswith("_scores")}
+
+
+def finetune_caption(
+    model_dir,
+    output_dir,
+    train_rows=None,
+    eval_rows=None,
+    *,
+    num_train_scenes=2000,
+    num_eval_scenes=100,
+    data_seed=0,
+    max_objects=3,
+    captions_per_scene=4,
+    num_beams=1,
+    max_new_tokens=None,
+    tokenize=True,
+    meteor=True,
+    image_size=None,
+    variants=CAPTION_VARIANTS,
+    settings=None,
+    save_model=True,
+    data_name=None,
+    num_examples=5,
+):
+    """Finetune VLPForConditionalGeneration (prefix LM) on image-caption rows; report BLEU-4, METEOR and CIDEr-D of
+    generated captions against each image's captions for each variant, and the `most_frequent` training caption.
+
+    Rows (`image`, `captions`) default to the shapes world at the processor's image size. `tokenize=False` and
+    `meteor=False` skip the java steps (PTB tokenizer, METEOR).
+    """
+    settings = settings or FinetuneSettings()
+    variants = _check_variants(variants, CAPTION_VARIANTS)
+    model_dir = resolve_model_dir(model_dir)
+    processor = load_processor(model_dir, image_size)
+    if train_rows is None or eval_rows is None:
+        train, evaluation = _world_splits(_image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects,
+                                          captions_per_scene)
+        train_rows = train if train_rows is None else train_rows
+        eval_rows = evaluation if eval_rows is None else eval_rows
+        data_name = data_name or "synthetic"
+    train_pairs = CaptionPairs(train_rows)
+    references = [list(c) for c in _column(eval_rows, "captions")]
+    frequent = Counter(train_pairs.texts()).most_common(1)[0][0]
+    runs = {"most_frequent": {**caption_figures([frequent] * len(references), references, tokenize, meteor),
+                              "caption": frequent}}
+    for variant in variants:
+        model = _load(VLPForConditionalGeneration, model_dir, variant, settings.seed)
+        setup_generation(model, processor.tokenizer, max_new_tokens)
+        blank = variant == "blank_image"
+        collator = CaptionCollator(processor, settings.max_length, blank_image=blank)
+        trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_pairs, collator)
+        predictions = generate_captions(model, processor, eval_rows, blank, num_beams, settings.eval_batch_size)
+        runs[variant] = {**caption_figures(predictions, references, tokenize, meteor), **info,
+                         "examples": predictions[:num_examples]}
+        if save_model and variant == "pretrained":
+            _save(model, processor, output_dir)
+    results = {
+        "task": "caption",
+        "model_dir": os.path.abspath(model_dir),
+        "data": data_name or "given rows",
+        "n_train_pairs": len(train_pairs),
+        "n_eval_images": len(eval_rows),
+        "num_beams": num_beams,
+        "settings": asdict(settings),
+        "runs": runs,
+    }
+    _write_results(output_dir, results)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="vlp finetune", description="Finetune a VLP checkpoint with transformers' Trainer and report the task's "
+        "metrics beside baselines (random initialisation; question-only for VQA; blank-image and most-frequent "
+        "caption for captioning) in OUTPUT_DIR/results.json.")
+    parser.add_argument("task", choices=("vqa", "retrieval", "caption"))
+    parser.add_argument("model_dir", help="a checkpoint folder (config.json), or a `vlp pretrain` run folder")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--data", default="synthetic", help="synthetic (default); vqa2 (vqa); karpathy (retrieval, "
+                                                             "caption)")
+    parser.add_argument("--variants", default=None, help="comma-separated; default: all of the task's variants")
+    for field_name, default in asdict(FinetuneSettings()).items():
+        kind = {"epochs": float, "learning_rate": float, "weight_decay": float, "warmup_ratio": float,
+                "max_grad_norm": float, "head_lr_multiplier": float}.get(field_name, int)
+        parser.add_argument(f"--{field_name}", type=kind, default=default)
+    synthetic = parser.add_argument_group("synthetic data")
+    synthetic.add_argument("--num_train", type=int, default=None,
+                           help="training pairs (vqa, default 1000) or scenes (retrieval, caption, default 2000)")
+    synthetic.add_argument("--num_eval", type=int, default=None,
+                           help="evaluation pairs (vqa, default 250) or scenes (default 100)")
+    synthetic.add_argument("--data_seed", type=int, default=0)
+    synthetic.add_argument("--max_objects", type=int, default=3)
+    parser.add_argument("--image_size", type=int, default=None,
+                        help="finetune and evaluate at this image side (default: the checkpoint processor's)")
+    vqa = parser.add_argument_group("vqa")
+    vqa.add_argument("--min_answer_count", type=int, default=9)
+    vqa.add_argument("--families", default=",".join(QUESTION_FAMILIES), help="synthetic question families")
+    for split in ("train", "eval"):
+        vqa.add_argument(f"--{split}_questions")
+        vqa.add_argument(f"--{split}_annotations")
+        vqa.add_argument(f"--{split}_image_dir")
+    vqa.add_argument("--eval_pairs", help="complementary pairs json of the evaluation split")
+    karpathy = parser.add_argument_group("karpathy (retrieval, caption)")
+    karpathy.add_argument("--karpathy_json")
+    karpathy.add_argument("--image_dir")
+    karpathy.add_argument("--max_eval_images", type=int, default=None)
+    task = parser.add_argument_group("retrieval and captioning")
+    task.add_argument("--top_k", type=int, default=None, help="retrieval: candidates re-ranked by ITM per query")
+    task.add_argument("--num_beams", type=int, default=1, help="caption: beam size (1: greedy)")
+    task.add_argument("--max_new_tokens", type=int, default=None)
+    task.add_argument("--no_java", action="store_true", help="caption: skip PTB tokenization and METEOR (java)")
+    return parser
+
+
+def _require(args, names, data):
+    missing = [f"--{name}" for name in names if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"--data {data} needs {', '.join(missing)}")
+
+
+def _vqa2_rows(args):
+    _require(args, ("train_questions", "train_annotations", "train_image_dir", "eval_questions",
+                    "eval_annotations", "eval_image_dir"), "vqa2")
+    features = vqa_features()
+    import datasets
+
+    train = read_vqa_v2(args.train_questions, args.train_annotations, args.train_image_dir)
+    evaluation = read_vqa_v2(args.eval_questions, args.eval_annotations, args.eval_image_dir, args.eval_pairs)
+    return (datasets.Dataset.from_list(train, features=features),
+            datasets.Dataset.from_list(evaluation, features=features))
+
+
+def _karpathy_rows(args):
+    _require(args, ("karpathy_json", "image_dir"), "karpathy")
+    train = read_karpathy_split(args.karpathy_json, ("train", "restval"), args.image_dir)
+    evaluation = read_karpathy_split(args.karpathy_json, "test", args.image_dir)
+    if args.max_eval_images:
+        evaluation = evaluation[: args.max_eval_images]
+    return train, evaluation
+
+
+def cli(argv: Sequence[str]):
+    """`vlp finetune vqa|retrieval|caption MODEL_DIR --output_dir DIR [...]`: prints the results."""
+    args = _parser().parse_args(list(argv))
+    settings = FinetuneSettings(**{name: getattr(args, name) for name in asdict(FinetuneSettings())})
+    allowed = {"vqa": ("synthetic", "vqa2"), "retrieval": ("synthetic", "karpathy"),
+               "caption": ("synthetic", "karpathy")}[args.task]
+    if args.data not in allowed:
+        raise ConfigError(f"--data {args.data!r} for {args.task}: expected one of {allowed}")
+    common = dict(settings=settings, data_seed=args.data_seed, max_objects=args.max_objects, data_name=args.data,
+                  image_size=args.image_size)
+    if args.variants is not None:
+        common["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    train_rows = eval_rows = None
+    if args.task == "vqa":
+        if args.data == "vqa2":
+            train_rows, eval_rows = _vqa2_rows(args)
+        sizes = {key: value for key, value in (("num_train_pairs", args.num_train), ("num_eval_pairs", args.num_eval))
+                 if value is not None}
+        families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+        unknown = [f for f in families if f not in QUESTION_FAMILIES]
+        if unknown or not families:
+            raise ConfigError(f"--families {unknown or 'none given'}: expected names from {QUESTION_FAMILIES}")
+        results = finetune_vqa(args.model_dir, args.output_dir, train_rows, eval_rows, families=families,
+                               min_answer_count=args.min_answer_count, **sizes, **common)
+    else:
+        if args.data == "karpathy":
+            train_rows, eval_rows = _karpathy_rows(args)
+        sizes = {key: value for key, value in (("num_train_scenes", args.num_train),
+                                               ("num_eval_scenes", args.num_eval)) if value is not None}
+        if args.task == "retrieval":
+            results = finetune_retrieval(args.model_dir, args.output_dir, train_rows, eval_rows, top_k=args.top_k,
+                                         **sizes, **common)
+        else:
+            results = finetune_caption(args.model_dir, args.output_dir, train_rows, eval_rows,
+                                       num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
+                                       tokenize=not args.no_java, meteor=not args.no_java, **sizes, **common)
+    print(json.dumps(_summary(results), indent=2))
+    print(f"wrote {os.path.join(args.output_dir, RESULTS_FILE)}")
+    return results
+
+
+def _summary(results):
+    """The headline figures of each variant, for the terminal."""
+    keys = {"vqa": ("accuracy", "accuracy_low", "accuracy_high", "pair_accuracy"),
+            "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"),
+            "caption": ("bleu_4", "meteor", "cider_d")}[results["task"]]
+    return {variant: {key: run[key] for key in keys if key in run} for variant, run in results["runs"].items()}
