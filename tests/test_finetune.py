@@ -231,12 +231,19 @@ def test_readme_finetune_example_runs(checkpoint, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pretraining_beats_question_only_and_random_init_on_synthetic_vqa(pretrained_run, tmp_path):
+    """The issue's comparison: the shared pretrained model, the same finetuning with a blank image (question-only),
+    and from random initialisation; 6,000 training pairs (12,000 questions), 800 evaluation questions in 400
+    complementary pairs, 30 epochs, ViLT's 10 x learning rate on the answer head. Shorter finetuning leaves the
+    pretrained model's gain over question-only near 15 points and seed-dependent (see the results' per-type
+    figures: shape questions stay at the prior for every variant at 32 px)."""
     start = time.perf_counter()
-    settings = finetune.FinetuneSettings(epochs=10, batch_size=32, learning_rate=1e-3, logging_steps=1000)
-    results = finetune.finetune_vqa(pretrained_run, str(tmp_path), num_train_pairs=1500, num_eval_pairs=400,
+    settings = finetune.FinetuneSettings(epochs=30, batch_size=32, learning_rate=1e-3, head_lr_multiplier=10.0,
+                                         logging_steps=10_000)
+    results = finetune.finetune_vqa(pretrained_run, str(tmp_path), num_train_pairs=6000, num_eval_pairs=400,
                                     settings=settings, save_model=False)
     runs = results["runs"]
-    summary = {v: {k: round(r[k], 4) for k in ("accuracy", "accuracy_low", "accuracy_high", "pair_accuracy")}
+    summary = {v: {k: round(r[k], 4) for k in ("accuracy", "accuracy_low", "accuracy_high", "pair_accuracy",
+                                              "pair_accuracy_low", "pair_accuracy_high")}
                for v, r in runs.items()}
     print(json.dumps({"seconds": round(time.perf_counter() - start), **summary}))
     pretrained, question_only, random_init = runs["pretrained"], runs["question_only"], runs["random_init"]

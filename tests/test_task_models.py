@@ -125,7 +125,7 @@ def test_retrieval_negatives_respect_exclusions_and_skip_rows_without_candidates
     ids, mask, pixels = inputs(batch=3)
     exclude = torch.tensor([[False, True, True], [False, False, False], [False, False, False]])
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, itm_exclude=exclude, return_loss=True)
-    # image 0 has no negative text; text 0 may be a negative of neither image 1 nor 2's rows? it may (not excluded)
+    # image 0 has no candidate negative text (texts 1 and 2 excluded, text 0 is its own); every text keeps an image
     assert out.itm_logits.shape == (3 + 2 + 3, 2)
     similarity = torch.randn(4, 4)
     blocked = torch.eye(4, dtype=torch.bool)
