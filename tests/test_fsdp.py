@@ -4,12 +4,12 @@ sharded checkpoint, resumes from it after a crash and writes a complete model.""
 
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from launch import run as launch_run
 from vlp.modeling_vlp import VLPForPreTraining
 from vlp.training.checkpointing import list_checkpoints
 from vlp.training.logging_utils import read_jsonl
@@ -42,11 +42,7 @@ def launch(config, output_dir, cache_dir, mixed_precision="no", launcher_args=()
     command += [item for key, value in values.items() for item in (f"--{key}", str(value))]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     full_env.update(env or {})
-    result = subprocess.run(command, env=full_env, capture_output=True, text=True, timeout=600,
-                            check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr[-5000:])
-    return result
+    return launch_run(command, env=full_env, timeout=300, check=check)
 
 
 def losses(output_dir):

@@ -3,7 +3,6 @@ independent reference (explicit loops, POT's exact solver, a Conv2d, scipy's chi
 
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,6 +12,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
+from launch import run as launch_run
 from vlp.modeling_vlp.losses_vlp import (
     clamp_logit_scale,
     contrastive_loss,
@@ -119,7 +119,7 @@ def test_itc_distributed_equals_full_batch(tmp_path):
     # --standalone: the launcher binds its own free rendezvous port (no race on a port chosen beforehand).
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                os.path.join(HERE, "distributed_itc_check.py"), str(tmp_path)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    result = launch_run(command, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-6000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     world = ranks[0]["world"]

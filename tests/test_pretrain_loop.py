@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch import run as launch_run
 from vlp.training.checkpointing import list_checkpoints
 from vlp.training.logging_utils import read_jsonl
 
@@ -34,11 +35,7 @@ def run_pretrain(output_dir, cache_dir, env=None, launcher=None, check=True, **o
     command = launcher or [sys.executable, "-m", "vlp.training.cli"]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     full_env.update(env or {})
-    result = subprocess.run(command + ["pretrain"] + args, env=full_env, capture_output=True, text=True,
-                            timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr[-5000:])
-    return result
+    return launch_run(command + ["pretrain"] + args, env=full_env, timeout=300, check=check)
 
 
 def train_losses(output_dir, names=("mlm", "itm")):

@@ -9,7 +9,6 @@ subprocesses, as in test_pretrain_loop.py.
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 from collections import Counter
@@ -18,6 +17,7 @@ import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
+from launch import run as launch_run
 from vlp.processing import shapes_world
 from vlp.processing import webdataset as wds
 from vlp.processing.caption_readers import CORRUPT_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, NON_UTF8_CAPTION
@@ -42,11 +42,7 @@ def run_pretrain(output_dir, env=None, launcher=None, check=True, **overrides):
     command = launcher or [sys.executable, "-m", "vlp.training.cli"]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     full_env.update(env or {})
-    result = subprocess.run(command + ["pretrain"] + args, env=full_env, capture_output=True, text=True,
-                            timeout=600, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr[-5000:])
-    return result
+    return launch_run(command + ["pretrain"] + args, env=full_env, timeout=300, check=check)
 
 
 def train_records(output_dir):

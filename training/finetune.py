@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import datasets
 import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
@@ -46,6 +47,7 @@ from ..processing.processing_vlp import VLPProcessor
 from ..processing.synthetic_vqa import QUESTION_FAMILIES, SyntheticVQAConfig, build_synthetic_vqa_dataset
 from .config import ConfigError
 from .metrics import load_metric
+from .metrics._bootstrap import mean_interval
 
 VQA_VARIANTS = ("pretrained", "question_only", "random_init")
 RETRIEVAL_VARIANTS = ("pretrained", "random_init")
@@ -269,8 +271,9 @@ class VQAMetrics:
         """The predicted answer strings of (N, num_labels) logits."""
         return [self.id2label[int(i)] for i in np.asarray(logits).argmax(axis=-1)]
 
-    def full(self, logits):
-        """Every figure of the `vqa_accuracy` module (nested per-type dicts included, per-question scores left out)."""
+    def full(self, logits, keep_scores=False):
+        """Every figure of the `vqa_accuracy` module (nested per-type dicts included; per-question `scores` only
+        with `keep_scores`)."""
         predictions = self.answers(logits)
         if len(predictions) != len(self.references):
             raise ValueError(f"{len(predictions)} predictions for {len(self.references)} evaluation questions")
@@ -278,7 +281,8 @@ class VQAMetrics:
         result = self.metric.compute(predictions=predictions, references=self.references,
                                      question_types=self.question_types, answer_types=self.answer_types,
                                      pair_ids=pairs)
-        result.pop("scores", None)
+        if not keep_scores:
+            result.pop("scores", None)
         return result
 
     def __call__(self, eval_prediction):
@@ -289,6 +293,14 @@ class VQAMetrics:
         for kind, figures in result.get("per_answer_type", {}).items():
             flat[f"accuracy_{kind.replace('/', '_')}"] = figures["accuracy"]
         return flat
+
+
+def paired_gain(scores, baseline_scores, name):
+    """Mean per-question accuracy difference with a paired percentile bootstrap 95 % interval (the same questions
+    resampled for both models), as {name, name_low, name_high}."""
+    difference = np.asarray(scores, dtype=np.float64) - np.asarray(baseline_scores, dtype=np.float64)
+    low, high = mean_interval(difference)
+    return {name: float(difference.mean()), f"{name}_low": low, f"{name}_high": high}
 
 
 def finetune_vqa(
@@ -315,7 +327,9 @@ def finetune_vqa(
     and `num_eval_pairs` complementary pairs of the question `families`. The answer vocabulary holds the training
     answers given at least `min_answer_count` times (over all annotators). `image_size` finetunes and evaluates at
     another resolution than the checkpoint's processor (see `load_processor`). Returns the results written to output_dir/results.json:
-    per variant the accuracy with its 95 % interval, complementary-pair accuracy, per question and answer type.
+    per variant the accuracy with its 95 % interval, complementary-pair accuracy, per question and answer type;
+    and the pretrained model's gain over each baseline with a paired bootstrap interval (`gain_over_question_only`,
+    `gain_over_random_init`).
     """
     settings = settings or TASK_SETTINGS["vqa"]
     variants = _check_variants(variants, VQA_VARIANTS)
@@ -329,7 +343,7 @@ def finetune_vqa(
         data_name = data_name or "synthetic"
     id2label, label2id = answer_vocabulary(train_rows, min_answer_count)
     metrics = VQAMetrics(eval_rows, id2label)
-    runs = {}
+    runs, scores = {}, {}
     for variant in variants:
         model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label,
                       label2id=label2id)
@@ -338,7 +352,9 @@ def finetune_vqa(
         trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_rows, collator)
         prediction = trainer.predict(eval_rows)
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        runs[variant] = {**metrics.full(logits), **info, "eval_loss": float(prediction.metrics["test_loss"])}
+        figures = metrics.full(logits, keep_scores=True)
+        scores[variant] = np.asarray(figures.pop("scores"))
+        runs[variant] = {**figures, **info, "eval_loss": float(prediction.metrics["test_loss"])}
         if save_model and variant == "pretrained":
             _save(model, processor, output_dir)
     results = {
@@ -356,7 +372,7 @@ def finetune_vqa(
         results["families"] = list(families)
     for baseline in ("question_only", "random_init"):
         if "pretrained" in runs and baseline in runs:
-            results[f"gain_over_{baseline}"] = runs["pretrained"]["accuracy"] - runs[baseline]["accuracy"]
+            results.update(paired_gain(scores["pretrained"], scores[baseline], f"gain_over_{baseline}"))
     _write_results(output_dir, results)
     return results
 
@@ -642,8 +658,6 @@ def _vqa2_rows(args):
     _require(args, ("train_questions", "train_annotations", "train_image_dir", "eval_questions",
                     "eval_annotations", "eval_image_dir"), "vqa2")
     features = vqa_features()
-    import datasets
-
     train = read_vqa_v2(args.train_questions, args.train_annotations, args.train_image_dir)
     evaluation = read_vqa_v2(args.eval_questions, args.eval_annotations, args.eval_image_dir, args.eval_pairs)
     return (datasets.Dataset.from_list(train, features=features),

@@ -13,6 +13,7 @@ the same passes and no collective waits forever.
 """
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -421,6 +422,9 @@ def pretrain(model_args, data_args, train_args):
 
     progress.close()
     logger.close()
+    # Stop this run's DataLoader workers now, while every process still takes part, rather than at interpreter exit
+    # (after the process group is gone).
+    close_batches(batches)
     if stream is not None:
         reports = gather_object([stream.report.to_dict()]) if accelerator.num_processes > 1 \
             else [stream.report.to_dict()]
@@ -454,12 +458,26 @@ def pretrain(model_args, data_args, train_args):
 def stream_batches(stream, collate_fn):
     """Batches of a `ShardStream`, epoch after epoch, each recorded as consumed (`observe`) when it is handed out,
     so that a checkpoint written after the step saves cursors just past it. Starts at the stream's current epoch
-    and position (where `load_state_dict` put it)."""
+    and position (where `load_state_dict` put it). Closing the generator stops the epoch's workers."""
     while True:
-        for batch in stream.loader(collate_fn):
-            stream.observe(batch)
-            yield batch
+        iterator = iter(stream.loader(collate_fn))
+        try:
+            for batch in iterator:
+                stream.observe(batch)
+                yield batch
+        finally:
+            close_batches(iterator)
         stream.set_epoch(stream.epoch + 1)
+
+
+def close_batches(batches):
+    """Stop the worker processes behind a batch iterator: a generator is closed, a DataLoader iterator shut
+    down; anything else is left alone."""
+    if inspect.isgenerator(batches):
+        batches.close()
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
 
 
 def _real_count(batch):

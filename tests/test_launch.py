@@ -1,0 +1,35 @@
+"""The test launcher (tests/launch.py) turns a hang into a failure that shows where each process stood."""
+
+import sys
+
+import pytest
+from launch import HangError, run
+
+SLEEPER = """
+import multiprocessing, time
+
+def nap_in_child():
+    time.sleep(120)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("fork").Process(target=nap_in_child)
+    child.start()
+    time.sleep(120)
+"""
+
+
+def test_a_hung_command_fails_with_the_stacks_of_its_processes(tmp_path):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    with pytest.raises(HangError) as caught:
+        run([sys.executable, str(script)], timeout=3)
+    message = str(caught.value)
+    assert "ran past 3 s" in message
+    assert "in nap_in_child" in message and "in <module>" in message  # the child's stack and the parent's
+
+
+def test_exit_status_and_output_come_back():
+    result = run([sys.executable, "-c", "import sys; print('out'); sys.exit(3)"], timeout=60)
+    assert result.returncode == 3 and result.stdout == "out\n"
+    with pytest.raises(AssertionError, match="boom"):
+        run([sys.executable, "-c", "raise SystemExit('boom')"], timeout=60, check=True)
