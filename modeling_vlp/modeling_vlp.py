@@ -114,11 +114,13 @@ class VLPTextEmbeddings(nn.Module):
             raise ValueError(
                 f"input_ids has {seq_length} tokens; the model has max_position_embeddings={self.max_positions}"
             )
-        embeddings = self.word_embeddings(input_ids) + self.position_embeddings.weight[:seq_length]
-        if token_type_ids is None:
-            embeddings = embeddings + self.token_type_embeddings.weight[0]
+        # Positions and token types are summed at (L, D) or (B, L, D) before the (B, L, D) word embeddings; all-zero
+        # token types (VLP's own inputs) add the type-0 row without a lookup.
+        positions = self.position_embeddings.weight[:seq_length]
+        if token_type_ids is None or not bool(token_type_ids.any()):
+            embeddings = self.word_embeddings(input_ids) + (positions + self.token_type_embeddings.weight[0])
         else:
-            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+            embeddings = self.word_embeddings(input_ids) + (positions + self.token_type_embeddings(token_type_ids))
         if segment_ids is not None:
             if self.segment_embeddings is None:
                 raise ValueError("segment_ids given but the model was built with num_text_segments=0")
@@ -153,8 +155,15 @@ class VLPImageEmbeddings(nn.Module):
         grid = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=True)
         return grid.flatten(2)[0].transpose(0, 1)
 
-    def forward(self, pixel_values, pixel_mask=None, bool_masked_pos=None):
-        """Returns (embeddings (B, 1+P, D), mask (B, 1+P), (rows, cols))."""
+    def forward(self, pixel_values, pixel_mask=None, bool_masked_pos=None, type_embedding=None):
+        """Returns (embeddings (B, 1+P, D), mask (B, 1+P), (rows, cols)); `type_embedding` (D) is added to every
+        position."""
+        cls, patches, mask, grid = self.parts(pixel_values, pixel_mask, bool_masked_pos, type_embedding)
+        return self.dropout(torch.cat([cls, patches], dim=1)), mask, grid
+
+    def parts(self, pixel_values, pixel_mask=None, bool_masked_pos=None, type_embedding=None):
+        """(cls (B, 1, D), patches (B, P, D), mask (B, 1+P), (rows, cols)) before dropout, so that a caller can
+        concatenate them with other parts in one copy."""
         height, width = pixel_values.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -166,20 +175,23 @@ class VLPImageEmbeddings(nn.Module):
         if bool_masked_pos is not None:
             x = torch.where(bool_masked_pos.reshape(batch, -1, 1).bool(), self.mask_token.to(x.dtype), x)
 
-        if pixel_mask is None or bool(pixel_mask.all()):
+        # A patch is valid where its top-left pixel is (nearest-neighbour downsampling of the pixel mask).
+        patch_mask = None if pixel_mask is None else pixel_mask[:, :: self.patch_size, :: self.patch_size].long()
+        if patch_mask is None or bool(patch_mask.all()):
             patch_mask = torch.ones(batch, rows * cols, dtype=torch.long, device=x.device)
             positions = self.position_grid(rows, cols).unsqueeze(0)
         else:
-            patch_mask, positions = self._padded_positions(pixel_mask, rows, cols)
+            patch_mask, positions = self._padded_positions(patch_mask, rows, cols)
+        cls = self.cls_token + self.position_embeddings[:, :1]
+        if type_embedding is not None:  # added to the (1 or B, P, D) positions, not to the (B, P, D) patches
+            positions, cls = positions + type_embedding, cls + type_embedding
         x = x + positions
-        cls = (self.cls_token + self.position_embeddings[:, :1]).expand(batch, -1, -1)
-        embeddings = self.dropout(torch.cat([cls, x], dim=1))
         mask = torch.cat([torch.ones(batch, 1, dtype=patch_mask.dtype, device=x.device), patch_mask], dim=1)
-        return embeddings, mask, (rows, cols)
+        return cls.expand(batch, -1, -1), x, mask, (rows, cols)
 
-    def _padded_positions(self, pixel_mask, rows, cols):
-        """For zero-padded images: the grid is stretched over each image's valid patches only (as ViLT)."""
-        patch_mask = F.interpolate(pixel_mask[:, None].float(), size=(rows, cols)).long()[:, 0]
+    def _padded_positions(self, patch_mask, rows, cols):
+        """For zero-padded images: the grid is stretched over each image's valid patches only (as ViLT).
+        `patch_mask` (B, rows, cols) marks the valid patches."""
         valid_rows = patch_mask[:, :, 0].sum(dim=1).tolist()
         valid_cols = patch_mask[:, 0, :].sum(dim=1).tolist()
         positions = self.position_embeddings.new_zeros(len(valid_rows), rows, cols, self.position_embeddings.shape[-1])
@@ -235,8 +247,12 @@ class VLPAttention(nn.Module):
 
     def forward(self, hidden_states, attn_mask=None, return_attention=False, relevance_weights=None):
         batch, length, dim = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
+        # Unbound at dim 2 of the (B, L, 3, H, D) view, then transposed: backward stacks the three gradients straight
+        # into the projection's (B, L, 3 * H * D) layout, with no permuted copy.
+        query, key, value = (
+            part.transpose(1, 2)
+            for part in self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
+        )
         dropout = self.attention_dropout if self.training else 0.0
         probs = None
         relevance = None
@@ -396,10 +412,11 @@ class VLPModel(VLPPreTrainedModel):
             masks.append(attention_mask if attention_mask is not None else torch.ones_like(input_ids))
             text_length = input_ids.shape[1]
         if pixel_values is not None:
-            image, image_mask, grid = self.embeddings.image(pixel_values, pixel_mask, bool_masked_pos)
-            parts.append(image + modality[1])
+            image = self.embeddings.image
+            cls, patches, image_mask, grid = image.parts(pixel_values, pixel_mask, bool_masked_pos, modality[1])
+            parts += [image.dropout(cls), image.dropout(patches)]
             masks.append(image_mask.to(masks[0].dtype) if masks else image_mask)
-        embeddings = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        embeddings = torch.cat(parts, dim=1)
         mask = torch.cat(masks, dim=1) if len(masks) > 1 else masks[0]
         return embeddings, mask, text_length, grid
 
