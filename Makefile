@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo pretrain-demo test test-all bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,12 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# The quick study on the embedded synthetic world: report.md, plots and results.json in runs/quick.
 demo: $(STAMP)
+	$(VENV)/bin/vlp study quick --output_dir runs/quick
+
+# One longer pretraining run (MLM + ITM, the figures of the README's Measured section) in runs/demo.
+pretrain-demo: $(STAMP)
 	$(VENV)/bin/vlp pretrain --config training/configs/demo.yaml --output_dir runs/demo
 
 test: $(STAMP)

@@ -6,9 +6,14 @@ The four top-level folders install under one namespace, ``vlp``:
 (``processing`` and ``training`` are names taken by other distributions on PyPI.)
 """
 
-from setuptools import setup
+from setuptools import find_namespace_packages, setup
 
 FOLDERS = ("modeling_vlp", "processing", "training", "model_cards")
+# Every folder below them too (training/metrics/<module>/, training/configs/...), so that a regular (non-editable)
+# install holds the same files as the source tree.
+PACKAGES = [f"vlp.{name}" for name in FOLDERS] + [
+    f"vlp.{name}.{sub}" for name in FOLDERS for sub in find_namespace_packages(where=name, exclude=["*__pycache__*"])
+]
 
 setup(
     name="vlp",
@@ -17,9 +22,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[f"vlp.{name}" for name in FOLDERS],
+    packages=PACKAGES,
     package_dir={f"vlp.{name}": name for name in FOLDERS},
-    package_data={"vlp.training": ["configs/*.yaml", "configs/*/*.yaml", "metrics/*/*.py"], "vlp.model_cards": ["*.md"]},
+    package_data={"vlp.training": ["*.json", "configs/*.yaml", "configs/*/*.yaml"], "vlp.model_cards": ["*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.3,<3",

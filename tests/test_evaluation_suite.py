@@ -126,6 +126,39 @@ def test_results_record_the_run_and_follow_the_schema(results_all, tiny_run):
     json.dumps(results_all, allow_nan=False)  # strict JSON: undefined figures are null, not NaN
 
 
+def _blocks(tree, path=""):
+    """Every comparison block of a results tree, with its path."""
+    if isinstance(tree, dict):
+        if "score" in tree and "headline" in tree:
+            yield path, tree
+        for key, value in tree.items():
+            yield from _blocks(value, f"{path}.{key}" if path else key)
+
+
+def test_per_item_values_average_to_their_figures_and_reach_the_study(results_all, tmp_path):
+    """Each comparison block keeps its items in item order; their mean is the score figure, so that a study can
+    compare two runs item by item. The study reads them under the figure's own name."""
+    from vlp.training.study import run_figures
+
+    blocks = dict(_blocks(results_all["suites"]))
+    with_items = {path: block for path, block in blocks.items() if "items" in block}
+    for path in ("foils.phenomena.all", "foils.phenomena.colour", "winoground.phenomena.all",
+                 "probes.tasks.colour.headline", "crossmodal.masked_word.all", "grounding.pointing",
+                 "grounding.occlusion", "frequency.held_out"):
+        assert path in with_items, path
+    for path, block in with_items.items():
+        for name, values in block["items"].items():
+            assert len(values) == block["n_items"], (path, name)
+            assert np.mean(values) == pytest.approx(block["score"][name]["value"], abs=1e-6), (path, name)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "evaluation.json").write_text(json.dumps(results_all))
+    figures, items = run_figures(str(run))
+    name = "eval.suites.foils.phenomena.colour.score.acc_r"
+    assert list(items[name]) == with_items["foils.phenomena.colour"]["items"]["acc_r"]
+    assert figures[name] == with_items["foils.phenomena.colour"]["score"]["acc_r"]["value"]
+
+
 def test_the_validator_rejects_what_the_schema_forbids(results_all):
     schema = ev.load_schema()
     broken = json.loads(json.dumps(results_all))

@@ -10,7 +10,7 @@ from vlp.processing import shapes_world as sw
 from vlp.processing.grouping import GroupConfig, GroupedMatchingDataset
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training.evaluation import grouped_matching_figures
+from vlp.training.evaluation import grouped_matching_figures, newcombe_difference
 from vlp.training.objectives import objective_counts, objective_inputs
 
 
@@ -75,11 +75,24 @@ def test_gitm_needs_segments_in_the_model(world, tokenizer):
 
 
 def test_validation_figures_from_counts():
-    # 10 segments, 7 right; none: 4 predicted, 5 actual, 3 right; per kind own 4/5, easy 2/3, hard 1/2; 3 groups, 1 exact
-    sums = [10, 7, 4, 5, 3, 3, 1, 5, 4, 3, 2, 2, 1]
+    # 10 segments, 7 right; none: 4 predicted, 5 actual, 3 right; per kind own 4/5, easy 2/3, hard 1/2; 3 groups,
+    # 1 exact; targets: cell 0 twice, cell 1 three times, none five times (a 1 x 2 grid)
+    sums = [10, 7, 4, 5, 3, 3, 1, 5, 4, 3, 2, 2, 1, 2, 3, 5]
     figures = grouped_matching_figures(sums)
+    assert figures["gitm_chance_uniform"] == pytest.approx(1 / 3) and figures["gitm_chance_majority"] == 0.5
+    assert figures["gitm_hard_minus_easy"] == pytest.approx(0.5 - 2 / 3)
+    assert figures["gitm_hard_minus_easy_ci_low"] < 0.5 - 2 / 3 < figures["gitm_hard_minus_easy_ci_high"]
     assert figures["gitm_accuracy"] == 0.7 and figures["gitm_accuracy_n"] == 10
     assert figures["gitm_none_precision"] == 0.75 and figures["gitm_none_recall"] == 0.6
     assert figures["gitm_accuracy_own"] == 0.8 and figures["gitm_accuracy_hard"] == 0.5
     assert abs(figures["gitm_exact_match"] - 1 / 3) < 1e-12
     assert figures["gitm_accuracy_ci_low"] < 0.7 < figures["gitm_accuracy_ci_high"]
+
+
+def test_newcombe_interval_matches_the_published_example():
+    """Newcombe (1998), Stat. Med. 17:873, example (a): 56/70 - 48/80 = 0.2000, hybrid score interval
+    0.0524 to 0.3339 (method 10)."""
+    difference, low, high = newcombe_difference(56, 70, 48, 80)
+    assert difference == pytest.approx(0.2)
+    assert low == pytest.approx(0.0524, abs=5e-5) and high == pytest.approx(0.3339, abs=5e-5)
+    assert all(v != v for v in newcombe_difference(1, 2, 0, 0))  # nan without items on one side

@@ -60,7 +60,12 @@ class FakeRunner:
             seed = int(run_dir.rsplit("seed", 1)[1])
             rng = np.random.default_rng(seed)
             items = (rng.random(200) < 0.6 + 0.2 * plus).astype(float).tolist()
-            json.dump({"foils": {"colour": {"acc_r": float(np.mean(items)), "acc_r_items": items}}},
+            # the comparison block of `vlp evaluate`: score figures, floors, differences and per-item values
+            value = float(np.mean(items))
+            block = {"n_items": 200, "headline": "acc_r", "score": {"acc_r": {"value": value, "low": value - 0.05,
+                                                                              "high": value + 0.05}},
+                     "floors": {}, "differences": {}, "items": {"acc_r": items}}
+            json.dump({"suites": {"foils": {"phenomena": {"colour": block}}}},
                       open(args[args.index("--output") + 1], "w"))
 
 
@@ -85,13 +90,13 @@ def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tm
 def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(tmp_path):
     path = write_study(tmp_path)
     results = run_study(path, str(tmp_path / "out"), runner=FakeRunner())
-    diff = results["differences"]["plus"]["eval.foils.colour.acc_r"]
+    diff = results["differences"]["plus"]["eval.suites.foils.phenomena.colour.score.acc_r"]
     assert diff["interval_over"] == "seeds, items" and diff["low"] > 0 and diff["significant"]
     assert 0.1 < diff["difference"] < 0.3  # 0.2 by construction, 200 items per seed
     entry = results["mixes"]["plus"]["metrics"]["val.itm_accuracy"]
     assert entry["per_seed"] == pytest.approx([0.65, 0.66]) and entry["interval_over"] == "seeds"
     report = open(tmp_path / "out" / "report.md").read()
-    assert "**plus**: higher on eval.foils.colour.acc_r" in report
+    assert "**plus**: higher on eval.suites.foils.phenomena.colour.score.acc_r" in report
     assert "learning_curves.png" in report and os.path.exists(tmp_path / "out" / "learning_curves.png")
     assert results["mixes"]["plus"]["step_flops"] > results["mixes"]["base"]["step_flops"]
 
@@ -99,8 +104,9 @@ def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(t
 def test_one_seed_intervals_cover_items_only_and_the_report_says_so(tmp_path):
     path = write_study(tmp_path, seeds=(3,))
     results = run_study(path, str(tmp_path / "out"), runner=FakeRunner())
-    assert results["mixes"]["base"]["metrics"]["eval.foils.colour.acc_r"]["interval_over"] == "items"
-    assert results["differences"]["plus"]["eval.foils.colour.acc_r"]["interval_over"] == "items"
+    metric = "eval.suites.foils.phenomena.colour.score.acc_r"
+    assert results["mixes"]["base"]["metrics"][metric]["interval_over"] == "items"
+    assert results["differences"]["plus"][metric]["interval_over"] == "items"
     assert "intervals cover the sampling of evaluation items only" in open(tmp_path / "out" / "report.md").read()
 
 

@@ -29,6 +29,18 @@ def wilson_interval(correct, total, z=1.959964):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def newcombe_difference(correct_a, total_a, correct_b, total_b):
+    """Difference of two independent proportions a - b with Newcombe's hybrid score 95 % interval (1998, method
+    10: from the two Wilson intervals); (nan, nan, nan) when either side has no items."""
+    if not total_a or not total_b:
+        return float("nan"), float("nan"), float("nan")
+    p_a, p_b = correct_a / total_a, correct_b / total_b
+    (low_a, high_a), (low_b, high_b) = wilson_interval(correct_a, total_a), wilson_interval(correct_b, total_b)
+    difference = p_a - p_b
+    return (difference, difference - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
+            difference + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2))
+
+
 def _accuracy(prefix, correct, total):
     low, high = wilson_interval(correct, total)
     return {prefix: correct / total if total else float("nan"), f"{prefix}_ci_low": low, f"{prefix}_ci_high": high,
@@ -143,11 +155,12 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
 def grouped_matching_counts(model, data, batch_size, num_batches, rank=0, world_size=1):
     """Counts behind grouped matching's figures on the validation groups: segments and correct assignments (all,
     and per segment kind: own caption, easy and hard distractor), 'none' predicted / actual / right, whole groups
-    and exactly right groups."""
+    and exactly right groups, then the number of segments whose target is each cell of the grid and 'none'."""
     device = next(model.parameters()).device
     fields = ("segments", "correct", "none_predicted", "none_actual", "none_correct", "groups", "groups_exact")
     kinds = tuple(GITM_KINDS)
-    sums = torch.zeros(len(fields) + 2 * len(kinds), dtype=torch.float64)
+    num_cells = data.val.groups.spec.num_cells
+    sums = torch.zeros(len(fields) + 2 * len(kinds) + num_cells + 1, dtype=torch.float64)
     for batch in _validation_batches(data, batch_size, num_batches, rank, world_size):
         group = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["gitm"].items()}
         if len(group["index"]) == 0:
@@ -156,25 +169,37 @@ def grouped_matching_counts(model, data, batch_size, num_batches, rank=0, world_
         targets = group["gitm_segment_targets"]
         counts = grouped_matching_metrics(logits, targets)
         sums[: len(fields)] += torch.tensor([float(counts[f]) for f in fields], dtype=torch.float64)
-        num_cells = logits.shape[-1] - 1
         predicted = logits.argmax(dim=-1)
         wanted = torch.where(targets == -1, torch.full_like(targets, num_cells), targets)
         for position, kind in enumerate(kinds):
             rows = (group["gitm_segment_kinds"] == GITM_KINDS[kind]) & (targets != -100)
             sums[len(fields) + 2 * position] += float(rows.sum())
             sums[len(fields) + 2 * position + 1] += float(((predicted == wanted) & rows).sum())
+        scored = wanted[targets != -100]
+        sums[len(fields) + 2 * len(kinds):] += torch.bincount(scored, minlength=num_cells + 1).to(torch.float64).cpu()
     return sums
 
 
 def grouped_matching_figures(sums):
     """Figures from `grouped_matching_counts`' (reduced) sums: accuracy with Wilson intervals overall and per
-    segment kind, 'none' precision and recall, whole-group exact match."""
+    segment kind; hard minus easy distractor accuracy with Newcombe's interval; two chance levels: uniform over
+    the cells and 'none' (`gitm_chance_uniform`), and the share of the most frequent target, what always
+    answering one class scores (`gitm_chance_majority`); 'none' precision and recall; whole-group exact match."""
     segments, correct, none_predicted, none_actual, none_correct, groups, exact = sums[:7]
     figures = {}
     figures.update(_accuracy("gitm_accuracy", int(correct), int(segments)))
+    hits_of = {}
     for position, kind in enumerate(GITM_KINDS):
         total, hits = sums[7 + 2 * position], sums[8 + 2 * position]
+        hits_of[kind] = (int(hits), int(total))
         figures.update(_accuracy(f"gitm_accuracy_{kind}", int(hits), int(total)))
+    difference, low, high = newcombe_difference(*hits_of["hard"], *hits_of["easy"])
+    figures.update(gitm_hard_minus_easy=difference, gitm_hard_minus_easy_ci_low=low,
+                   gitm_hard_minus_easy_ci_high=high)
+    targets = sums[7 + 2 * len(GITM_KINDS):]
+    if len(targets) >= 2 and sum(targets):
+        figures["gitm_chance_uniform"] = 1 / len(targets)
+        figures["gitm_chance_majority"] = max(targets) / sum(targets)
     figures["gitm_none_precision"] = none_correct / none_predicted if none_predicted else float("nan")
     figures["gitm_none_recall"] = none_correct / none_actual if none_actual else float("nan")
     figures.update(_accuracy("gitm_exact_match", int(exact), int(groups)))

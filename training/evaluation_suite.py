@@ -601,10 +601,17 @@ def slope_figure(x, y, settings: Settings) -> dict:
     return figure(interval.point, interval.low, interval.high)
 
 
-def comparison(n_items: int, headline: str, score: dict, floors: dict, differences: dict, **extra) -> dict:
-    """The block every zero-shot figure is reported in: the score, its floors and score - floor."""
-    return {"n_items": int(n_items), "headline": headline, "score": score, "floors": floors,
-            "differences": differences, **extra}
+def comparison(n_items: int, headline: str, score: dict, floors: dict, differences: dict,
+               items: Mapping[str, np.ndarray] | None = None, **extra) -> dict:
+    """The block every zero-shot figure is reported in: the score, its floors and score - floor; `items` holds, for
+    score figures that are means over items, the per-item values in item order (what a paired comparison of two
+    runs on the same items resamples)."""
+    block = {"n_items": int(n_items), "headline": headline, "score": score, "floors": floors,
+             "differences": differences, **extra}
+    if items:
+        block["items"] = {name: [round(float(v), 6) for v in np.asarray(values, dtype=float)]
+                          for name, values in items.items()}
+    return block
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -675,7 +682,9 @@ def foil_blocks(conditions: Mapping[str, tuple], rows: FoilRows, settings: Setti
         floors = {name: figures[name] for name in conditions if name != "image"}
         differences = {name: difference(per_item[name][items], per_item["image"][items], settings, "acc_r")
                        for name in floors}
-        blocks[group] = comparison(items.size, "acc_r", figures["image"], floors, differences,
+        foils_per_item = np.bincount(rows.foil_item, minlength=n)[items]
+        per_item_acc_r = {"acc_r": per_item["image"][items]} if np.ptp(foils_per_item) == 0 else None
+        blocks[group] = comparison(items.size, "acc_r", figures["image"], floors, differences, per_item_acc_r,
                                    n_pairs=int(np.isin(rows.foil_item, items).sum()))
     return blocks
 
@@ -735,7 +744,8 @@ def run_winoground(runner: Runner, bank: ImageBank, image_ids: np.ndarray, capti
         floors = {name: figures[name] for name in conditions if name != "image"}
         differences = {name: difference(success[name]["group_score"][items], success["image"]["group_score"][items],
                                         settings, "group_score") for name in floors}
-        blocks[group] = comparison(items.size, "group_score", figures["image"], floors, differences)
+        blocks[group] = comparison(items.size, "group_score", figures["image"], floors, differences,
+                                   {name: success["image"][name][items] for name in WINOGROUND_FIGURES})
     return {"phenomena": blocks}
 
 
@@ -766,7 +776,7 @@ def _probe_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray, flo
     if not floors:
         result = metric.compute(**common)
         return comparison(int(test.sum()), "accuracy", metric_figures(result, ("accuracy", "majority_baseline")),
-                          {}, {}, n_train=int((~test).sum()))
+                          {}, {}, {"accuracy": result["correct"]}, n_train=int((~test).sum()))
     score, floor_figures, differences = None, {}, {}
     for name, control in floors.items():
         result = metric.compute(**common, control_train_features=control[~test],
@@ -775,7 +785,8 @@ def _probe_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray, flo
         floor_figures[name] = {"accuracy": metric_figures(result, ("control_accuracy",))["control_accuracy"]}
         differences[name] = {"of": "accuracy", **metric_figures(result, ("gap",))["gap"],
                              "p_value": _number(result["gap_p_value"]), "resampled": "items"}
-    return comparison(int(test.sum()), "accuracy", score, floor_figures, differences, n_train=int((~test).sum()))
+    return comparison(int(test.sum()), "accuracy", score, floor_figures, differences,
+                      {"accuracy": result["correct"]}, n_train=int((~test).sum()))
 
 
 def _multilabel_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray, settings: Settings) -> dict:
@@ -793,7 +804,8 @@ def _multilabel_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray
         majority.append((test_y == majority_label(train_y)).astype(float))
     score = {"accuracy": mean_figure(np.mean(correct, axis=0), settings),
              "majority_baseline": mean_figure(np.mean(majority, axis=0), settings)}
-    return comparison(int(test.sum()), "accuracy", score, {}, {}, n_train=int((~test).sum()))
+    return comparison(int(test.sum()), "accuracy", score, {}, {}, {"accuracy": np.mean(correct, axis=0)},
+                      n_train=int((~test).sum()))
 
 
 def probe_task(features: Mapping[str, np.ndarray], labels: np.ndarray, floors: Mapping[str, Mapping[str, np.ndarray]],
@@ -964,7 +976,8 @@ def run_crossmodal(runner: Runner, sets: Mapping, settings: Settings,
                       for name in ("blank", "mismatched")}
             differences = {name: difference(correct[name][rows], correct["image"][rows], settings, "accuracy")
                            for name in floors}
-            words[group] = comparison(rows.size, "accuracy", score, floors, differences)
+            words[group] = comparison(rows.size, "accuracy", score, floors, differences,
+                                      {"accuracy": correct["image"][rows], "open_accuracy": open_correct["image"][rows]})
         result["masked_word"] = words
     if objectives is not None and "mim" not in objectives:
         result["mim"] = {"skipped": f"the model was not pretrained with MIM (objectives {','.join(objectives)})"}
@@ -997,7 +1010,8 @@ def run_mim(runner: Runner, items: Sequence, bank: ImageBank, settings: Settings
     floors = {"no_caption": {"loss": mean_figure(without, settings)}}
     # Lower is better: the difference is floor - score, positive when the caption helps reconstruct the image.
     differences = {"no_caption": difference(with_caption, without, settings, "loss (no caption - caption)")}
-    return comparison(len(items), "loss", score, floors, differences, mim_probability=settings.mim_probability)
+    return comparison(len(items), "loss", score, floors, differences, {"loss": with_caption},
+                      mim_probability=settings.mim_probability)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1039,8 +1053,9 @@ def occlusion_block(base: np.ndarray, object_scores: np.ndarray, random_scores: 
              "object_drop_larger": mean_figure((object_drop > random_drop).astype(float), settings)}
     floors = {"random_patches": {"object_drop": mean_figure(random_drop, settings)}}
     differences = {"random_patches": difference(random_drop, object_drop, settings, "object_drop")}
-    return comparison(base.size, "object_drop", score, floors, differences, occlusion=mode,
-                      base_score=mean_figure(base, settings))
+    return comparison(base.size, "object_drop", score, floors, differences,
+                      {"object_drop": object_drop, "object_drop_larger": (object_drop > random_drop).astype(float)},
+                      occlusion=mode, base_score=mean_figure(base, settings))
 
 
 def run_grounding(runner: Runner, sets: Mapping, settings: Settings) -> dict:
@@ -1060,7 +1075,7 @@ def run_grounding(runner: Runner, sets: Mapping, settings: Settings) -> dict:
     chance = np.asarray([len(p) / runner.num_patches for p in patches])
     pointing = comparison(len(items), "accuracy", {"accuracy": mean_figure(hits, settings)},
                           {"chance": {"accuracy": mean_figure(chance, settings)}},
-                          {"chance": difference(chance, hits, settings, "accuracy")},
+                          {"chance": difference(chance, hits, settings, "accuracy")}, {"accuracy": hits},
                           relevance_layers=list(settings.relevance_layers))
     objects, randoms, usable = occlusion_masks(patches, runner.num_patches, _rng(settings, "occlusion"))
     rows = np.flatnonzero(usable)
@@ -1092,7 +1107,7 @@ def _acc_block(correct: Mapping[str, np.ndarray], rows: np.ndarray, settings: Se
     floors = {name: {"acc_r": mean_figure(correct[name][rows], settings)} for name in ("blank", "mismatched")}
     differences = {name: difference(correct[name][rows], correct["image"][rows], settings, "acc_r")
                    for name in floors}
-    return comparison(rows.size, "acc_r", score, floors, differences, **extra)
+    return comparison(rows.size, "acc_r", score, floors, differences, {"acc_r": correct["image"][rows]}, **extra)
 
 
 def run_frequency(runner: Runner, sets: Mapping, pair_counts: Mapping, settings: Settings) -> dict:

@@ -353,8 +353,9 @@ def finetune_vqa(
         prediction = trainer.predict(eval_rows)
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         figures = metrics.full(logits, keep_scores=True)
-        scores[variant] = np.asarray(figures.pop("scores"))
-        runs[variant] = {**figures, **info, "eval_loss": float(prediction.metrics["test_loss"])}
+        scores[variant] = np.asarray(figures.pop("scores"), dtype=np.float64)
+        runs[variant] = {**figures, **info, "eval_loss": float(prediction.metrics["test_loss"]),
+                         "accuracy_items": [round(float(v), 6) for v in scores[variant]]}
         if save_model and variant == "pretrained":
             _save(model, processor, output_dir)
     results = {

@@ -262,14 +262,24 @@ def _numbers(tree, prefix=""):
     return flat
 
 
+def _item_values(value):
+    return isinstance(value, list) and len(value) > 1 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
 def _items(tree, prefix=""):
-    """Per-item values saved beside a figure as `<figure>_items` (e.g. `acc_r_items`: 1/0 per item), keyed by the
-    figure's flattened name; they make paired, item-level intervals possible."""
+    """Per-item values, keyed by the flattened name of the figure they average: those a comparison block of
+    `vlp evaluate` keeps under "items" (figure name -> values, for its "score" figures), and any saved beside a
+    figure as `<figure>_items` (e.g. `accuracy_items`: 1/0 per question). They make paired, item-level intervals
+    possible."""
     found = {}
     if isinstance(tree, dict):
+        block_items = tree.get("items") if isinstance(tree.get("score"), dict) else None
         for key, value in tree.items():
-            if key.endswith("_items") and isinstance(value, list) and len(value) > 1 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            if isinstance(block_items, dict) and value is block_items:
+                found.update({f"{prefix}score.{name}": np.asarray(values, dtype=float)
+                              for name, values in block_items.items() if _item_values(values)})
+            elif key.endswith("_items") and _item_values(value):
                 found[f"{prefix}{key[:-len('_items')]}"] = np.asarray(value, dtype=float)
             else:
                 found.update(_items(value, f"{prefix}{key}."))

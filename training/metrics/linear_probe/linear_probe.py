@@ -167,5 +167,6 @@ class LinearProbe(evaluate.Metric):
             result.update(_figure("gap", gap.interval))
             result["gap_p_value"] = gap.p_value
         result.update({"n_train": int(train_x.shape[0]), "n_test": int(test_x.shape[0]),
-                       "n_classes": int(np.unique(np.concatenate([train_y, test_y])).size)})
+                       "n_classes": int(np.unique(np.concatenate([train_y, test_y])).size),
+                       "correct": correct.tolist()})
         return result
