@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -138,6 +139,12 @@ def image_problem(path: str, max_pixels: int | None = None) -> tuple[str, str] |
     return header_problem(path, max_pixels)
 
 
+def describe_error(error: BaseException) -> str:
+    """`Type: message` of an exception, with object addresses (`at 0x7f...`, different in every process) removed so
+    that the same bad sample is described the same way in every run."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(error).__name__}: {error}")
+
+
 def header_problem(source: Any, max_pixels: int | None) -> tuple[str, str] | None:
     """Read an image header (a path or a binary file object): (reason, detail) if it is not an image or has more
     than `max_pixels` pixels (None: no limit). The pixels are not decoded."""
@@ -149,7 +156,7 @@ def header_problem(source: Any, max_pixels: int | None) -> tuple[str, str] | Non
     except PIL.Image.DecompressionBombError as error:
         return HUGE_IMAGE, str(error)
     except Exception as error:  # noqa: BLE001 - PIL raises many types on garbage (OSError, SyntaxError, ...)
-        return CORRUPT_IMAGE, f"{type(error).__name__}: {error}"
+        return CORRUPT_IMAGE, describe_error(error)
     if max_pixels is not None and width * height > max_pixels:
         return HUGE_IMAGE, f"{width}x{height} pixels > max_pixels={max_pixels}"
     return None
@@ -473,7 +480,7 @@ class MixedEpochDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "CORRUPT_IMAGE", "EMPTY_CAPTION", "HUGE_IMAGE", "MISSING_IMAGE", "NON_UTF8_CAPTION", "NON_UTF8_PATH",
+    "CORRUPT_IMAGE", "describe_error", "EMPTY_CAPTION", "HUGE_IMAGE", "MISSING_IMAGE", "NON_UTF8_CAPTION", "NON_UTF8_PATH",
     "NO_CAPTIONS", "ROW_COLUMNS", "MixedEpochDataset", "SkipReport", "caption_problem", "concatenate_sources",
     "header_problem", "image_problem", "is_valid_text", "mixture_indices", "mixture_quotas", "read_caption_file",
     "read_coco_captions", "row_features", "standard_rows",

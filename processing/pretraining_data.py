@@ -16,6 +16,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .caption_readers import describe_error
+
 # Stream ids keep the independent draws of one sample apart (caption choice does not move when the ITM
 # settings change). The collator's MLM masking uses its own stream (see collator.MLM_STREAM).
 CAPTION_STREAM = 0
@@ -48,7 +50,7 @@ def decode_image(value: Any) -> PIL.Image.Image:
     except FileNotFoundError:
         raise ValueError(f"image file not found{where}") from None
     except Exception as error:  # PIL raises many types on corrupt data (OSError, SyntaxError, struct.error, ...)
-        raise ValueError(f"cannot decode image{where}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"cannot decode image{where}: {describe_error(error)}") from error
     return image
 
 

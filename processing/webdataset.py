@@ -65,6 +65,7 @@ from .caption_readers import (
     NON_UTF8_CAPTION,
     SkipReport,
     caption_problem,
+    describe_error,
     header_problem,
     mixture_quotas,
 )
@@ -212,7 +213,7 @@ def write_shards(
             report.add(source, where, MISSING_IMAGE, str(error.filename))
             continue
         except (OSError, ValueError) as error:
-            report.add(source, where, CORRUPT_IMAGE, f"{type(error).__name__}: {error}")
+            report.add(source, where, CORRUPT_IMAGE, describe_error(error))
             continue
         extension = _extension(data)
         if extension is None:
@@ -303,7 +304,7 @@ def build_manifest(shard_dir: str | os.PathLike, source: str | None = None,
                 for _ in _member_groups(tar):
                     count += 1
         except (tarfile.TarError, OSError, EOFError) as error:
-            report.add(source, name, CORRUPT_SHARD, f"counted {count} samples before {type(error).__name__}: {error}")
+            report.add(source, name, CORRUPT_SHARD, f"counted {count} samples before {describe_error(error)}")
         shards.append({"name": name, "samples": count})
     manifest = _manifest(source, shards, None)
     _write_manifest(shard_dir, manifest)
@@ -380,7 +381,7 @@ def _sample(tar: tarfile.TarFile, shard: Shard, key: str, members: dict[str, tar
         try:
             meta = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return skip_marker(shard.source, index, where, CORRUPT_JSON, f"{type(error).__name__}: {error}")
+            return skip_marker(shard.source, index, where, CORRUPT_JSON, describe_error(error))
         if not isinstance(meta, dict):
             return skip_marker(shard.source, index, where, CORRUPT_JSON, f"not an object: {type(meta).__name__}")
     if isinstance(meta.get("captions"), list):
@@ -428,7 +429,7 @@ def read_shard(shard: Shard, start: int = 0, max_pixels: int | None = DEFAULT_MA
     except FileNotFoundError:
         tar, failure = None, (SHARD_MISSING, shard.path)
     except (tarfile.TarError, OSError, EOFError) as error:
-        tar, failure = None, (CORRUPT_SHARD, f"cannot open: {type(error).__name__}: {error}")
+        tar, failure = None, (CORRUPT_SHARD, f"cannot open: {describe_error(error)}")
     if tar is not None:
         with tar:
             groups = _member_groups(tar)
@@ -442,7 +443,7 @@ def read_shard(shard: Shard, start: int = 0, max_pixels: int | None = DEFAULT_MA
                     failure = (CORRUPT_SHARD, f"ends after {offset} of the manifest's {shard.samples} samples")
                     break
                 except (tarfile.TarError, OSError, EOFError) as error:
-                    failure = (CORRUPT_SHARD, f"at sample {offset}: {type(error).__name__}: {error}")
+                    failure = (CORRUPT_SHARD, f"at sample {offset}: {describe_error(error)}")
                     break
                 if item is not None:
                     yield offset, item
@@ -730,7 +731,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             try:
                 sample = self.transform(item, self.epoch)
             except (ValueError, TypeError, OSError) as error:
-                sample = {"skipped": f"{type(error).__name__}: {error}"}
+                sample = {"skipped": describe_error(error)}
             if "skipped" in sample:
                 sample = skip_marker(item["source"], item["index"], where, UNREADABLE_SAMPLE, str(sample["skipped"]))
             item = sample

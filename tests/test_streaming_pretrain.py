@@ -186,6 +186,9 @@ def test_streaming_resume_after_a_crash_equals_the_uninterrupted_run(shards, uni
     assert losses[0] == losses[1]
     # The resumed run trained on exactly the samples the uninterrupted one did, none of them twice.
     assert recorded(tmp_path) == recorded(uninterrupted)
+    # ... and lists the unreadable ones once, as the uninterrupted run does
+    skipped = [read_jsonl(os.path.join(d, "skipped_samples.jsonl")) for d in (uninterrupted, tmp_path)]
+    assert skipped[0] and skipped[0] == skipped[1]
 
 
 def test_resume_with_a_shuffle_buffer_loses_at_most_one_buffer_per_worker_and_logs_it(shards, tmp_path):

@@ -203,6 +203,8 @@ def pretrain(model_args, data_args, train_args):
                 accelerator.print(f"source {source}: read {count}, kept {data.source_report.kept[source]}, skipped "
                                   f"{sum(skipped.values())} {skipped or ''}")
     logger = MetricLogger(output_dir, enabled=main, tensorboard=train_args.tensorboard, resume_step=resume_step)
+    if main and resume_step is not None:  # samples skipped after the checkpoint are met again, and listed again
+        truncate_jsonl(os.path.join(output_dir, "skipped_samples.jsonl"), resume_step)
     recorder = _sample_recorder(output_dir, accelerator.process_index, resume_step) if data_args.record_samples \
         else None
 
@@ -295,7 +297,7 @@ def pretrain(model_args, data_args, train_args):
         global_counts = accelerator.reduce(local_counts, reduction="sum")
         global_sizes = global_counts[len(counted) + 2:].view(len(sizes), accelerator.num_processes)
         if global_counts[len(counted)] > 0:
-            _record_skipped(skipped, state, output_dir, step, accelerator)
+            _record_skipped(skipped, state, output_dir, step + 1, accelerator)
         real_samples = int(global_counts[len(counted) + 1])
         normalizers = {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(counted, global_counts)}
         # ITC gathers features from every process and needs equal micro-batch sizes; a step where they differ (an
@@ -563,7 +565,8 @@ def _to_device(batch, device):
 
 
 def _record_skipped(skipped, state, output_dir, step, accelerator):
-    """Counts unreadable samples (over all processes) and lists them in skipped_samples.jsonl.
+    """Counts unreadable samples (over all processes) and lists them in skipped_samples.jsonl under `step`, the
+    step's number in metrics.jsonl (a resumed run cuts the list back to its checkpoint, as the metrics log).
 
     Called on every process, and only in steps where some process skipped a sample (the objects are gathered).
     """
