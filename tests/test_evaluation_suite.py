@@ -606,3 +606,56 @@ def test_pretrained_model_beats_its_language_bias_floors(tmp_path_factory):
         for floor in ("blank", "mismatched"):
             difference = block["differences"][floor]
             assert difference["low"] > 0, (floor, difference)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Grouped matching (the gitm suite)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _gitm_runner():
+    _, processor = _tiny_model_and_processor()
+    torch.manual_seed(0)
+    config = VLPConfig(vocab_size=len(processor.tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=64,
+                       pad_token_id=processor.tokenizer.pad_token_id, num_text_segments=4)
+    return ev.Runner(VLPForPreTraining(config).eval(), processor, "cpu", batch_size=16)
+
+
+GRID = {"gitm_rows": 1, "gitm_cols": 2, "gitm_mode": "resize", "gitm_own_probability": 0.5,
+        "gitm_distractors": "mixed", "gitm_max_length": 48}
+
+
+def test_grouped_matching_suite_figures_are_consistent():
+    runner = _gitm_runner()
+    result = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    kinds = result["segments_per_kind"]
+    assert result["n_groups"] == 40 and sum(kinds.values()) == result["n_items"] > 40  # two segments per group
+    score = result["score"]
+    weighted = sum(score[f"accuracy_{k}"]["value"] * n for k, n in kinds.items() if n) / result["n_items"]
+    assert score["accuracy"]["value"] == pytest.approx(weighted)
+    assert np.mean(result["items"]["accuracy"]) == pytest.approx(score["accuracy"]["value"])
+    assert result["floors"]["chance_uniform"]["accuracy"]["value"] == pytest.approx(1 / 3)
+    assert 1 / 3 <= result["floors"]["chance_majority"]["accuracy"]["value"] <= 1
+    hard_minus_easy = result["hard_minus_easy"]
+    assert hard_minus_easy["value"] == pytest.approx(score["accuracy_hard"]["value"] - score["accuracy_easy"]["value"])
+    schema = ev.load_schema()
+    assert ev.validate_json({"gitm": result}, schema["properties"]["suites"], schema) == []
+    assert ev.validate_json({"gitm": {"n_items": 3}}, schema["properties"]["suites"], schema) != []
+
+
+def test_a_head_that_always_says_none_scores_the_share_of_none_targets():
+    runner = _gitm_runner()
+    with torch.no_grad():
+        runner.model.gitm_none_head.bias.fill_(1e4)
+    result = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    score = result["score"]
+    assert score["accuracy_own"]["value"] == 0.0
+    assert score["accuracy_easy"]["value"] == score["accuracy_hard"]["value"] == 1.0
+    none_share = (result["segments_per_kind"]["easy"] + result["segments_per_kind"]["hard"]) / result["n_items"]
+    assert score["accuracy"]["value"] == pytest.approx(none_share)
+
+
+def test_grouped_matching_is_skipped_without_a_trained_head(runner):
+    assert "skipped" in ev.run_grouped_matching(runner, WORLD, 8, GRID, FAST, objectives=["mlm", "itm"])
+    assert "num_text_segments" in ev.run_grouped_matching(runner, WORLD, 8, GRID, FAST)["skipped"]

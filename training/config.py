@@ -185,8 +185,9 @@ class DataArguments:
     gitm_cols: int = field(default=2, metadata={"help": "grouped matching: columns of the image grid"})
     gitm_mode: str = field(default="resize", metadata={
         "help": "'resize': the canvas keeps the model's resolution (smaller cells); 'full': each cell keeps it"})
-    gitm_own_probability: float = field(default=0.5, metadata={
-        "help": "grouped matching: chance that a cell's caption is its own (else a distractor)"})
+    gitm_own_probability: float = field(default=0.75, metadata={
+        "help": "grouped matching: chance that a cell's caption is its own (else a distractor); at 0.5 half the "
+                "targets are 'none' and a small model learns that prior long before it matches parts to parts"})
     gitm_distractors: str = field(default="mixed", metadata={
         "help": "'easy' (captions of images outside the grid), 'hard' (foils of the cell's own caption) or 'mixed'"})
     gitm_max_length: int = field(default=64, metadata={"help": "grouped matching: longest text of all segments"})

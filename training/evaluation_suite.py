@@ -58,7 +58,7 @@ from ..processing import shapes_world as sw
 from .config import ConfigError
 from .statistics import bootstrap_ci, bootstrap_ci_paired, paired_bootstrap_difference
 
-SUITES = ("foils", "winoground", "probes", "crossmodal", "grounding", "frequency")
+SUITES = ("foils", "winoground", "probes", "crossmodal", "grounding", "frequency", "gitm")
 #: Real benchmarks and the suite each goes through.
 BENCHMARKS = {"valse": "foils", "sugarcrepe": "foils", "aro": "foils", "winoground": "winoground",
               "probing": "probes"}
@@ -73,7 +73,7 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_
 NUM_FREQUENCY_BUCKETS = 5
 #: The evaluation sets (processing/eval_sets.py) each suite reads.
 SUITE_SETS = {"foils": ("foils",), "winoground": ("winoground",), "probes": ("probes",), "crossmodal": ("grounding",),
-              "grounding": ("grounding",), "frequency": ("frequency", "held_out")}
+              "grounding": ("grounding",), "frequency": ("frequency", "held_out"), "gitm": ()}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1151,6 +1151,82 @@ def run_frequency(runner: Runner, sets: Mapping, pair_counts: Mapping, settings:
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# Grouped matching
+# ------------------------------------------------------------------------------------------------------------------
+
+GITM_GROUPS_PER_ITEM = 4  # groups of the gitm suite per --items-per-phenomenon
+GITM_KEYS = ("gitm_rows", "gitm_cols", "gitm_mode", "gitm_own_probability", "gitm_distractors", "gitm_max_length")
+
+
+def gitm_settings(config: Mapping | None) -> dict:
+    """The grid a run's grouped-matching head was trained on (its config's gitm_* keys, defaults otherwise)."""
+    from .config import DataArguments
+
+    defaults = DataArguments()
+    return {key: (config or {}).get(key, getattr(defaults, key)) for key in GITM_KEYS}
+
+
+def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, grid: Mapping, settings: Settings,
+                         objectives: Sequence[str] | None = None) -> dict:
+    """Zero-shot grouped matching with the run's trained head on ``n_groups`` groups drawn from the evaluation world
+    (one group per scene, the grid and distractors of ``grid``): segment accuracy overall and per kind (own caption,
+    easy and hard distractor), against two chance levels (uniform over the cells and 'none'; always the most
+    frequent target), hard minus easy, and whole-group exact match. Items are segments; per-item values are kept."""
+    from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
+    from .evaluation import GITM_KINDS
+    from .objectives import objective_inputs
+
+    if objectives is not None and "gitm" not in objectives:
+        return {"skipped": f"the model was not pretrained with grouped matching (objectives {','.join(objectives)})"}
+    if not getattr(runner.model.config, "num_text_segments", 0):
+        return {"skipped": "the model has no grouped-matching head (num_text_segments=0)"}
+    rows = sw.build_dataset(dataclasses.replace(world, num_scenes=n_groups))
+    config = GroupConfig(rows=grid["gitm_rows"], cols=grid["gitm_cols"],
+                         own_probability=grid["gitm_own_probability"], distractors=grid["gitm_distractors"])
+    groups = GroupedMatchingDataset(rows, runner.processor, config, mode=grid["gitm_mode"],
+                                    patch_size=runner.patch_size, image_size=runner.image_size, seed=settings.seed,
+                                    max_length=grid["gitm_max_length"])
+    groups.set_epoch(0)
+    cells = groups.spec.num_cells
+    correct, kinds, targets, exact = [], [], [], []
+    pad = runner.processor.tokenizer.pad_token_id
+    with torch.no_grad():
+        for batch_rows in _batches(len(groups), runner.batch_size):
+            batch = collate_grouped([groups[i] for i in range(len(groups))[batch_rows]], pad_token_id=pad)
+            if len(batch["index"]) == 0:
+                continue
+            batch = {k: v.to(runner.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            logits = runner.model(**objective_inputs("gitm", {"gitm": batch}, {})).gitm_logits
+            wanted = batch["gitm_segment_targets"]
+            wanted = torch.where(wanted == -1, torch.full_like(wanted, cells), wanted)
+            scored = batch["gitm_segment_targets"] != -100
+            hits = (logits.argmax(dim=-1) == wanted) | ~scored
+            exact += hits.all(dim=1).float().cpu().tolist()
+            correct += hits[scored].float().cpu().tolist()
+            kinds += batch["gitm_segment_kinds"][scored].cpu().tolist()
+            targets += wanted[scored].cpu().tolist()
+    correct, kinds, targets = np.asarray(correct), np.asarray(kinds), np.asarray(targets)
+    if correct.size == 0:
+        return {"skipped": "no readable group"}
+    by_kind = {kind: correct[kinds == code] for kind, code in GITM_KINDS.items()}
+    share = np.bincount(targets, minlength=cells + 1) / targets.size
+    majority = (targets == share.argmax()).astype(float)  # what always answering the most frequent target scores
+    uniform = np.full(correct.size, 1.0 / (cells + 1))
+    score = {"accuracy": mean_figure(correct, settings),
+             **{f"accuracy_{kind}": mean_figure(values, settings) for kind, values in by_kind.items()},
+             "exact_match": mean_figure(exact, settings)}
+    floors = {"chance_uniform": {"accuracy": mean_figure(uniform, settings)},
+              "chance_majority": {"accuracy": mean_figure(majority, settings)}}
+    differences = {name: difference(values, correct, settings, "accuracy")
+                   for name, values in (("chance_uniform", uniform), ("chance_majority", majority))}
+    return comparison(correct.size, "accuracy", score, floors, differences, {"accuracy": correct},
+                      n_groups=len(exact), grid={**grid},
+                      hard_minus_easy=unpaired_difference(by_kind["easy"], by_kind["hard"], settings,
+                                                          "accuracy (hard - easy distractors)"),
+                      segments_per_kind={kind: int(values.size) for kind, values in by_kind.items()})
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # Running suites
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -1166,9 +1242,12 @@ def eval_set_sizes(suites: Sequence[str], items_per_phenomenon: int, world: sw.W
 
 
 def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_counts: Mapping | None,
-                  settings: Settings, log=None, objectives: Sequence[str] | None = None) -> dict:
+                  settings: Settings, log=None, objectives: Sequence[str] | None = None,
+                  run_config: Mapping | None = None, items_per_phenomenon: int = 200) -> dict:
     """The chosen suites on evaluation sets of the synthetic world; {suite: results}. ``objectives``: the run's
-    pretraining objectives when known (the MIM part of ``crossmodal`` needs a trained MIM head)."""
+    pretraining objectives when known (the MIM part of ``crossmodal`` needs a trained MIM head, ``gitm`` a trained
+    grouped-matching head); ``run_config``: the run's config (the grid grouped matching was trained on);
+    ``gitm`` draws ``GITM_GROUPS_PER_ITEM * items_per_phenomenon`` groups."""
     results = {}
     for suite in suites:
         started = time.perf_counter()
@@ -1190,6 +1269,10 @@ def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_cou
             results[suite] = run_grounding(runner, sets, settings)
         elif suite == "frequency":
             results[suite] = run_frequency(runner, sets, pair_counts or {}, settings)
+        elif suite == "gitm":
+            world = world_from_dict(sets.meta["world_config"], "evaluation world")
+            results[suite] = run_grouped_matching(runner, world, GITM_GROUPS_PER_ITEM * items_per_phenomenon,
+                                                  gitm_settings(run_config), settings, objectives)
         else:
             raise ConfigError(f"--suite={suite!r}: expected one of {SUITES} or 'all'")
         if log:
@@ -1384,6 +1467,11 @@ def _summary_rows(results: Mapping) -> list[tuple]:
             add("frequency", f"bucket {bucket['bucket']} ({bucket['count_low']:.0f}-{bucket['count_high']:.0f})",
                 bucket)
         add("frequency", "held-out pairs", frequency.get("held_out"))
+    gitm = suites.get("gitm", {})
+    if "score" in gitm:
+        add("gitm", f"{gitm['grid']['gitm_rows']}x{gitm['grid']['gitm_cols']} {gitm['grid']['gitm_mode']}", gitm)
+        add("gitm", "hard - easy distractors", {"headline": "accuracy", "score": {"accuracy": gitm["hard_minus_easy"]},
+                                                "floors": {}, "differences": {}})
     return rows
 
 
@@ -1514,7 +1602,8 @@ def evaluate(model_dir: str, suites: Sequence[str] = ("all",), output: str | Non
         results["item_counts"] = {name: len(items) for name, items in sets.items()}
         results["skipped"] = dict(sets.skipped)
         results["settings"]["items_per_phenomenon"] = items_per_phenomenon
-        results["suites"] = run_synthetic(runner, chosen, sets, pair_counts, settings, log, run_objectives(record))
+        results["suites"] = run_synthetic(runner, chosen, sets, pair_counts, settings, log, run_objectives(record),
+                                          record["config"] if record else None, items_per_phenomenon)
     results["seconds"] = round(time.perf_counter() - started, 2)
     results = json_ready(results)
     errors = validate_json(results, load_schema())
