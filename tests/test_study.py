@@ -3,6 +3,7 @@ the statistics of the differences, the report, and the presets."""
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -15,12 +16,14 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "in
         "image_size": 32, "patch_size": 8, "max_steps": 5}
 
 
-def write_study(tmp_path, seeds=(0, 1), evaluation=True):
+def write_study(tmp_path, seeds=(0, 1), evaluation=True, finetune=False):
     study = {"name": "toy", "baseline": "base", "seeds": list(seeds), "primary_metrics": ["foils.acc_r"],
              "base": dict(TINY), "mixes": [{"name": "base", "overrides": {}},
                                            {"name": "plus", "overrides": {"objectives": "mlm,itm,mim"}}]}
     if evaluation:
         study["evaluation"] = {"suites": ["foils"], "items_per_phenomenon": 20}
+    if finetune:
+        study["finetune"] = {"vqa": {"epochs": 1}}
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(study))
     return str(path)
@@ -52,8 +55,9 @@ class FakeRunner:
             out = args[args.index("--output_dir") + 1]
             os.makedirs(out, exist_ok=True)
             variants = args[args.index("--variants") + 1].split(",")
-            json.dump({v: {"accuracy": 0.5 + 0.1 * len(v) / 20} for v in variants},
-                      open(os.path.join(out, "results.json"), "w"))
+            # wall times differ from one execution to the next, as in `vlp finetune`'s results
+            json.dump({v: {"accuracy": 0.5 + 0.1 * len(v) / 20, "train_seconds": time.perf_counter()}
+                       for v in variants}, open(os.path.join(out, "results.json"), "w"))
         elif args[0] == "evaluate":
             run_dir = args[1]
             plus = "/plus/" in run_dir
@@ -65,22 +69,26 @@ class FakeRunner:
             block = {"n_items": 200, "headline": "acc_r", "score": {"acc_r": {"value": value, "low": value - 0.05,
                                                                               "high": value + 0.05}},
                      "floors": {}, "differences": {}, "items": {"acc_r": items}}
-            json.dump({"suites": {"foils": {"phenomena": {"colour": block}}}},
+            json.dump({"suites": {"foils": {"phenomena": {"colour": block}}}, "seconds": time.perf_counter()},
                       open(args[args.index("--output") + 1], "w"))
 
 
 def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tmp_path):
-    path = write_study(tmp_path)
+    """Killed at its sixth command and run again: only the killed command and those after it run, and results.json
+    is identical to an uninterrupted study's, although every execution writes different wall times."""
+    path = write_study(tmp_path, finetune=True)
     whole = FakeRunner()
     uninterrupted = run_study(path, str(tmp_path / "whole"), runner=whole)
-    assert uninterrupted["complete"] and len(whole.calls) == 8  # 2 mixes x 2 seeds x (pretrain, evaluate)
-    killed = FakeRunner(fail_at=5)
+    # 2 mixes x 2 seeds x (pretrain, evaluate, finetune), and the VQA baselines once
+    assert uninterrupted["complete"] and len(whole.calls) == 13
+    killed = FakeRunner(fail_at=6)
     with pytest.raises(KeyboardInterrupt):
         run_study(path, str(tmp_path / "resumed"), runner=killed)
     again = FakeRunner()
     resumed = run_study(path, str(tmp_path / "resumed"), runner=again)
-    assert len(again.calls) == 4, again.calls  # the killed call and what followed it; nothing finished is redone
-    assert again.calls[0][0] == "pretrain" or again.calls[0][0] == "evaluate"
+    expected = [[str(a).replace(str(tmp_path / "whole"), str(tmp_path / "resumed")) for a in call]
+                for call in whole.calls[5:]]
+    assert again.calls == expected, again.calls  # the killed call and what followed it; nothing redone
     first = json.load(open(tmp_path / "whole" / "results.json"))
     second = json.load(open(tmp_path / "resumed" / "results.json"))
     assert first == second == json.loads(json.dumps(resumed))

@@ -159,7 +159,7 @@ def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None):
     results["complete"] = complete
     baselines = os.path.join(output_dir, "vqa_baselines", "results.json")
     if os.path.exists(baselines):
-        results["vqa_baselines"] = _numbers(_read_json(baselines))
+        results["vqa_baselines"] = {k: v for k, v in _numbers(_read_json(baselines)).items() if not is_wall_time(k)}
     _write_json(os.path.join(output_dir, "results.json"), results)
     from .study_report import write_report
 
@@ -299,16 +299,25 @@ def _intervals(tree, prefix=""):
     return found
 
 
+def is_wall_time(name):
+    """Whether a flattened figure name is a wall time or a rate (`seconds`, `train_seconds`, `train_runtime`,
+    `samples_per_second`): those go to costs.json, never into results.json, which holds only what the runs
+    determine (and so is the same for an interrupted and an uninterrupted study)."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "seconds" or last.endswith(("_seconds", "_runtime", "per_second"))
+
+
 def run_figures(run_dir):
-    """Every scalar figure of one run: final validation metrics, evaluation suite, VQA finetune; per-item values and
-    the evaluation's own item intervals ride along under the keys '_items' and '_intervals'."""
+    """Every scalar figure of one run: final validation metrics, evaluation suite, VQA finetune (wall times left
+    out); per-item values and the evaluation's own item intervals ride along under the keys '_items' and
+    '_intervals'."""
     figures, items, intervals = {}, {}, {}
     sources = (("val", "final_metrics.json"), ("eval", "evaluation.json"), ("vqa", "finetune_vqa/results.json"))
     for prefix, name in sources:
         path = os.path.join(run_dir, name)
         if os.path.exists(path):
             data = _read_json(path)
-            figures.update({f"{prefix}.{k}": v for k, v in _numbers(data).items()})
+            figures.update({f"{prefix}.{k}": v for k, v in _numbers(data).items() if not is_wall_time(k)})
             items.update({f"{prefix}.{k}": v for k, v in _items(data).items()})
             intervals.update({f"{prefix}.{k}": v for k, v in _intervals(data).items()})
     items["_intervals"] = intervals
