@@ -45,8 +45,8 @@ def test_high_masks_more_concept_words_and_object_patches_than_random(tmp_path):
 
 GITM_RUN = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 512,
             "image_size": 64, "patch_size": 16, "vocab_size": 400, "num_scenes": 3000, "val_scenes": 2048,
-            "objectives": "gitm", "gitm_rows": 1, "gitm_cols": 3, "gitm_mode": "full", "gitm_own_probability": 0.75,
-            "gitm_distractors": "mixed", "max_steps": 800, "per_device_batch_size": 32, "learning_rate": 0.001,
+            "objectives": "gitm", "gitm_rows": 1, "gitm_cols": 2, "gitm_mode": "full", "gitm_own_probability": 0.75,
+            "gitm_distractors": "mixed", "max_steps": 1600, "per_device_batch_size": 32, "learning_rate": 0.001,
             "warmup_steps": 30, "eval_every": 0, "eval_batches": 64, "save_every": 0, "log_every": 100,
             "progress_bar": "false", "tensorboard": "false"}
 
@@ -54,8 +54,8 @@ GITM_RUN = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 def test_grouped_matching_learns_and_hard_distractors_are_harder(tmp_path):
-    """Grouped matching alone on a 1 x 3 grid at full resolution (own caption with p = 0.75, half the distractors
-    one-word foils of the cell's caption), 800 steps, 2,048 validation groups: segment accuracy above twice the
+    """Grouped matching alone on a 1 x 2 grid at full resolution (own caption with p = 0.75, half the distractors
+    one-word foils of the cell's caption), 1,600 steps, 2,048 validation groups: segment accuracy above twice the
     uniform chance over the cells and 'none' (lower end of the Wilson interval), and hard distractors are called
     'none' less often than easy ones (Newcombe interval of the difference below zero)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
