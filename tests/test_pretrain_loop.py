@@ -35,7 +35,7 @@ def run_pretrain(output_dir, cache_dir, env=None, launcher=None, check=True, **o
     command = launcher or [sys.executable, "-m", "vlp.training.cli"]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     full_env.update(env or {})
-    return launch_run(command + ["pretrain"] + args, env=full_env, timeout=300, check=check)
+    return launch_run(command + ["pretrain"] + args, env=full_env, timeout=600, check=check)
 
 
 def train_losses(output_dir, names=("mlm", "itm")):
@@ -175,15 +175,37 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path, cache_dir):
     assert len(losses) == 2 and all(isinstance(v, float) for _, *values in losses for v in values)
 
 
+EVERY_OBJECTIVE_STEPS = {"sum": 400, "sample": 1200}
+
+
+@pytest.fixture(scope="module")
+def every_objective_runs(tmp_path_factory):
+    """Every objective trained under both mixing modes, the two runs side by side (one thread each, so that they
+    take the two cores), each with its own world cache: {mixing: run folder}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ("mlm", "itm", "mim", "itc", "wra", "gitm")
+    folders = {mixing: tmp_path_factory.mktemp(f"every_objective_{mixing}") for mixing in EVERY_OBJECTIVE_STEPS}
+
+    def train(mixing):
+        steps = EVERY_OBJECTIVE_STEPS[mixing]
+        run_pretrain(folders[mixing] / "run", str(folders[mixing] / "cache"), max_steps=steps, save_every=0,
+                     eval_every=steps, learning_rate=0.003, warmup_steps=5, objectives=",".join(names), mixing=mixing,
+                     num_scenes=1024, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                     per_device_batch_size=32, eval_batches=8, max_objects=1, mim_probability=0.75)
+
+    with ThreadPoolExecutor(len(folders)) as pool:
+        for done in [pool.submit(train, mixing) for mixing in folders]:
+            done.result()
+    return {mixing: folder / "run" for mixing, folder in folders.items()}
+
+
 @pytest.mark.parametrize("mixing", ["sum", "sample"])
-def test_every_objective_lowers_its_validation_loss(tmp_path, cache_dir, mixing):
+def test_every_objective_lowers_its_validation_loss(every_objective_runs, mixing):
     """Each objective's validation loss at the end is below its step-0 value by more than its step-to-step spread."""
     names = ("mlm", "itm", "mim", "itc", "wra", "gitm")
-    steps = 400 if mixing == "sum" else 1200
-    run_pretrain(tmp_path, cache_dir, max_steps=steps, save_every=0, eval_every=steps, learning_rate=0.003,
-                 warmup_steps=5, objectives=",".join(names), mixing=mixing, num_scenes=1024, hidden_size=64,
-                 num_hidden_layers=2, intermediate_size=128, per_device_batch_size=32, eval_batches=8, max_objects=1,
-                 mim_probability=0.75)
+    steps = EVERY_OBJECTIVE_STEPS[mixing]
+    tmp_path = every_objective_runs[mixing]
     records = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
     val = {r["step"]: r for r in records if r["split"] == "val"}
     assert set(val) == {0, steps}
