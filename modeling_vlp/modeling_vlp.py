@@ -169,9 +169,8 @@ class VLPImageEmbeddings(nn.Module):
             raise ValueError(
                 f"pixel_values of size {height}x{width} do not divide into {self.patch_size}-pixel patches"
             )
-        x = self.projection(pixel_values.to(self.projection.weight.dtype))
-        batch, dim, rows, cols = x.shape
-        x = x.flatten(2).transpose(1, 2)
+        x, rows, cols = self.project_patches(pixel_values)
+        batch = x.shape[0]
         if bool_masked_pos is not None:
             x = torch.where(bool_masked_pos.reshape(batch, -1, 1).bool(), self.mask_token.to(x.dtype), x)
 
@@ -188,6 +187,22 @@ class VLPImageEmbeddings(nn.Module):
         x = x + positions
         mask = torch.cat([torch.ones(batch, 1, dtype=patch_mask.dtype, device=x.device), patch_mask], dim=1)
         return cls.expand(batch, -1, -1), x, mask, (rows, cols)
+
+    def project_patches(self, pixel_values):
+        """The patch projection as one matrix multiply: (B, C, H, W) -> ((B, rows * cols, D), rows, cols). Equal to
+        the stride-`patch_size` convolution with `projection`'s weights (its parameters and checkpoint layout are
+        kept), and faster than it on CPU."""
+        batch, channels, height, width = pixel_values.shape
+        p = self.patch_size
+        rows, cols = height // p, width // p
+        weight = self.projection.weight
+        patches = (
+            pixel_values.to(weight.dtype)
+            .reshape(batch, channels, rows, p, cols, p)
+            .permute(0, 2, 4, 1, 3, 5)
+            .reshape(batch, rows * cols, channels * p * p)
+        )
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), self.projection.bias), rows, cols
 
     def _padded_positions(self, patch_mask, rows, cols):
         """For zero-padded images: the grid is stretched over each image's valid patches only (as ViLT).

@@ -135,6 +135,25 @@ def test_position_grid_is_interpolated_for_other_sizes(model):
     torch.testing.assert_close(grid[3, 0], (stored[1, 0] + stored[2, 0]) / 2)
 
 
+def test_patch_projection_equals_the_strided_convolution(model):
+    """The projection runs as one matrix multiply over the projection's Conv2d weights; it must equal that convolution
+    (square and non-square images, values and gradients)."""
+    emb = model.vlp.embeddings.image
+    for height, width in ((32, 32), (16, 40)):
+        pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height))
+        projected, rows, cols = emb.project_patches(pixels)
+        reference = F.conv2d(pixels, emb.projection.weight, emb.projection.bias, stride=emb.patch_size)
+        assert (rows, cols) == reference.shape[-2:]
+        torch.testing.assert_close(projected, reference.flatten(2).transpose(1, 2))
+    weight = emb.projection.weight.detach().clone().requires_grad_(True)
+    grad = torch.randn(2, rows * cols, weight.shape[0])
+    (F.conv2d(pixels, weight, None, stride=emb.patch_size).flatten(2).transpose(1, 2) * grad).sum().backward()
+    emb.zero_grad()
+    (emb.project_patches(pixels)[0] * grad).sum().backward()
+    torch.testing.assert_close(emb.projection.weight.grad, weight.grad)
+    emb.zero_grad(set_to_none=True)
+
+
 def test_mim_mask_token_replaces_patches_before_positions(model):
     emb = model.vlp.embeddings.image
     pixels = torch.randn(2, 3, 32, 32)
