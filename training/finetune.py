@@ -397,6 +397,18 @@ def _world_splits(image_size, num_train, num_eval, seed, max_objects, captions_p
     return train, evaluation
 
 
+def _caption_rows(processor, train_rows, eval_rows, data_name, num_train_scenes, num_eval_scenes, data_seed,
+                  max_objects, captions_per_scene):
+    """(train rows, evaluation rows, data name): the given rows, with the shapes world at the processor's image size
+    standing in for whichever split is not given."""
+    if train_rows is not None and eval_rows is not None:
+        return train_rows, eval_rows, data_name
+    train, evaluation = _world_splits(_image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects,
+                                      captions_per_scene)
+    return (train if train_rows is None else train_rows, evaluation if eval_rows is None else eval_rows,
+            data_name or "synthetic")
+
+
 @torch.no_grad()
 def retrieval_scores(model, processor, pairs: CaptionPairs, top_k=None, batch_size=64, max_length=None):
     """`VLPForImageTextRetrieval.similarity` over the gallery of `pairs` (its rows' images, every caption)."""
@@ -460,12 +472,8 @@ def finetune_retrieval(
     variants = _check_variants(variants, RETRIEVAL_VARIANTS)
     model_dir = resolve_model_dir(model_dir)
     processor = load_processor(model_dir, image_size)
-    if train_rows is None or eval_rows is None:
-        train, evaluation = _world_splits(_image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects,
-                                          captions_per_scene)
-        train_rows = train if train_rows is None else train_rows
-        eval_rows = evaluation if eval_rows is None else eval_rows
-        data_name = data_name or "synthetic"
+    train_rows, eval_rows, data_name = _caption_rows(processor, train_rows, eval_rows, data_name, num_train_scenes,
+                                                     num_eval_scenes, data_seed, max_objects, captions_per_scene)
     train_pairs = CaptionPairs(train_rows)
     gallery = CaptionPairs(eval_rows, max_captions=max_eval_captions)
     runs = {}
@@ -563,12 +571,8 @@ def finetune_caption(
     variants = _check_variants(variants, CAPTION_VARIANTS)
     model_dir = resolve_model_dir(model_dir)
     processor = load_processor(model_dir, image_size)
-    if train_rows is None or eval_rows is None:
-        train, evaluation = _world_splits(_image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects,
-                                          captions_per_scene)
-        train_rows = train if train_rows is None else train_rows
-        eval_rows = evaluation if eval_rows is None else eval_rows
-        data_name = data_name or "synthetic"
+    train_rows, eval_rows, data_name = _caption_rows(processor, train_rows, eval_rows, data_name, num_train_scenes,
+                                                     num_eval_scenes, data_seed, max_objects, captions_per_scene)
     train_pairs = CaptionPairs(train_rows)
     references = [list(c) for c in _column(eval_rows, "captions")]
     frequent = Counter(train_pairs.texts()).most_common(1)[0][0]
