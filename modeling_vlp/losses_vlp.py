@@ -349,7 +349,7 @@ def grouped_matching_logits(segment_repr, cell_repr, none_logit, cell_mask=None,
         return torch.cat([scores, none], dim=-1)
 
 
-def _class_targets(targets, num_cells):
+def gitm_classes(targets, num_cells):
     """Segment targets (cell, GITM_NONE or -100) -> class indices of the logits (cell, num_cells for none, -100)."""
     bad = (targets < GITM_NONE) & (targets != -100) | (targets >= num_cells)
     if bool(bad.any()):
@@ -362,7 +362,7 @@ def grouped_matching_cross_entropy(logits, targets):
     """Cross-entropy of logits (B, M, K + 1) against segment targets (B, M) over cells plus 'none'.
 
     Returns (summed over the segments, their number); padded segments (-100) take no part."""
-    classes = _class_targets(targets, logits.shape[-1] - 1)
+    classes = gitm_classes(targets, logits.shape[-1] - 1)
     with _full_precision(logits.device):
         summed = F.cross_entropy(_promote(logits).flatten(0, 1), classes.flatten(), reduction="sum",
                                  ignore_index=-100)
@@ -388,7 +388,7 @@ def grouped_matching_metrics(logits, targets):
     `groups` / `groups_exact`: rows with at least one segment and those with every segment right (exact match).
     Segments whose target is -100 are ignored (mask targets to -100 to score a subset, e.g. one distractor kind).
     """
-    classes = _class_targets(targets, logits.shape[-1] - 1)
+    classes = gitm_classes(targets, logits.shape[-1] - 1)
     valid = classes != -100
     predicted = logits.argmax(dim=-1)
     none = logits.shape[-1] - 1

@@ -11,7 +11,7 @@ import torch
 
 from ..processing import shapes_world
 from ..processing.pretraining_data import decode_image
-from ..modeling_vlp.losses_vlp import grouped_matching_metrics
+from ..modeling_vlp.losses_vlp import gitm_classes, grouped_matching_metrics
 from .objectives import objective_counts, objective_inputs
 
 EXTRA_OBJECTIVES = ("mim", "itc", "wra", "gitm")  # validated by their loss (and grouped matching's own figures)
@@ -170,7 +170,7 @@ def grouped_matching_counts(model, data, batch_size, num_batches, rank=0, world_
         counts = grouped_matching_metrics(logits, targets)
         sums[: len(fields)] += torch.tensor([float(counts[f]) for f in fields], dtype=torch.float64)
         predicted = logits.argmax(dim=-1)
-        wanted = torch.where(targets == -1, torch.full_like(targets, num_cells), targets)
+        wanted = gitm_classes(targets, num_cells)
         for position, kind in enumerate(kinds):
             rows = (group["gitm_segment_kinds"] == GITM_KINDS[kind]) & (targets != -100)
             sums[len(fields) + 2 * position] += float(rows.sum())

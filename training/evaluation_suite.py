@@ -1172,6 +1172,7 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
     (one group per scene, the grid and distractors of ``grid``): segment accuracy overall and per kind (own caption,
     easy and hard distractor), against two chance levels (uniform over the cells and 'none'; always the most
     frequent target), hard minus easy, and whole-group exact match. Items are segments; per-item values are kept."""
+    from ..modeling_vlp.losses_vlp import gitm_classes
     from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
     from .evaluation import GITM_KINDS
     from .objectives import objective_inputs
@@ -1197,8 +1198,7 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
                 continue
             batch = {k: v.to(runner.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             logits = runner.model(**objective_inputs("gitm", {"gitm": batch}, {})).gitm_logits
-            wanted = batch["gitm_segment_targets"]
-            wanted = torch.where(wanted == -1, torch.full_like(wanted, cells), wanted)
+            wanted = gitm_classes(batch["gitm_segment_targets"], cells)
             scored = batch["gitm_segment_targets"] != -100
             hits = (logits.argmax(dim=-1) == wanted) | ~scored
             exact += hits.all(dim=1).float().cpu().tolist()
