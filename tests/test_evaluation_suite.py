@@ -639,6 +639,10 @@ def test_grouped_matching_suite_figures_are_consistent():
     assert 1 / 3 <= result["floors"]["chance_majority"]["accuracy"]["value"] <= 1
     hard_minus_easy = result["hard_minus_easy"]
     assert hard_minus_easy["value"] == pytest.approx(score["accuracy_hard"]["value"] - score["accuracy_easy"]["value"])
+    # The segments of one group are not independent: intervals resample whole groups.
+    assert {d["resampled"] for d in (hard_minus_easy, *result["differences"].values())} == {"groups"}
+    for figure in score.values():
+        assert figure["low"] <= figure["value"] <= figure["high"]
     schema = ev.load_schema()
     assert ev.validate_json({"gitm": result}, schema["properties"]["suites"], schema) == []
     assert ev.validate_json({"gitm": {"n_items": 3}}, schema["properties"]["suites"], schema) != []

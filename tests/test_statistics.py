@@ -9,6 +9,8 @@ from vlp.training.statistics import (
     benjamini_hochberg,
     bootstrap_ci,
     bootstrap_ci_paired,
+    cluster_ratio_ci,
+    cluster_ratio_difference,
     hierarchical_bootstrap_difference,
     holm_correction,
     paired_bootstrap_difference,
@@ -126,6 +128,79 @@ def test_hierarchical_difference_coverage():
     _coverage(covers)
 
 
+def _clustered_outcomes(rng, n_clusters=150):
+    """Correct (1) / wrong (0) items in clusters of 2 to 4 (the segments of grouped-matching inputs): a cluster is
+    easy (success 0.9) or hard (0.3) with equal odds, so its items are correlated; the population mean is 0.6."""
+    sizes = rng.integers(2, 5, n_clusters)
+    success = np.where(rng.random(n_clusters) < 0.5, 0.9, 0.3)
+    outcomes = [(rng.random(size) < p).astype(float) for size, p in zip(sizes, success)]
+    return outcomes, sizes
+
+
+def test_cluster_bootstrap_coverage_where_the_item_bootstrap_falls_short():
+    true_mean = 0.6
+    item_covers = []
+
+    def covers(k):
+        outcomes, sizes = _clustered_outcomes(np.random.default_rng(4000 + k))
+        sums = np.array([o.sum() for o in outcomes])
+        interval = cluster_ratio_ci(sums, sizes, n_resamples=1000, seed=k)
+        items = bootstrap_ci(np.concatenate(outcomes), n_resamples=1000, seed=k)
+        item_covers.append(items.low <= true_mean <= items.high)
+        return interval.low <= true_mean <= interval.high
+
+    _coverage(covers)
+    # Items of a cluster are correlated (design effect about 1.8 here): resampling items one by one is too narrow.
+    # That this falls short shows the simulation is clustered enough for the check above to tell the two apart.
+    assert np.mean(item_covers) < 0.91
+
+
+def test_cluster_difference_coverage_of_two_kinds_in_the_same_clusters():
+    # Each cluster holds items of two kinds (as easy and hard distractors share groups); the cluster effect moves
+    # both, kind b succeeds 0.1 less often. The difference b - a is -0.1.
+    true_difference = -0.1
+
+    def covers(k):
+        rng = np.random.default_rng(5000 + k)
+        base = np.where(rng.random(200) < 0.5, 0.85, 0.35)
+        n_a, n_b = rng.integers(1, 3, 200), rng.integers(1, 3, 200)
+        sums_a = np.array([(rng.random(n) < p).sum() for n, p in zip(n_a, base)], dtype=float)
+        sums_b = np.array([(rng.random(n) < p - 0.1).sum() for n, p in zip(n_b, base)], dtype=float)
+        interval = cluster_ratio_difference((sums_a, n_a), (sums_b, n_b), n_resamples=1000, seed=k).interval
+        return interval.low <= true_difference <= interval.high
+
+    _coverage(covers)
+
+
+def test_cluster_bootstrap_with_one_item_per_cluster_is_the_item_bootstrap():
+    rng = np.random.default_rng(6)
+    a, b = (rng.random(80) < 0.5).astype(float), (rng.random(80) < 0.7).astype(float)
+    ones = np.ones(80)
+    assert cluster_ratio_ci(b, ones, n_resamples=500, seed=3) == bootstrap_ci(b, n_resamples=500, seed=3)
+    clustered = cluster_ratio_difference((a, ones), (b, ones), n_resamples=500, seed=3)
+    items = paired_bootstrap_difference(a, b, n_resamples=500, seed=3)
+    assert (clustered.interval, clustered.p_value) == (items.interval, items.p_value)
+    assert clustered.resampled == "clusters"
+
+
+def test_cluster_bootstrap_of_identical_copies_is_the_bootstrap_of_the_cluster_values():
+    # Every cluster repeats one value 9 times: the clusters, not the 9 x 60 items, are the independent draws.
+    values = np.random.default_rng(7).normal(size=60)
+    clustered = cluster_ratio_ci(9 * values, np.full(60, 9.0), n_resamples=800, seed=1)
+    by_value = bootstrap_ci(values, n_resamples=800, seed=1)
+    assert clustered.point == pytest.approx(by_value.point)
+    assert (clustered.low, clustered.high) == pytest.approx((by_value.low, by_value.high))
+    copies = bootstrap_ci(np.repeat(values, 9), n_resamples=800, seed=1)
+    assert (copies.high - copies.low) < 0.5 * (clustered.high - clustered.low)  # about a third
+
+
+def test_clusters_without_items_count_nothing():
+    # Cluster 2 has no item of this kind: the mean is over the items that exist, and resamples still work.
+    interval = cluster_ratio_ci([1.0, 0.0, 0.0, 2.0], [1.0, 1.0, 0.0, 2.0], n_resamples=300, seed=0)
+    assert interval.point == pytest.approx(3 / 4)
+    assert 0.0 <= interval.low <= interval.point <= interval.high <= 1.0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Properties
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,6 +305,9 @@ def test_hierarchical_interval_widens_with_seed_variation():
         (lambda: bootstrap_ci_paired(([1.0, 2.0], [1.0]), lambda a, b: a.mean(-1)), "same positive number"),
         (lambda: hierarchical_bootstrap_difference([[1.0]], [[1.0], [2.0]]), "same positive number of seeds"),
         (lambda: hierarchical_bootstrap_difference([[1.0, 2.0]], [[1.0]]), "seed 0"),
+        (lambda: cluster_ratio_ci([1.0, 2.0], [1.0]), "one value per cluster"),
+        (lambda: cluster_ratio_ci([1.0, 2.0], [1.0, -1.0]), "numbers of items"),
+        (lambda: cluster_ratio_difference(([1.0], [1.0]), ([1.0, 2.0], [1.0, 1.0])), "same clusters"),
     ],
 )
 def test_bad_input_raises_a_clear_error(call, message):

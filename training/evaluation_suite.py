@@ -56,7 +56,13 @@ from ..processing import benchmark_readers as readers
 from ..processing import eval_sets as es
 from ..processing import shapes_world as sw
 from .config import ConfigError
-from .statistics import bootstrap_ci, bootstrap_ci_paired, paired_bootstrap_difference
+from .statistics import (
+    bootstrap_ci,
+    bootstrap_ci_paired,
+    cluster_ratio_ci,
+    cluster_ratio_difference,
+    paired_bootstrap_difference,
+)
 
 SUITES = ("foils", "winoground", "probes", "crossmodal", "grounding", "frequency", "gitm")
 #: Real benchmarks and the suite each goes through.
@@ -581,6 +587,21 @@ def unpaired_difference(a, b, settings: Settings, of: str) -> dict:
     low, high = np.quantile(draws, [tail, 1 - tail])
     p = min(1.0, 2 * min((np.sum(draws <= 0) + 1) / (draws.size + 1), (np.sum(draws >= 0) + 1) / (draws.size + 1)))
     return {"of": of, **figure(b.mean() - a.mean(), low, high), "p_value": float(p), "resampled": "items (each set)"}
+
+
+def cluster_mean_figure(sums, counts, settings: Settings) -> dict:
+    """The mean over items that come in clusters, from per-cluster sums and item counts, with a cluster bootstrap
+    interval (`statistics.cluster_ratio_ci`)."""
+    interval = cluster_ratio_ci(sums, counts, settings.n_resamples, settings.confidence, settings.seed)
+    return figure(interval.point, interval.low, interval.high)
+
+
+def cluster_difference(a, b, settings: Settings, of: str) -> dict:
+    """mean(b) - mean(a), each given as (per-cluster sums, per-cluster item counts) over the same clusters, with a
+    cluster bootstrap interval and p-value (`statistics.cluster_ratio_difference`)."""
+    test = cluster_ratio_difference(a, b, settings.n_resamples, settings.confidence, settings.seed)
+    return {"of": of, **figure(test.interval.point, test.interval.low, test.interval.high),
+            "p_value": _number(test.p_value), "resampled": "groups"}
 
 
 def _slope_statistic(x, y):
@@ -1171,7 +1192,8 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
     """Zero-shot grouped matching with the run's trained head on ``n_groups`` groups drawn from the evaluation world
     (one group per scene, the grid and distractors of ``grid``): segment accuracy overall and per kind (own caption,
     easy and hard distractor), against two chance levels (uniform over the cells and 'none'; always the most
-    frequent target), hard minus easy, and whole-group exact match. Items are segments; per-item values are kept."""
+    frequent target), hard minus easy, and whole-group exact match. Items are segments (their per-item values are
+    kept), but the segments of one group are not independent: every interval here resamples groups."""
     from ..modeling_vlp.losses_vlp import gitm_classes
     from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
     from .evaluation import GITM_KINDS
@@ -1189,7 +1211,7 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
                                     max_length=grid["gitm_max_length"])
     groups.set_epoch(0)
     cells = groups.spec.num_cells
-    correct, kinds, targets, exact = [], [], [], []
+    correct, kinds, targets, group_of, exact = [], [], [], [], []
     pad = runner.processor.tokenizer.pad_token_id
     with torch.no_grad():
         for batch_rows in _batches(len(groups), runner.batch_size):
@@ -1201,6 +1223,8 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
             wanted = gitm_classes(batch["gitm_segment_targets"], cells)
             scored = batch["gitm_segment_targets"] != -100
             hits = (logits.argmax(dim=-1) == wanted) | ~scored
+            rows_in_batch = torch.arange(len(exact), len(exact) + hits.shape[0], device=hits.device)
+            group_of += rows_in_batch[:, None].expand_as(hits)[scored].cpu().tolist()
             exact += hits.all(dim=1).float().cpu().tolist()
             correct += hits[scored].float().cpu().tolist()
             kinds += batch["gitm_segment_kinds"][scored].cpu().tolist()
@@ -1208,22 +1232,32 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
     correct, kinds, targets = np.asarray(correct), np.asarray(kinds), np.asarray(targets)
     if correct.size == 0:
         return {"skipped": "no readable group"}
-    by_kind = {kind: correct[kinds == code] for kind, code in GITM_KINDS.items()}
+    group_of = np.asarray(group_of)
+
+    def per_group(values, chosen=None):
+        """(sum of `values` over each group's chosen segments, their number): the segments of one group are not
+        independent, so every interval resamples groups."""
+        weights = np.ones(correct.size) if chosen is None else chosen.astype(float)
+        return (np.bincount(group_of, weights=values * weights, minlength=len(exact)),
+                np.bincount(group_of, weights=weights, minlength=len(exact)))
+
+    of_kind = {kind: kinds == code for kind, code in GITM_KINDS.items()}
     share = np.bincount(targets, minlength=cells + 1) / targets.size
     majority = (targets == share.argmax()).astype(float)  # what always answering the most frequent target scores
     uniform = np.full(correct.size, 1.0 / (cells + 1))
-    score = {"accuracy": mean_figure(correct, settings),
-             **{f"accuracy_{kind}": mean_figure(values, settings) for kind, values in by_kind.items()},
+    score = {"accuracy": cluster_mean_figure(*per_group(correct), settings),
+             **{f"accuracy_{kind}": cluster_mean_figure(*per_group(correct, chosen), settings)
+                for kind, chosen in of_kind.items()},
              "exact_match": mean_figure(exact, settings)}
-    floors = {"chance_uniform": {"accuracy": mean_figure(uniform, settings)},
-              "chance_majority": {"accuracy": mean_figure(majority, settings)}}
-    differences = {name: difference(values, correct, settings, "accuracy")
+    floors = {"chance_uniform": {"accuracy": cluster_mean_figure(*per_group(uniform), settings)},
+              "chance_majority": {"accuracy": cluster_mean_figure(*per_group(majority), settings)}}
+    differences = {name: cluster_difference(per_group(values), per_group(correct), settings, "accuracy")
                    for name, values in (("chance_uniform", uniform), ("chance_majority", majority))}
+    hard_minus_easy = cluster_difference(per_group(correct, of_kind["easy"]), per_group(correct, of_kind["hard"]),
+                                         settings, "accuracy (hard - easy distractors)")
     return comparison(correct.size, "accuracy", score, floors, differences, {"accuracy": correct},
-                      n_groups=len(exact), grid={**grid},
-                      hard_minus_easy=unpaired_difference(by_kind["easy"], by_kind["hard"], settings,
-                                                          "accuracy (hard - easy distractors)"),
-                      segments_per_kind={kind: int(values.size) for kind, values in by_kind.items()})
+                      n_groups=len(exact), grid={**grid}, hard_minus_easy=hard_minus_easy,
+                      segments_per_kind={kind: int(chosen.sum()) for kind, chosen in of_kind.items()})
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -284,6 +284,76 @@ def hierarchical_bootstrap_difference(
                           "seeds, items")
 
 
+def _cluster_totals(sums, counts, name: str) -> tuple[np.ndarray, np.ndarray]:
+    sums, counts = _as_items(sums, f"{name} sums"), _as_items(counts, f"{name} counts")
+    if sums.ndim != 1 or sums.shape != counts.shape:
+        raise ValueError(f"{name}: expected 1-D sums and counts with one value per cluster, got shapes {sums.shape} "
+                         f"and {counts.shape}")
+    if np.any(counts < 0):
+        raise ValueError(f"{name} counts: expected numbers of items (>= 0), found {counts[counts < 0][:3].tolist()}")
+    return sums, counts
+
+
+def _ratio_of_sums(sums, counts):
+    """sum(sums) / sum(counts) along the last axis; NaN where a resample holds no item."""
+    total = counts.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, sums.sum(axis=-1) / np.where(total > 0, total, 1.0), np.nan)
+
+
+def cluster_ratio_ci(
+    sums: Sequence[float] | np.ndarray,
+    counts: Sequence[float] | np.ndarray,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile interval of a mean over items that come in clusters (for example the caption segments of one
+    grouped-matching input), resampling whole clusters.
+
+    `sums[c]` is the total of cluster c's item values and `counts[c]` its number of items; the estimate is
+    sum(sums) / sum(counts), the mean over all items. Items of one cluster are not independent, and resampling
+    clusters keeps their dependence (an item bootstrap would be too narrow when they are alike). With one item per
+    cluster this is the item bootstrap of the mean, draw for draw. A cluster may count zero items (a subset of the
+    items, such as one kind, that it lacks); resamples without any item are left out.
+    """
+    _check_settings(n_resamples, confidence)
+    sums, counts = _cluster_totals(sums, counts, "clusters")
+    point = _point((sums, counts), _ratio_of_sums)
+    replicates = _bootstrap_replicates((sums, counts), _ratio_of_sums, n_resamples, np.random.default_rng(seed))
+    return _percentile_interval(point, replicates, confidence)
+
+
+def cluster_ratio_difference(
+    a: tuple,
+    b: tuple,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> DifferenceTest:
+    """Interval and two-sided p-value of mean(b) - mean(a), two item means over the same clusters, each given as
+    (sums, counts) per cluster as in `cluster_ratio_ci`; one resample draws clusters and takes both from them.
+
+    `a` and `b` may count different items of a cluster (two kinds of segment of the same groups, say), so the
+    interval keeps whatever the two share through their clusters. With a = (floor values, ones) and
+    b = (scores, ones) summed per cluster it is the paired difference of score and floor with clusters resampled.
+    """
+    _check_settings(n_resamples, confidence)
+    a_sums, a_counts = _cluster_totals(*a, "a")
+    b_sums, b_counts = _cluster_totals(*b, "b")
+    if a_sums.shape != b_sums.shape:
+        raise ValueError(f"a and b: expected the same clusters, got {a_sums.size} and {b_sums.size}")
+
+    def difference(sa, ca, sb, cb):
+        return _ratio_of_sums(sb, cb) - _ratio_of_sums(sa, ca)
+
+    arrays = (a_sums, a_counts, b_sums, b_counts)
+    point = _point(arrays, difference)
+    replicates = _bootstrap_replicates(arrays, difference, n_resamples, np.random.default_rng(seed))
+    return DifferenceTest(_percentile_interval(point, replicates, confidence), _two_sided_p_value(replicates),
+                          "clusters")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Multiple comparisons
 # --------------------------------------------------------------------------------------------------------------
