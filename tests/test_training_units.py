@@ -5,11 +5,12 @@ import json
 import os
 
 import pytest
+import torch
 
 from vlp.training.config import ConfigError, parse_config
 from vlp.training.logging_utils import MetricLogger, read_jsonl
 from vlp.training.objectives import step_objectives
-from vlp.training.pretrain import learning_rate_at
+from vlp.training.pretrain import learning_rate_at, make_optimizer
 from vlp.training.sampler import GlobalBatchSampler
 
 
@@ -39,6 +40,7 @@ def test_unknown_keys_are_named(tmp_path):
         ({"mixing": "mean"}, "mixing='mean'"),
         ({"objectives": "mlm,xyz"}, "objectives='xyz'"),
         ({"itm_probability": -0.5}, r"itm_probability=-0.5 is out of range: expected \[0, 1\]"),
+        ({"optim": "sgd"}, "optim='sgd'"),
     ],
 )
 def test_out_of_range_values_are_refused_before_work(values, message):
@@ -99,6 +101,67 @@ def test_learning_rate_schedule():
     assert learning_rate_at(10, train) == pytest.approx(1.0)
     assert learning_rate_at(60, train) == pytest.approx(0.55)
     assert learning_rate_at(110, train) == pytest.approx(0.1)
+
+
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.dense = torch.nn.Linear(4, 3)
+        self.LayerNorm = torch.nn.LayerNorm(3)
+
+
+def _adamw_reference(model, grads, lr, betas, weight_decay, eps=1e-8):
+    """AdamW (Loshchilov and Hutter) written out: decoupled decay on matrices only, bias-corrected moments."""
+    params = {name: p.detach().clone().double() for name, p in model.named_parameters()}
+    moments = {name: (torch.zeros_like(p), torch.zeros_like(p)) for name, p in params.items()}
+    for step, grad in enumerate(grads, start=1):
+        for name, p in params.items():
+            g = grad[name].double()
+            m, v = moments[name]
+            m = betas[0] * m + (1 - betas[0]) * g
+            v = betas[1] * v + (1 - betas[1]) * g * g
+            moments[name] = (m, v)
+            decay = weight_decay if name == "dense.weight" else 0.0
+            p.mul_(1 - lr * decay)
+            p.sub_(lr * (m / (1 - betas[0] ** step)) / ((v / (1 - betas[1] ** step)).sqrt() + eps))
+    return params
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch"])
+def test_both_adamw_implementations_follow_the_written_out_update(optim):
+    *_, train = parse_config(None, values={"optim": optim, "learning_rate": 0.01, "weight_decay": 0.1})
+    model = _Tiny()
+    optimizer = make_optimizer(model, train)
+    assert bool(optimizer.defaults.get("fused")) == (optim == "adamw_torch_fused")
+    generator = torch.Generator().manual_seed(1)
+    grads = [{name: torch.randn(p.shape, generator=generator) for name, p in model.named_parameters()}
+             for _ in range(3)]
+    for grad in grads:
+        for name, p in model.named_parameters():
+            p.grad = grad[name].clone()
+        optimizer.step()
+    expected = _adamw_reference(_Tiny(), grads, 0.01, (train.adam_beta1, train.adam_beta2), 0.1)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach().double(), expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adamw_falls_back_where_there_is_no_kernel(monkeypatch):
+    built, messages = [], []
+
+    class NoFused(torch.optim.AdamW):
+        def __init__(self, params, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
+                                   "devices")
+            built.append(kwargs)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", NoFused)
+    *_, train = parse_config(None)
+    optimizer = make_optimizer(_Tiny(), train, messages.append)
+    assert isinstance(optimizer, NoFused) and not optimizer.defaults.get("fused") and len(built) == 1
+    assert "adamw_torch_fused" in messages[0] and "supported devices" in messages[0]
 
 
 def test_sample_mixing_draws_by_weight_and_is_a_function_of_step():

@@ -19,6 +19,7 @@ MIM_TARGETS = ("pixel", "teacher")
 MIM_LOSSES = ("l2", "smooth_l1", "cosine")
 MIXING_MODES = ("sum", "sample")
 PRECISIONS = ("no", "bf16", "fp16")
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")
 MASKING_POLICIES = ("", "random", "high", "low", "hint")
 MASKING_TARGETS = ("mlm", "mim")
 GUIDANCE_SOURCES = ("model", "ema", "itm")
@@ -286,6 +287,11 @@ class PretrainArguments:
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "cosine decay floor, as a share of the peak"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    optim: str = field(default="adamw_torch_fused", metadata={
+        "help": "'adamw_torch_fused': PyTorch's AdamW as one fused kernel per step (CPU and CUDA; where the "
+                "parameters' device has none, the default below, said in the log); 'adamw_torch': PyTorch's default "
+                "AdamW implementation (a loop over parameters on CPU). Same update rule; results differ in the last "
+                "bits"})
     mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16'"})
     objectives: str = field(default="mlm,itm", metadata={"help": "comma-separated objectives, name[:weight]"})
     mixing: str = field(default="sum", metadata={"help": "'sum': every objective every step; 'sample': one per step"})
@@ -346,6 +352,7 @@ class PretrainArguments:
         _require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "[0, 1]")
         _require(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "[0, inf)")
         _require(self.mixed_precision in PRECISIONS, "mixed_precision", self.mixed_precision, f"one of {PRECISIONS}")
+        _require(self.optim in OPTIMIZERS, "optim", self.optim, f"one of {OPTIMIZERS}")
         _require(self.mixing in MIXING_MODES, "mixing", self.mixing, f"one of {MIXING_MODES}")
         _require(self.itm_negatives in ITM_NEGATIVES, "itm_negatives", self.itm_negatives, f"one of {ITM_NEGATIVES}")
         _require(0.0 <= self.teacher_momentum < 1.0, "teacher_momentum", self.teacher_momentum, "[0, 1)")

@@ -60,8 +60,10 @@ def learning_rate_at(step, args):
     return args.learning_rate * (args.min_lr_ratio + (1.0 - args.min_lr_ratio) * cosine)
 
 
-def make_optimizer(model, args):
-    """AdamW without weight decay on biases, norms, embeddings' special tokens and position grids."""
+def make_optimizer(model, args, log=print):
+    """AdamW without weight decay on biases, norms, embeddings' special tokens and position grids; fused into one
+    kernel per step with `optim=adamw_torch_fused` where PyTorch has that kernel for the parameters (else, said
+    through `log`, its default implementation)."""
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
@@ -69,7 +71,13 @@ def make_optimizer(model, args):
         plain = parameter.ndim < 2 or "LayerNorm" in name or "layernorm" in name or "token" in name
         (no_decay if plain else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    settings = dict(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    if args.optim == "adamw_torch_fused":
+        try:
+            return torch.optim.AdamW(groups, fused=True, **settings)
+        except (RuntimeError, ValueError) as error:  # no fused kernel for these parameters' device or dtype
+            log(f"optim=adamw_torch_fused: {error}; using PyTorch's default AdamW implementation")
+    return torch.optim.AdamW(groups, **settings)
 
 
 def code_version():
@@ -170,7 +178,7 @@ def pretrain(model_args, data_args, train_args):
     model = build_model(model_args, data.processor.tokenizer, train_args.seed, data_args, tuple(weights))
     scalar_parameters = vector_scalar_parameters(model) if fsdp else []
     guide = GuidedMasking.from_args(train_args, data.processor.tokenizer, model.config.patch_size)
-    optimizer = make_optimizer(model, train_args)
+    optimizer = make_optimizer(model, train_args, accelerator.print)
     teacher = None
     if ("mim" in weights and model.config.mim_target == "teacher") or (guide and guide.source == "ema"):
         # An EMA copy of the model (iBOT-style MIM targets, or the guide of attention-guided masking), never trained
