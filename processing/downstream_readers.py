@@ -484,36 +484,50 @@ def read_vqa_v2(
     return join_vqa(questions, annotations, image_dir, pairs, pairs_name, image_pattern)
 
 
+def _read_results(path: str | os.PathLike, fields: Mapping[str, type], key: str) -> list[dict]:
+    """A results json: a list of records with `fields` (name: type), `key` unique."""
+    path = os.fspath(path)
+    results = [
+        {name: _field(path, f"results[{i}]", record, name, kind) for name, kind in fields.items()}
+        for i, record in enumerate(_list_at(path, _load_json(path), None))
+    ]
+    _check_unique(path, (r[key] for r in results), key)
+    return results
+
+
+def _write_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]], fields: Mapping[str, type],
+                   key: str):
+    """Write records with exactly `fields` (str, or int: a Python or NumPy integer, not a bool), `key` unique."""
+    path = os.fspath(path)
+
+    def valid(value, kind):
+        if kind is int:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        return isinstance(value, kind)
+
+    wanted = " and ".join(f"{'an integer' if kind is int else 'a string'} '{name}'" for name, kind in fields.items())
+    records = []
+    for i, r in enumerate(results):
+        if not all(valid(r.get(name), kind) for name, kind in fields.items()):
+            raise ValueError(f"{path}: result [{i}] needs {wanted}, got {_short(r)}")
+        records.append({name: kind(r[name]) for name, kind in fields.items()})
+    _check_unique(path, (r[key] for r in records), key)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f)
+
+
+VQA_RESULT_FIELDS = {"answer": str, "question_id": int}
+CAPTION_RESULT_FIELDS = {"image_id": int, "caption": str}
+
+
 def read_vqa_results(path: str | os.PathLike) -> list[dict]:
     """Read a VQA results json: a list of {answer, question_id}, one per question."""
-    path = os.fspath(path)
-    results = []
-    for i, record in enumerate(_list_at(path, _load_json(path), None)):
-        where = f"results[{i}]"
-        results.append(
-            {
-                "answer": _field(path, where, record, "answer", str),
-                "question_id": _field(path, where, record, "question_id", int),
-            }
-        )
-    _check_unique(path, (r["question_id"] for r in results), "question_id")
-    return results
+    return _read_results(path, VQA_RESULT_FIELDS, "question_id")
 
 
 def write_vqa_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]]):
     """Write a VQA results json (list of {answer, question_id}) as the evaluation server expects."""
-    path = os.fspath(path)
-    records = []
-    for i, r in enumerate(results):
-        answer, qid = r.get("answer"), r.get("question_id")
-        if not isinstance(answer, str) or isinstance(qid, bool) or not isinstance(qid, (int, np.integer)):
-            raise ValueError(
-                f"{path}: result [{i}] needs a string 'answer' and an integer 'question_id', got {_short(r)}"
-            )
-        records.append({"answer": answer, "question_id": int(qid)})
-    _check_unique(path, (r["question_id"] for r in records), "question_id")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(records, f)
+    _write_results(path, results, VQA_RESULT_FIELDS, "question_id")
 
 
 # --------------------------------------------------------------------------------------------
@@ -616,31 +630,9 @@ def retrieval_index(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[
 
 def read_caption_results(path: str | os.PathLike) -> list[dict]:
     """Read a COCO caption results json: a list of {image_id, caption}, one caption per image."""
-    path = os.fspath(path)
-    results = []
-    for i, record in enumerate(_list_at(path, _load_json(path), None)):
-        where = f"results[{i}]"
-        results.append(
-            {
-                "image_id": _field(path, where, record, "image_id", int),
-                "caption": _field(path, where, record, "caption", str),
-            }
-        )
-    _check_unique(path, (r["image_id"] for r in results), "image_id")
-    return results
+    return _read_results(path, CAPTION_RESULT_FIELDS, "image_id")
 
 
 def write_caption_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]]):
     """Write a COCO caption results json (list of {image_id, caption})."""
-    path = os.fspath(path)
-    records = []
-    for i, r in enumerate(results):
-        image_id, caption = r.get("image_id"), r.get("caption")
-        if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)) or not isinstance(caption, str):
-            raise ValueError(
-                f"{path}: result [{i}] needs an integer 'image_id' and a string 'caption', got {_short(r)}"
-            )
-        records.append({"image_id": int(image_id), "caption": caption})
-    _check_unique(path, (r["image_id"] for r in records), "image_id")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(records, f)
+    _write_results(path, results, CAPTION_RESULT_FIELDS, "image_id")

@@ -149,8 +149,10 @@ def test_results_round_trip_and_validation(tmp_path):
     assert read_vqa_results(path) == [{"answer": "yes", "question_id": 7}, {"answer": "2", "question_id": 8}]
     with pytest.raises(ValueError, match="question_id 7 occurs more than once"):
         write_vqa_results(path, [{"answer": "a", "question_id": 7}, {"answer": "b", "question_id": 7}])
-    with pytest.raises(ValueError, match=r"result \[0\]"):
+    with pytest.raises(ValueError, match=r"result \[0\] needs a string 'answer' and an integer 'question_id'"):
         write_vqa_results(path, [{"answer": 3, "question_id": 7}])
+    with pytest.raises(ValueError, match=r"result \[1\]"):  # a bool is not a question id
+        write_vqa_results(path, [{"answer": "a", "question_id": 7}, {"answer": "b", "question_id": True}])
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +255,8 @@ def test_caption_results_round_trip(tmp_path):
     assert read_caption_results(path) == results
     with pytest.raises(ValueError, match="image_id 502 occurs more than once"):
         write_caption_results(path, results + results[1:2])
+    with pytest.raises(ValueError, match=r"result \[0\] needs an integer 'image_id' and a string 'caption'"):
+        write_caption_results(path, [{"image_id": "502", "caption": "a dog"}])
     bad = _mutated(tmp_path, CAPTION_RESULTS, lambda d: d[2].update(caption=None), "bad.json")
     with pytest.raises(ValueError, match=r"bad\.json: results\[2\] field 'caption'"):
         read_caption_results(bad)
