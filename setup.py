@@ -28,7 +28,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "torch>=2.3,<3",
-        "transformers>=5.0,<6",
+        "transformers>=5.25,<6",  # 5.3 mis-loads the tied MLM decoder; 5.25 is the oldest tested
         "accelerate>=1.0,<2",
         "datasets>=3.0",
         "evaluate>=0.4",

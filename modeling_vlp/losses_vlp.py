@@ -42,14 +42,20 @@ def _count(number, device):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def log_scale_bounds(min_temperature, max_temperature):
+    """(low, high) of log(1 / temperature), for temperatures in [min_temperature, max_temperature]."""
+    if not 0 < min_temperature <= max_temperature:
+        raise ValueError(f"temperatures must satisfy 0 < min <= max; got ({min_temperature}, {max_temperature})")
+    return math.log(1.0 / max_temperature), math.log(1.0 / min_temperature)
+
+
 def clamp_logit_scale(log_scale, min_temperature, max_temperature):
     """The logit scale exp(log_scale) with the temperature 1 / scale held in [min_temperature, max_temperature].
 
-    A clamp in the forward pass (CLIP clamps the parameter in place), so the head's parameter stays untouched.
+    A guard: training keeps the parameter itself in range, clamped in place after every optimizer step (CLIP), so
+    this clamp only ever sees values within the bounds, where its gradient passes (at the bounds too).
     """
-    if not 0 < min_temperature <= max_temperature:
-        raise ValueError(f"temperatures must satisfy 0 < min <= max; got ({min_temperature}, {max_temperature})")
-    return log_scale.clamp(math.log(1.0 / max_temperature), math.log(1.0 / min_temperature)).exp()
+    return log_scale.clamp(*log_scale_bounds(min_temperature, max_temperature)).exp()
 
 
 def similarity_matrix(text_features, image_features, logit_scale):
@@ -95,8 +101,15 @@ def gather_with_grad(features):
     return torch.cat([gathered[:start], features, gathered[start + features.shape[0] :]])
 
 
-def contrastive_loss(text_features, image_features, logit_scale, gather=True):
+def contrastive_loss(text_features, image_features, logit_scale, gather=True, matches=None):
     """Symmetric InfoNCE: text i must pick image i among all images of the global batch, and image i text i.
+
+    `matches` bool, optional: matches[t, i] says that text t is also true of image i (the diagonal always is).
+    Such pairs are no negatives: they leave both softmax denominators (false-negative elimination), so a caption
+    that holds for another image of the batch is not pushed away from it. It is (T, I) over this process's pairs, or,
+    under torch.distributed, (world * T, world * I) over the gathered batch in rank order (the features' order);
+    where the truth is unknown (no `matches`, or a local one for the pairs across processes) every off-diagonal pair
+    is a negative, as in CLIP.
 
     Returns (summed, count): the mean of the text->image and image->text cross-entropies summed over this process's
     pairs, and their number. Under torch.distributed with `gather` (equal local batches), each process scores its
@@ -109,13 +122,35 @@ def contrastive_loss(text_features, image_features, logit_scale, gather=True):
     if gather and _distributed():
         all_text, all_image = gather_with_grad(text_features), gather_with_grad(image_features)
         offset = torch.distributed.get_rank() * count
+    total = all_image.shape[0]
     labels = torch.arange(offset, offset + count, device=text_features.device)
     text_to_image = similarity_matrix(text_features, all_image, logit_scale)
     image_to_text = similarity_matrix(image_features, all_text, logit_scale)
+    if matches is not None:
+        matches = matches.to(device=text_to_image.device, dtype=torch.bool)
+        if tuple(matches.shape) == (count, count) and total != count:  # this process's pairs only
+            known = matches.new_zeros((total, total))
+            known[offset:offset + count, offset:offset + count] = matches
+            matches = known
+        if tuple(matches.shape) != (total, total):
+            raise ValueError(f"matches must be (texts, images) = ({count}, {count}) or, over the gathered batch, "
+                             f"({total}, {total}); got shape {tuple(matches.shape)}")
+        rows = slice(offset, offset + count)
+        own = F.one_hot(labels, total).bool()
+        text_to_image = text_to_image.masked_fill(matches[rows] & ~own, float("-inf"))
+        image_to_text = image_to_text.masked_fill(matches[:, rows].T & ~own, float("-inf"))
     text_loss = F.cross_entropy(text_to_image, labels, reduction="sum")
     image_loss = F.cross_entropy(image_to_text, labels, reduction="sum")
     summed = (text_loss + image_loss) / 2
     return summed, _count(count, summed.device)
+
+
+def false_negative_share(matches):
+    """Share of the off-diagonal pairs of a (T, T) `matches` matrix that hold: negatives a one-hot ITC would punish."""
+    size = matches.shape[0]
+    if size < 2:
+        return 0.0
+    return float((matches.bool().sum() - matches.bool().diagonal().sum()) / (size * (size - 1)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

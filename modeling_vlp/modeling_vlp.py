@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GradientCheckpointingLayer, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .configuration_vlp import VLPConfig
@@ -24,6 +23,7 @@ from .losses_vlp import (
     contrastive_loss,
     grouped_matching_cross_entropy,
     grouped_matching_logits,
+    log_scale_bounds,
     mim_loss,
     mim_pixel_targets,
     optimal_transport_distance,
@@ -32,7 +32,6 @@ from .losses_vlp import (
     similarity_matrix,
     wra_loss,
 )
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Outputs
@@ -64,6 +63,7 @@ class VLPForPreTrainingOutput(ModelOutput):
     """Pretraining output: the weighted total and one loss per objective (None when the objective did not run).
 
     `mlm_logits` holds logits at the masked positions only, in row-major order of `mlm_labels != -100`.
+    `itc_similarity` (texts, images), detached: entry [t, i] is the scaled cosine of text t and image i.
     `relevance` is the encoder's relevance for `relevance_weights` (see `VLPModel`), when asked for.
     """
 
@@ -356,6 +356,13 @@ class VLPPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["VLPLayer", "VLPEmbeddings"]
 
+    def clamp_temperature_(self):
+        """Hold every learnt ITC temperature in its range by clamping the parameter in place; call after each
+        optimizer step (VLP's pretraining loop and its finetuning Trainer callback do)."""
+        for module in self.modules():
+            if isinstance(module, VLPContrastiveHead):
+                module.clamp_()
+
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -456,9 +463,7 @@ class VLPModel(VLPPreTrainedModel):
         embeddings, mask, text_length, grid = self.embed(
             input_ids, attention_mask, token_type_ids, segment_ids, pixel_values, pixel_mask, bool_masked_pos
         )
-        output_attentions = output_attentions or self.config._attn_implementation == "eager" and bool(
-            self.config.output_attentions
-        )
+        output_attentions = output_attentions or bool(self.config.output_attentions)
         layers = ()
         if output_attentions:
             chosen = range(self.config.num_hidden_layers) if attention_layers is None else attention_layers
@@ -514,7 +519,9 @@ class VLPMLMHead(nn.Module):
 class VLPContrastiveHead(nn.Module):
     """Linear projections of the text and image [CLS] states and a learnable temperature (ITC).
 
-    The logit scale 1 / temperature is learnt in log space and clamped to `contrastive_temperature_range`.
+    The logit scale 1 / temperature is learnt in log space and held in `contrastive_temperature_range`: `clamp_`
+    clamps the parameter in place (call it after every optimizer step, as CLIP does; VLP's pretraining loop and
+    finetuning Trainer do), so the gradient reaches it at the bounds and it can learn back.
     """
 
     def __init__(self, config: VLPConfig):
@@ -526,6 +533,11 @@ class VLPContrastiveHead(nn.Module):
 
     def logit_scale(self):
         return clamp_logit_scale(self.log_scale, *self.temperature_range)
+
+    @torch.no_grad()
+    def clamp_(self):
+        """Clamp the log logit scale parameter in place into the temperature range."""
+        self.log_scale.clamp_(*log_scale_bounds(*self.temperature_range))
 
 
 def _masked_mean(outputs):
@@ -551,7 +563,9 @@ class VLPForPreTraining(VLPPreTrainedModel):
       only. Targets are the normalized pixels of each patch (`mim_target="pixel"`), or `mim_targets` (B, P, D),
       the patch states of an EMA teacher on the unmasked input (`mim_target="teacher"`).
     - `itc_input_ids` with `itc_pixel_values`: image-text contrast between text-only and image-only passes of
-      matched pairs, gathered over processes (symmetric InfoNCE with a learnt, clamped temperature).
+      matched pairs, gathered over processes (symmetric InfoNCE with a learnt, clamped temperature). Optional
+      `itc_matches` (B, B) bool, texts x images: other pairs known to hold, which are then no negatives; under
+      torch.distributed it may span the gathered batch, (world * B, world * B) in rank order.
 
     - `gitm_segment_targets` (B, M) with `segment_ids`, `gitm_cell_ids` (B, P) and `gitm_cell_mask` (B, K): grouped
       image-text matching on a canvas of K cells and a text of M caption segments. Each segment (mean of its tokens)
@@ -608,6 +622,7 @@ class VLPForPreTraining(VLPPreTrainedModel):
         itc_attention_mask=None,
         itc_pixel_values=None,
         itc_pixel_mask=None,
+        itc_matches=None,
         segment_ids=None,
         gitm_segment_targets=None,
         gitm_cell_ids=None,
@@ -658,7 +673,8 @@ class VLPForPreTraining(VLPPreTrainedModel):
                 outputs, pixel_values, mim_mask, mim_targets, normalizers.get("mim"))
         if itc_input_ids is not None:
             extra["itc_similarity"], losses["itc"] = self.itc_loss(
-                itc_input_ids, itc_attention_mask, itc_pixel_values, itc_pixel_mask, normalizers.get("itc"))
+                itc_input_ids, itc_attention_mask, itc_pixel_values, itc_pixel_mask, normalizers.get("itc"),
+                matches=itc_matches)
         if gitm_segment_targets is not None:
             extra["gitm_logits"], losses["gitm"] = self.gitm_loss(
                 outputs, segment_ids, gitm_segment_targets, gitm_cell_ids, gitm_cell_mask, normalizers.get("gitm"))
@@ -751,13 +767,13 @@ class VLPForPreTraining(VLPPreTrainedModel):
             image = F.normalize(self.contrastive.image_projection(_masked_mean(out)), dim=-1)
         return text, image
 
-    def itc_loss(self, input_ids, attention_mask, pixel_values, pixel_mask=None, normalizer=None):
-        """The local similarity matrix (detached, for hard-negative sampling) and the contrastive loss."""
+    def itc_loss(self, input_ids, attention_mask, pixel_values, pixel_mask=None, normalizer=None, matches=None):
+        """The local texts x images similarity (detached, for hard-negative sampling) and the contrastive loss."""
         if pixel_values is None:
             raise ValueError("itc_input_ids needs itc_pixel_values: the images of the same matched pairs")
         text, image = self.contrastive_features(input_ids, attention_mask, pixel_values, pixel_mask)
         scale = self.contrastive.logit_scale()
-        summed, count = contrastive_loss(text, image, scale)
+        summed, count = contrastive_loss(text, image, scale, matches=matches)
         return similarity_matrix(text, image, scale).detach(), _normalized_sum(summed, normalizer, count)
 
 

@@ -16,9 +16,10 @@ synthetic world's rows): an epoch then visits every image once and `PretrainingD
 from (seed, epoch, index). `group_by_image=False` keeps one row per record (ALBEF's pretraining loop, where an
 epoch visits every pair).
 
-Data problems never stop a run: empty or non-UTF-8 captions and missing images are skipped, counted and listed per
-source in a `SkipReport`. A malformed record (not an object, a missing or mistyped field, an annotation for an image
-that is not listed) is a broken file, not a data problem: it raises `ValueError` naming the file and the record.
+Data problems never stop a run: missing, empty, non-text or non-UTF-8 captions (a record without a 'caption' key,
+or with `null`, is one) and missing images are skipped, counted and listed per source in a `SkipReport`. A
+malformed record (not an object, no image path, an annotation for an image that is not listed) is a broken file,
+not a data problem: it raises `ValueError` naming the file and the record.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from . import strict_json
+from .random_streams import MIX_ORDER_STREAM, MIX_QUOTA_STREAM
+
 # Skip reasons (the categories a SkipReport counts; the detail of each entry says more).
 EMPTY_CAPTION = "empty caption"
 NON_UTF8_CAPTION = "caption is not valid UTF-8"
@@ -46,10 +50,10 @@ NON_UTF8_PATH = "image path is not valid UTF-8"
 CORRUPT_IMAGE = "corrupt image"
 HUGE_IMAGE = "image too large"
 NO_CAPTIONS = "image has no captions"
+MISSING_CAPTION = "no caption"  # the record has no 'caption' (or 'captions') key, or null
+NOT_TEXT_CAPTION = "caption is not text"
 
 ROW_COLUMNS = ("image", "captions", "index", "source", "annotations")
-MIX_QUOTA_STREAM = 0x313  # rng stream ids of the mixture (kept apart from the samplers' streams)
-MIX_ORDER_STREAM = 0x314
 
 
 def row_features() -> datasets.Features:
@@ -115,8 +119,12 @@ def is_valid_text(text: str) -> bool:
     return True
 
 
-def caption_problem(text: str) -> str | None:
-    """The skip reason of one caption string, or None when it is usable."""
+def caption_problem(text: Any) -> str | None:
+    """The skip reason of one caption (as read from the file), or None when it is a usable string."""
+    if text is None:
+        return MISSING_CAPTION
+    if not isinstance(text, str):
+        return NOT_TEXT_CAPTION
     if not is_valid_text(text):
         return NON_UTF8_CAPTION
     if not text.strip():
@@ -162,6 +170,13 @@ def header_problem(source: Any, max_pixels: int | None) -> tuple[str, str] | Non
     return None
 
 
+def _caption_detail(caption: Any) -> str:
+    """How a skipped caption is listed: its first 80 characters, or what stood in its place."""
+    if caption is None:
+        return "no 'caption' key (or null)"
+    return repr(caption[:80]) if isinstance(caption, str) else f"{type(caption).__name__}: {caption!r:.80}"
+
+
 def _read_json_text(path: str) -> str:
     """The file as text; undecodable bytes become lone surrogates so one bad caption does not sink the file."""
     try:
@@ -193,17 +208,17 @@ def _load_records(path: str) -> list[tuple[str, Any]]:
     return [(f"record {i}", record) for i, record in enumerate(data)]
 
 
-def _record_captions(path: str, label: str, record: Any) -> tuple[str, list[str], dict]:
-    """(image path, captions, other fields) of one ALBEF/BLIP record; raises ValueError when malformed."""
+def _record_captions(path: str, label: str, record: Any) -> tuple[str, list[Any], dict]:
+    """(image path, captions, other fields) of one ALBEF/BLIP record; raises ValueError when malformed.
+
+    The captions are returned as found (a missing caption as `[None]`): `caption_problem` judges each one."""
     if not isinstance(record, dict):
         raise ValueError(f"{path}: {label}: expected an object with 'image' and 'caption'; got {record!r:.80}")
     image = record.get("image")
     if not isinstance(image, str) or not image:
         raise ValueError(f"{path}: {label}: 'image' must be a non-empty string path; got {image!r:.80}")
     caption = record.get("caption", record.get("captions"))
-    captions = [caption] if isinstance(caption, str) else caption
-    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
-        raise ValueError(f"{path}: {label}: 'caption' must be a string or a list of strings; got {caption!r:.80}")
+    captions = (caption or [None]) if isinstance(caption, list) else [caption]  # [] is no caption either
     extra = {key: value for key, value in record.items() if key not in ("image", "caption", "captions")}
     return image, captions, extra
 
@@ -236,7 +251,7 @@ def _build_rows(groups: list[_Group], source: str, report: SkipReport, where: st
         columns["captions"].append(group.captions)
         columns["index"].append(len(columns["index"]))
         columns["source"].append(source)
-        columns["annotations"].append(json.dumps(group.annotations, sort_keys=True))
+        columns["annotations"].append(strict_json.dumps(group.annotations, sort_keys=True))
     report.kept[source] += len(columns["index"])
     return datasets.Dataset.from_dict(columns, features=row_features())
 
@@ -281,7 +296,7 @@ def read_caption_file(
         for caption in captions:
             problem = caption_problem(caption)
             if problem:
-                report.add(source, f"{path}:{label}", problem, repr(caption[:80]))
+                report.add(source, f"{path}:{label}", problem, _caption_detail(caption))
             else:
                 group.captions.append(caption)
                 kept += 1
@@ -324,8 +339,8 @@ def read_coco_captions(
         images[image["id"]] = image
     by_image: dict[Any, list[tuple[int, dict]]] = {image_id: [] for image_id in images}
     for i, annotation in enumerate(data["annotations"]):
-        if not isinstance(annotation, dict) or not isinstance(annotation.get("caption"), str):
-            raise ValueError(f"{path}: annotations[{i}]: expected an object with a string 'caption'; "
+        if not isinstance(annotation, dict):
+            raise ValueError(f"{path}: annotations[{i}]: expected an object with 'image_id' and 'caption'; "
                              f"got {annotation!r:.80}")
         if annotation.get("image_id") not in images:
             raise ValueError(f"{path}: annotations[{i}]: image_id {annotation.get('image_id')!r} is not in 'images'")
@@ -347,9 +362,9 @@ def read_coco_captions(
                 group = _Group(full, [], [], {**base, "caption_ids": []})
                 groups.append(group)
             label = f"annotation {annotation.get('id', i)}"
-            problem = caption_problem(annotation["caption"])
+            problem = caption_problem(annotation.get("caption"))
             if problem:
-                report.add(source, f"{path}:{label}", problem, repr(annotation["caption"][:80]))
+                report.add(source, f"{path}:{label}", problem, _caption_detail(annotation.get("caption")))
                 continue
             group.labels.append(label)
             group.captions.append(annotation["caption"])
@@ -480,8 +495,8 @@ class MixedEpochDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "CORRUPT_IMAGE", "describe_error", "EMPTY_CAPTION", "HUGE_IMAGE", "MISSING_IMAGE", "NON_UTF8_CAPTION", "NON_UTF8_PATH",
-    "NO_CAPTIONS", "ROW_COLUMNS", "MixedEpochDataset", "SkipReport", "caption_problem", "concatenate_sources",
-    "header_problem", "image_problem", "is_valid_text", "mixture_indices", "mixture_quotas", "read_caption_file",
-    "read_coco_captions", "row_features", "standard_rows",
+    "caption_problem", "concatenate_sources", "CORRUPT_IMAGE", "describe_error", "EMPTY_CAPTION", "header_problem",
+    "HUGE_IMAGE", "image_problem", "is_valid_text", "MISSING_CAPTION", "MISSING_IMAGE", "MixedEpochDataset",
+    "mixture_indices", "mixture_quotas", "NO_CAPTIONS", "NON_UTF8_CAPTION", "NON_UTF8_PATH", "NOT_TEXT_CAPTION",
+    "read_caption_file", "read_coco_captions", "ROW_COLUMNS", "row_features", "SkipReport", "standard_rows",
 ]

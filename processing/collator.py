@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from .masking import block_patch_mask, random_patch_mask
+from .random_streams import MIM_STREAM, MLM_STREAM
 
-MLM_STREAM = 2
-MIM_STREAM = 3  # distinct from the dataset's caption (0) and ITM (1) streams
 IGNORE_INDEX = -100
 
 
@@ -65,6 +64,17 @@ def _round_up(length: int, multiple: int | None) -> int:
     if not multiple:
         return length
     return -(-length // multiple) * multiple
+
+
+def holds_table(pairs: list[tuple[str, Any]], holds_fn) -> torch.Tensor:
+    """(images, texts) truth of (caption, scene) pairs: holds[i, j] says that pair j's caption is true of pair i's
+    scene (the diagonal always is)."""
+    holds = torch.eye(len(pairs), dtype=torch.bool)
+    for i, (_, scene) in enumerate(pairs):
+        for j, (caption, _) in enumerate(pairs):
+            if i != j:
+                holds[i, j] = bool(holds_fn(caption, scene))
+    return holds
 
 
 class PretrainingCollator:
@@ -133,16 +143,6 @@ class PretrainingCollator:
         policy = block_patch_mask if self.mim_block else random_patch_mask
         return policy(rows, cols, self.mim_probability, rng)
 
-    def holds_matrix(self, samples: list[dict[str, Any]]) -> torch.Tensor:
-        """holds[i, j]: sample j's own caption is true of sample i's image (the diagonal always is)."""
-        size = len(samples)
-        holds = torch.eye(size, dtype=torch.bool)
-        for i, image_sample in enumerate(samples):
-            for j, text_sample in enumerate(samples):
-                if i != j:
-                    holds[i, j] = bool(self.holds_fn(text_sample["caption"], image_sample["scene"]))
-        return holds
-
     def mask_sample(self, sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(masked input ids, labels) for one unpadded matched sample."""
         input_ids = np.asarray(sample["input_ids"], dtype=np.int64)
@@ -194,7 +194,9 @@ class PretrainingCollator:
                 extra["object_patches"] = torch.from_numpy(np.stack(
                     [self.object_patches_fn(s["scene"], rows, cols, self.mim_patch_size) for s in kept]))
         if self.holds_fn is not None and all(s.get("scene") is not None for s in kept):
-            extra["holds_matrix"] = self.holds_matrix(kept)
+            # The pairs travel too, so that the truth across processes can be judged on the gathered batch.
+            extra["truth_pairs"] = [(str(sample["caption"]), sample["scene"]) for sample in kept]
+            extra["holds_matrix"] = holds_table(extra["truth_pairs"], self.holds_fn)
 
         return {
             "input_ids": input_ids,

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from . import strict_json
+
 # --------------------------------------------------------------------------------------------
 # Official VQA answer normalisation (the VQA v2 evaluation code's rules)
 # --------------------------------------------------------------------------------------------
@@ -513,7 +515,7 @@ def _write_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]]
         records.append({name: kind(r[name]) for name, kind in fields.items()})
     _check_unique(path, (r[key] for r in records), key)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(records, f)
+        strict_json.dump(records, f)
 
 
 VQA_RESULT_FIELDS = {"answer": str, "question_id": int}

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import shapes_world as sw
+from . import strict_json
 from .shapes_world import (
     COLOURS,
     FOIL_KINDS,
@@ -758,7 +759,7 @@ def eval_sets_from_dict(data: Mapping, source: str = "<dict>") -> EvalSets:
 def save_eval_sets(sets: EvalSets, path: str | os.PathLike) -> None:
     """Write the sets as JSON, so that a study evaluates every model on identical items."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(eval_sets_to_dict(sets), f)
+        strict_json.dump(eval_sets_to_dict(sets), f)
 
 
 def load_eval_sets(path: str | os.PathLike) -> EvalSets:

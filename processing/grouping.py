@@ -45,13 +45,13 @@ import torch.nn.functional as F
 
 from .collator import IGNORE_INDEX
 from .pretraining_data import decode_image
+from .random_streams import GITM_STREAM
 from .shapes_world import Scene, caption_holds, generate_captions, make_foil
 
 GRID_MODES = ("resize", "full")
 #: Target of a segment that describes no cell, and of a cell that no segment describes.
 NONE = -1
 #: Stream id of the group draw (distinct from the caption 0, ITM 1, MLM 2 and MIM 3 streams).
-GITM_STREAM = 5
 DISTRACTOR_MODES = ("easy", "hard", "mixed")
 #: Segment kinds and their codes in ``gitm_segment_kinds``.
 SEGMENT_KINDS = ("own", "easy", "hard")

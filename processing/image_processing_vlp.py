@@ -28,9 +28,7 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-from transformers.image_processing_base import ImageProcessingMixin
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.processing_utils import ImagesKwargs
+from transformers import BaseImageProcessor, BatchFeature, ImageProcessingMixin, ImagesKwargs
 
 try:  # torch is optional for this file: only needed to accept tensor inputs.
     import torch

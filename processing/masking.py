@@ -130,8 +130,16 @@ def guided_count(n_valid, ratio):
 
 
 def hint_count(n_valid, ratio, hint_share=0.1):
-    """Masked tokens `hint` reveals again: floor(hint_share * ratio * n_valid) (AttMask: 10 % of the masked share)."""
-    return _floor(_check_ratio(hint_share, "hint_share") * _check_ratio(ratio) * n_valid) if n_valid > 0 else 0
+    """Masked units `hint` reveals again: floor(hint_share * ratio * n_valid) (AttMask: 10 % of the masked share), but
+    at least one whenever it masks two or more (k = guided_count >= 2) and hint_share > 0, and never all k.
+
+    Without the minimum, a six-word caption at ratio 0.5 would reveal floor(0.3) = 0 words and `hint` would be `high`.
+    """
+    hint_share = _check_ratio(hint_share, "hint_share")
+    k = guided_count(n_valid, ratio)
+    if k < 2 or hint_share == 0:
+        return 0
+    return min(k - 1, max(1, _floor(hint_share * _check_ratio(ratio) * n_valid)))
 
 
 def sample_ratio(rng, ratio=None, low=0.1, high=0.5):
@@ -168,9 +176,9 @@ def policy_mask(scores, valid, ratio, policy, rng, hint_share=0.1, hint_pool=0.1
     With n = valid.sum() and k = guided_count(n, ratio):
       - `random`: k valid tokens, uniformly;
       - `high` / `low`: the k valid tokens of highest / lowest score (ties in random order, see above);
-      - `hint`: the top k, then floor(hint_share * ratio * n) of them revealed (unmasked again), uniformly among those
-        that also lie in the pool of the ceil(hint_pool * n) highest-scored valid tokens; so k minus that many are
-        masked (fewer revealed only if the pool holds fewer candidates, which the defaults never allow).
+      - `hint`: the top k, then r = hint_count(n, ratio, hint_share) of them revealed (unmasked again; r >= 1 when
+        k >= 2), uniformly among the max(ceil(hint_pool * n), r) highest-scored of the tokens it chose by score; so
+        k - r are masked.
     `random_share`: floor(random_share * k) of the k positions are first drawn uniformly from the valid tokens; the
     policy then chooses the rest in its own order among the tokens not drawn (for `hint`, only tokens it chose by score
     are revealed). Invalid tokens are never masked.
@@ -196,7 +204,7 @@ def policy_mask(scores, valid, ratio, policy, rng, hint_share=0.1, hint_pool=0.1
     mask[drawn] = True
     mask[chosen] = True
     if policy == "hint" and reveal:
-        candidates = chosen[np.isin(chosen, ranking[: _ceil(hint_pool * n)])]
+        candidates = chosen[: max(_ceil(hint_pool * n), reveal)]  # `chosen` is in rank order, best first
         mask[rng.choice(candidates, size=min(reveal, len(candidates)), replace=False)] = False
     return mask
 

@@ -17,11 +17,10 @@ import PIL.Image
 import torch
 
 from .caption_readers import describe_error
+from .random_streams import CAPTION_STREAM, ITM_STREAM
 
 # Stream ids keep the independent draws of one sample apart (caption choice does not move when the ITM
 # settings change). The collator's MLM masking uses its own stream (see collator.MLM_STREAM).
-CAPTION_STREAM = 0
-ITM_STREAM = 1
 
 
 def decode_image(value: Any) -> PIL.Image.Image:

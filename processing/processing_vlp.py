@@ -10,10 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
-
-from .image_processing_vlp import VLPImageProcessor
+from transformers import BatchFeature, ProcessorMixin
 
 
 class VLPProcessor(ProcessorMixin):
@@ -67,33 +64,6 @@ class VLPProcessor(ProcessorMixin):
         if images is not None:
             data.update(self.image_processor(images, return_tensors=return_tensors, **image_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """Load the sub-processors for `from_pretrained` by their own classes, never through the auto classes.
-
-        transformers would load the image processor through `AutoImageProcessor`, which follows the saved
-        `auto_map` and asks for `trust_remote_code` even when this class comes from the installed package; and
-        `AutoTokenizer` first loads the folder's model config.json, which in a full checkpoint is custom code
-        too. The sibling `VLPImageProcessor` (installed, or the copied image_processing_vlp.py) and the tokenizer
-        class named in tokenizer_config.json need neither.
-        """
-        from transformers import AutoTokenizer
-        from transformers.models.auto.tokenization_auto import get_tokenizer_config, tokenizer_class_from_name
-
-        plain_kwargs = {key: value for key, value in kwargs.items() if key != "trust_remote_code"}
-        image_processor = VLPImageProcessor.from_pretrained(pretrained_model_name_or_path, **plain_kwargs)
-        hub_keys = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
-        tokenizer_config = get_tokenizer_config(
-            pretrained_model_name_or_path, **{key: kwargs[key] for key in hub_keys if key in kwargs}
-        )
-        class_name = tokenizer_config.get("tokenizer_class")
-        tokenizer_class = tokenizer_class_from_name(class_name) if class_name else None
-        if tokenizer_class is not None:
-            tokenizer = tokenizer_class.from_pretrained(pretrained_model_name_or_path, **plain_kwargs)
-        else:
-            tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return [image_processor, tokenizer]
 
     def batch_decode(self, *args, **kwargs):
         """Forwards to the tokenizer's `batch_decode`."""

@@ -68,6 +68,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from . import strict_json
+from .random_streams import WORLD_STREAMS
+
 # --------------------------------------------------------------------------------------------
 # Vocabulary
 # --------------------------------------------------------------------------------------------
@@ -309,7 +312,7 @@ class WorldConfig:
 
     def cache_key(self) -> str:
         """A short hash of the config and ``WORLD_VERSION``, naming its on-disk cache."""
-        text = json.dumps({"world_version": WORLD_VERSION, **self.to_dict()}, sort_keys=True)
+        text = strict_json.dumps({"world_version": WORLD_VERSION, **self.to_dict()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -385,7 +388,7 @@ def concept_counts(source) -> Counter:
 # Scene sampling
 # --------------------------------------------------------------------------------------------
 
-_SCENE_STREAM, _NOISE_STREAM = 1, 2
+_SCENE_STREAM, _NOISE_STREAM = WORLD_STREAMS["scene"], WORLD_STREAMS["noise"]
 
 
 def _stream(seed: int, index: int, purpose: int) -> random.Random:
@@ -1398,9 +1401,9 @@ def example_rows(examples: Sequence[WorldExample], image_size: int) -> dict[str,
         "clean_captions": [[c.text for c in e.clean] for e in examples],
         "caption_kinds": [[c.kind for c in e.clean] for e in examples],
         "noise_kinds": [list(e.noise_kinds) for e in examples],
-        "caption_refs": [json.dumps([list(r) for r in e.refs]) for e in examples],
-        "clean_caption_refs": [json.dumps([list(c.refs) for c in e.clean]) for e in examples],
-        "scene": [json.dumps(e.scene.to_dict(), sort_keys=True) for e in examples],
+        "caption_refs": [strict_json.dumps([list(r) for r in e.refs]) for e in examples],
+        "clean_caption_refs": [strict_json.dumps([list(c.refs) for c in e.clean]) for e in examples],
+        "scene": [strict_json.dumps(e.scene.to_dict(), sort_keys=True) for e in examples],
         "index": [e.index for e in examples],
     }
 
@@ -1436,7 +1439,7 @@ def build_dataset(config: WorldConfig, cache_dir: str | os.PathLike | None = Non
 def _write_config(directory: str, config: WorldConfig):
     """Record the generating config beside the saved dataset."""
     with open(os.path.join(directory, "world_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"world_version": WORLD_VERSION, **config.to_dict()}, f, indent=2, sort_keys=True)
+        strict_json.dump({"world_version": WORLD_VERSION, **config.to_dict()}, f, indent=2, sort_keys=True)
 
 
 def write_shapes_dataset(out_dir: str | os.PathLike, **config):

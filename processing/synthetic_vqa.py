@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from .random_streams import WORLD_STREAMS
 from .shapes_world import (
     COLOURS,
     RELATIONS,
@@ -56,7 +57,7 @@ ANSWER_TYPES = {
 #: Scenes tried per pair: pair i uses world scene indices i * SCENES_PER_PAIR .. (i + 1) * SCENES_PER_PAIR - 1.
 SCENES_PER_PAIR = 4096
 MAX_PAIRS = 2**32 // SCENES_PER_PAIR
-_QUESTION_STREAM = 3  # shapes_world uses streams 1 (scene) and 2 (noise)
+_QUESTION_STREAM = WORLD_STREAMS["vqa_question"]
 _RENDER_CHUNK = 1024
 
 

@@ -58,6 +58,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from . import strict_json
+from .random_streams import BUFFER_STREAM, SHARD_MIX_STREAM, SHARD_ORDER_STREAM
 from .caption_readers import (
     CORRUPT_IMAGE,
     EMPTY_CAPTION,
@@ -79,9 +81,6 @@ DEFAULT_MAX_PIXELS = 2**25  # 33.5 M pixels, e.g. 8192 x 4096; larger images wou
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count
 
 # rng stream ids: epoch shard order, mixture shard choice, shuffle buffers
-SHARD_ORDER_STREAM = 0x5D1
-SHARD_MIX_STREAM = 0x5D2
-BUFFER_STREAM = 0x5D3
 
 # Skip reasons of the stream (caption and image reasons are shared with caption_readers).
 SHARD_MISSING = "shard missing"
@@ -236,7 +235,7 @@ def write_shards(
             meta["scene"] = row["scene"]
         _add_member(tar, f"{key}.{extension}", data)
         _add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
-        _add_member(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode("utf-8"))
+        _add_member(tar, f"{key}.json", strict_json.dumps(meta, sort_keys=True).encode("utf-8"))
         shards[-1]["samples"] += 1
         report.kept[source] += 1
         in_shard += 1
@@ -256,7 +255,7 @@ def _manifest(source: str, shards: list[dict[str, Any]], samples_per_shard: int 
 def _write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
     tmp = os.path.join(out_dir, f".{MANIFEST_NAME}.tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=1)
+        strict_json.dump(manifest, handle, indent=1)
     os.replace(tmp, os.path.join(out_dir, MANIFEST_NAME))
 
 
@@ -410,7 +409,7 @@ def _sample(tar: tarfile.TarFile, shard: Shard, key: str, members: dict[str, tar
         annotations = {k: v for k, v in meta.items() if k not in ("caption", "captions", "key", "scene")}
     row = {"image": {"bytes": data, "path": f"{shard.name}/{key}.{image_extension}"}, "captions": captions,
            "index": int(index), "source": shard.source, "shard": shard.name, "key": key,
-           "annotations": json.dumps(annotations, sort_keys=True)}
+           "annotations": strict_json.dumps(annotations, sort_keys=True)}
     if meta.get("scene") is not None:
         row["scene"] = meta["scene"]
     return row

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --nproc_per_node 2 --master_port PORT tests/distributed_itc_check.py OUTDIR
 
 Each process takes its slice of a fixed batch, projects it with a DDP-wrapped module and computes the contrastive
-loss divided by (global pairs / world size), as the model does. It writes its summed loss, count, normalized loss,
+loss divided by (global pairs / world size), as the model does, and the summed loss with true pairs left out
+(`matches` over the gathered batch, and over its own pairs only). It writes its summed loss, count, normalized loss,
 the gradients of its own features and the DDP-averaged parameter gradients to OUTDIR/rank<r>.pt; rank 0 also writes
 the batch and the initial parameters, from which the test recomputes everything on the full batch in one process.
 """
@@ -20,6 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 from vlp.modeling_vlp.losses_vlp import contrastive_loss
 
 GLOBAL_BATCH, TEXT_DIM, IMAGE_DIM, EMBED_DIM = 8, 6, 5, 4
+
+
+def global_matches():
+    """(texts, images) truth over the whole batch: two pairs across the halves, one inside the first."""
+    matches = torch.eye(GLOBAL_BATCH, dtype=torch.bool)
+    matches[1, 5] = matches[6, 2] = matches[0, 3] = True
+    return matches
 
 
 class Projector(nn.Module):
@@ -52,12 +60,17 @@ def main(outdir):
     text.retain_grad()
     image.retain_grad()
     summed, count = contrastive_loss(text, image, scale)
+    with torch.no_grad():  # false-negative elimination: over the gathered batch, and this process's pairs only
+        matched = contrastive_loss(text, image, scale, matches=global_matches())[0]
+        local_matched = contrastive_loss(text, image, scale, matches=global_matches()[rows, rows])[0]
     loss = summed / (GLOBAL_BATCH / world)
     loss.backward()
 
     result = {
         "world": world,
         "summed": summed.detach(),
+        "matched": matched,
+        "local_matched": local_matched,
         "count": count,
         "loss": loss.detach(),
         "text_grad": text.grad,

@@ -5,6 +5,7 @@ then fails with where each process stood, instead of a bare timeout."""
 import os
 import signal
 import subprocess
+import time
 from types import SimpleNamespace
 
 
@@ -15,7 +16,8 @@ class HangError(AssertionError):
 def run(command, env=None, timeout=300, check=False, tail=20_000):
     """`subprocess.run(command, capture_output=True, text=True)` with faulthandler enabled in every Python process
     it starts (DataLoader workers and torchrun's ranks included). Past `timeout` seconds the whole process group
-    gets SIGABRT (faulthandler prints the stacks of all threads), then SIGKILL; HangError carries the last `tail`
+    gets SIGABRT, one process at a time (faulthandler prints the stacks of all threads; apart, the stacks of two
+processes do not interleave in the shared stderr), then SIGKILL; HangError carries the last `tail`
     characters of stderr. With `check`, a non-zero exit raises AssertionError with the stderr tail."""
     full_env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
     process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -23,7 +25,7 @@ def run(command, env=None, timeout=300, check=False, tail=20_000):
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGABRT)
+        _abort_one_by_one(process.pid)
         try:
             stdout, stderr = process.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -42,3 +44,32 @@ def _signal_group(pid, sig):
         os.killpg(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _group_members(pgid):
+    """Process ids of the process group `pgid`, newest first (from /proc; only the leader where there is none)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return [pgid]
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if len(fields) > 2 and int(fields[2]) == pgid:
+                members.append(int(entry))
+    return sorted(members, reverse=True) or [pgid]
+
+
+def _abort_one_by_one(pgid, gap=0.05):
+    """SIGABRT to each process of the group in turn, the newest (ranks, workers) before their launcher."""
+    for pid in _group_members(pgid):
+        try:
+            os.kill(pid, signal.SIGABRT)
+        except ProcessLookupError:
+            pass
+        time.sleep(gap)

@@ -121,3 +121,35 @@ def test_model_and_processor_load_without_the_package(saved, tmp_path):
     for key in [k for k in expected if k.startswith("input_")] + ["mlm_logits", "itm_logits", "hidden"]:
         assert torch.equal(remote[key], expected[key]), key
     assert torch.equal(remote["base_hidden"], expected["hidden"])
+
+
+def test_installed_package_loads_the_folder_with_the_auto_classes_and_no_remote_code(saved, capfd):
+    """With vlp imported, the registered classes load the checkpoint: no `trust_remote_code`, no dynamic module,
+    the outputs of the blocked-process test above (both equal the saved reference)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoProcessor
+
+    from vlp.modeling_vlp import VLPModel
+
+    processors = [VLPProcessor.from_pretrained(saved), AutoProcessor.from_pretrained(saved),
+                  AutoProcessor.from_pretrained(saved, trust_remote_code=False)]
+    for processor in processors:
+        assert type(processor) is VLPProcessor and type(processor.image_processor) is VLPImageProcessor
+    model = AutoModelForPreTraining.from_pretrained(saved, trust_remote_code=False).eval()
+    base = AutoModel.from_pretrained(saved).eval()
+    assert type(model) is VLPForPreTraining and type(base) is VLPModel
+    assert type(AutoConfig.from_pretrained(saved)) is VLPConfig
+    assert "custom code" not in "".join(capfd.readouterr()), "loading asked about remote code"
+
+    expected = load_file(str(saved / "reference.safetensors"))
+    texts = json.loads((saved / "texts.json").read_text())
+    images = [Image.open(saved / f"image{i}.png") for i in range(2)]
+    for processor in processors:
+        inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+        for key, value in inputs.items():
+            assert torch.equal(value, expected[f"input_{key}"]), key
+    with torch.no_grad():
+        out = model(**inputs, mlm_labels=expected["labels"], itm_labels=torch.tensor([1, 0]))
+        hidden = base(**inputs).last_hidden_state
+    for key in ("mlm_logits", "itm_logits"):
+        assert torch.equal(getattr(out, key), expected[key]), key
+    assert torch.equal(out.last_hidden_state, expected["hidden"]) and torch.equal(hidden, expected["hidden"])

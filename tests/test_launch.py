@@ -5,15 +5,19 @@ import sys
 import pytest
 from launch import HangError, run
 
+# The parent sleeps only once the child is napping, so that both stacks are there whenever the timeout fires.
 SLEEPER = """
 import multiprocessing, time
 
-def nap_in_child():
+def nap_in_child(ready):
+    ready.set()
     time.sleep(120)
 
 if __name__ == "__main__":
-    child = multiprocessing.get_context("fork").Process(target=nap_in_child)
-    child.start()
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    context.Process(target=nap_in_child, args=(ready,)).start()
+    ready.wait()
     time.sleep(120)
 """
 
@@ -22,9 +26,9 @@ def test_a_hung_command_fails_with_the_stacks_of_its_processes(tmp_path):
     script = tmp_path / "sleeper.py"
     script.write_text(SLEEPER)
     with pytest.raises(HangError) as caught:
-        run([sys.executable, str(script)], timeout=3)
+        run([sys.executable, str(script)], timeout=10)  # room for a loaded machine to start both processes
     message = str(caught.value)
-    assert "ran past 3 s" in message
+    assert "ran past 10 s" in message
     assert "in nap_in_child" in message and "in <module>" in message  # the child's stack and the parent's
 
 

@@ -67,6 +67,40 @@ def test_itc_matches_explicit_loops():
     assert aligned < summed
 
 
+def test_itc_true_pairs_leave_the_denominators_in_the_right_orientation():
+    """Text 1 is also true of image 0 (matches[1, 0]): text 1's softmax over images and image 0's softmax over texts
+    leave that pair out; nothing else changes, and the pair gets no gradient."""
+    text, image = randn(3, 6, seed=3), randn(3, 6, seed=4)
+    text.requires_grad_(True)
+    scale = 5.0
+    matches = torch.eye(3, dtype=torch.bool)
+    matches[1, 0] = True
+    s = scale * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T  # (texts, images)
+    rows = [-s[t, t] + torch.logsumexp(s[t, [i for i in range(3) if i == t or not matches[t, i]]], 0)
+            for t in range(3)]
+    columns = [-s[i, i] + torch.logsumexp(s[[t for t in range(3) if t == i or not matches[t, i]], i], 0)
+               for i in range(3)]
+    expected = (sum(rows) + sum(columns)) / 2
+    summed, count = contrastive_loss(text, image, torch.tensor(scale), matches=matches)
+    assert summed.item() == pytest.approx(expected.item(), rel=1e-5) and count.item() == 3
+    plain, _ = contrastive_loss(text, image, torch.tensor(scale))
+    assert summed.item() < plain.item()  # a positive was punished before
+    # The other orientation (text 0 true of image 1) is a different loss: the matrix is read as texts x images.
+    swapped, _ = contrastive_loss(text, image, torch.tensor(scale), matches=matches.T.contiguous())
+    assert swapped.item() != pytest.approx(summed.item(), rel=1e-4)
+    with pytest.raises(ValueError, match=r"matches must be \(texts, images\)"):
+        contrastive_loss(text, image, torch.tensor(scale), matches=torch.eye(2, dtype=torch.bool))
+
+
+def test_false_negative_share_counts_the_true_off_diagonal_pairs():
+    from vlp.modeling_vlp.losses_vlp import false_negative_share
+
+    matches = torch.eye(4, dtype=torch.bool)
+    matches[0, 1] = matches[2, 3] = matches[3, 0] = True
+    assert false_negative_share(matches) == pytest.approx(3 / 12)
+    assert false_negative_share(torch.eye(1, dtype=torch.bool)) == 0.0
+
+
 def test_itc_gradcheck_float64():
     text = randn(3, 4, seed=3, dtype=torch.float64).requires_grad_()
     image = randn(3, 4, seed=4, dtype=torch.float64).requires_grad_()
@@ -110,6 +144,30 @@ def test_clamp_logit_scale():
         clamp_logit_scale(inside, 0.5, 0.01)
 
 
+def test_the_temperature_moves_under_gradient_and_never_leaves_its_bounds():
+    """Pushed past its upper logit-scale bound for several steps, the parameter stays at the bound (clamped in place
+    after each step); pushed back, it moves at once: the gradient still reaches it at the bound."""
+    from vlp.modeling_vlp import VLPConfig
+    from vlp.modeling_vlp.modeling_vlp import VLPContrastiveHead
+
+    config = VLPConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       contrastive_temperature=0.07, contrastive_temperature_range=(0.05, 0.1))
+    head = VLPContrastiveHead(config)
+    low, high = math.log(1 / 0.1), math.log(1 / 0.05)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.01)
+    seen = []
+    for direction in [1.0] * 6 + [-1.0]:  # six steps that want a colder temperature, then one that wants warmer
+        optimizer.zero_grad()
+        (-direction * head.logit_scale()).backward()
+        assert head.log_scale.grad.abs().item() > 0, "the gradient must reach the parameter at the bound"
+        optimizer.step()
+        head.clamp_()
+        seen.append(head.log_scale.item())
+    assert all(low - 1e-6 <= value <= high + 1e-6 for value in seen), seen
+    assert seen[5] == pytest.approx(high, abs=1e-6)  # held at the bound, not beyond it
+    assert seen[6] == pytest.approx(high - 0.01 * 20.0, abs=1e-5)  # back by lr times d(scale)/d(log scale) = 20
+
+
 @pytest.mark.distributed
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_itc_distributed_equals_full_batch(tmp_path):
@@ -142,6 +200,17 @@ def test_itc_distributed_equals_full_batch(tmp_path):
     assert sum(r["count"].item() for r in ranks) == count.item()
     assert np.mean([r["loss"].item() for r in ranks]) == pytest.approx(full.item(), rel=1e-5)
     assert sum(r["summed"].item() for r in ranks) / count.item() == pytest.approx(full.item(), rel=1e-5)
+    # true pairs across processes leave the denominators as in one process; a local matrix covers its own pairs only
+    from distributed_itc_check import global_matches
+
+    matches = global_matches()
+    with torch.no_grad():
+        matched = contrastive_loss(text, image, params["log_scale"].exp(), matches=matches)[0]
+        block = torch.block_diag(matches[:4, :4], matches[4:, 4:])
+        local = contrastive_loss(text, image, params["log_scale"].exp(), matches=block)[0]
+    assert sum(r["matched"].item() for r in ranks) == pytest.approx(matched.item(), rel=1e-10)
+    assert sum(r["local_matched"].item() for r in ranks) == pytest.approx(local.item(), rel=1e-10)
+    assert matched.item() != pytest.approx(local.item(), rel=1e-6)  # the pairs across processes count
     # gradients: DDP's average over processes is the full-batch gradient, on every process
     for rank in ranks:
         for name, grad in rank["param_grads"].items():

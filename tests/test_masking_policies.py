@@ -51,7 +51,24 @@ def test_guided_count_floors_with_a_minimum_of_one():
     assert guided_count(100, 0.29) == 29  # 0.29 * 100 is 28.999... in floating point
     assert guided_count(4, 0.1) == 1 and guided_count(4, 0.0) == 0 and guided_count(0, 0.5) == 0
     assert guided_count(7, 1.0) == 7
-    assert hint_count(100, 0.4) == 4 and hint_count(20, 0.4) == 0 and hint_count(100, 0.4, 0.25) == 10
+    assert hint_count(100, 0.4) == 4 and hint_count(100, 0.4, 0.25) == 10
+
+
+def test_hint_reveals_at_least_one_unit_whenever_it_masks_two_or_more():
+    """A six-word caption at ratio 0.5 masks 3 words: floor(0.1 * 0.5 * 6) = 0 would make `hint` equal `high`."""
+    assert hint_count(6, 0.5) == 1 and hint_count(20, 0.4) == 1
+    assert hint_count(6, 0.2) == 0  # k = 1: nothing to reveal without unmasking the sample
+    assert hint_count(6, 0.5, hint_share=0.0) == 0  # hint switched off explicitly
+    assert hint_count(4, 1.0, hint_share=1.0) == 3  # never all k
+    for n in range(2, 13):
+        scores, valid = sample(n, n)
+        for ratio in (0.1, 0.3, 0.5):
+            k = guided_count(n, ratio)
+            for seed in range(5):
+                high = policy_mask(scores, valid, ratio, "high", rng(seed))
+                hint = policy_mask(scores, valid, ratio, "hint", rng(seed))
+                assert hint.sum() == k - (1 if k >= 2 else 0) and not (hint & ~high).any()
+                assert (hint != high).any() == (k >= 2)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -62,7 +79,8 @@ def test_exact_counts_and_invalid_never_masked(policy, n_valid, ratio):
         scores, valid = sample(n_valid, seed)
         mask = policy_mask(scores, valid, ratio, policy, rng(seed))
         k = max(1, math.floor(ratio * n_valid + 1e-9))
-        expected = k - math.floor(0.1 * ratio * n_valid + 1e-9) if policy == "hint" else k
+        reveal = min(k - 1, max(1, math.floor(0.1 * ratio * n_valid + 1e-9))) if k >= 2 else 0
+        expected = k - reveal if policy == "hint" else k
         assert mask.shape == scores.shape and mask.dtype == bool
         assert mask.sum() == expected
         assert not mask[~valid].any()
@@ -92,7 +110,7 @@ def test_hint_reveals_exactly_the_count_from_the_top_pool(n_valid, ratio):
         masked = set(np.flatnonzero(mask).tolist())
         revealed = top - masked
         assert masked <= top
-        assert len(revealed) == math.floor(0.1 * ratio * n_valid + 1e-9)
+        assert len(revealed) == (min(k - 1, max(1, math.floor(0.1 * ratio * n_valid + 1e-9))) if k >= 2 else 0)
         assert revealed <= pool
 
 

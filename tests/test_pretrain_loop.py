@@ -2,6 +2,7 @@
 and the same losses with one or two processes."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -157,6 +158,14 @@ def test_two_processes_give_the_same_losses_as_one(tmp_path, cache_dir):
     record = __import__("yaml").safe_load(open(tmp_path / "two" / "run.yaml"))
     assert record["num_processes"] == 2
     shutil.rmtree(tmp_path / "two" / "checkpoints", ignore_errors=True)
+
+
+def test_the_loop_clamps_the_learnt_temperature_into_its_range_after_every_step(tmp_path, cache_dir):
+    """A range of one value: AdamW moves the ITC temperature at every step, the clamp after the step puts it back."""
+    run_pretrain(tmp_path, cache_dir, max_steps=3, save_every=0, objectives="itc", learning_rate=0.05,
+                 contrastive_temperature=0.07, contrastive_min_temperature=0.07, contrastive_max_temperature=0.07)
+    saved = weights(tmp_path)["contrastive.log_scale"]
+    assert saved.item() == torch.tensor(math.log(1 / 0.07), dtype=saved.dtype).item()
 
 
 def test_gradient_accumulation_gives_the_same_losses_as_one_big_batch(tmp_path, cache_dir):

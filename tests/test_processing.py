@@ -337,29 +337,9 @@ assert not any(name == "vlp" or name.startswith("vlp.") for name in sys.modules)
 """
 
 
-DUMMY_MODEL_CONFIG = """
-from transformers import PretrainedConfig
-
-
-class DummyVLPConfig(PretrainedConfig):
-    model_type = "dummy_vlp_processor_test"
-"""
-
-
 def test_processor_round_trip_loads_from_hub_files_without_vlp(processor, tmp_path, capfd):
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    # A full checkpoint also holds a model config.json that is itself remote code; loading the processor must
-    # not need it (AutoTokenizer would read it first and ask whether to run custom code).
-    (folder / "configuration_dummy.py").write_text(DUMMY_MODEL_CONFIG)
-    (folder / "config.json").write_text(
-        json.dumps(
-            {
-                "model_type": "dummy_vlp_processor_test",
-                "auto_map": {"AutoConfig": "configuration_dummy.DummyVLPConfig"},
-            }
-        )
-    )
     for name in ("processing_vlp.py", "image_processing_vlp.py", "processor_config.json", "tokenizer.json"):
         assert (folder / name).exists(), name
     config = json.loads((folder / "processor_config.json").read_text())

@@ -134,6 +134,38 @@ def test_study_files_are_checked(tmp_path):
         study_path("no-such-preset")
 
 
+def _policy_study(tmp_path, mixes):
+    study = {"name": "masks", "baseline": mixes[0]["name"], "seeds": [0], "primary_metrics": ["foils.acc_r"],
+             "base": dict(TINY, objectives="mlm,itm,mim"), "mixes": mixes}
+    path = tmp_path / "masks.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return str(path)
+
+
+def test_a_study_whose_arms_would_draw_identical_masks_is_rejected_naming_them(tmp_path):
+    # hint with hint_share 0 reveals nothing: it is high under another name.
+    path = _policy_study(tmp_path, [
+        {"name": "high", "overrides": {"masking_policy": "high", "masking_targets": "mlm"}},
+        {"name": "hint-off", "overrides": {"masking_policy": "hint", "masking_targets": "mlm", "hint_share": 0.0}}])
+    with pytest.raises(ConfigError, match=r"mixes 'high' and 'hint-off' would draw identical masks .*"
+                                          r"masking_policy 'high' vs 'hint', hint_share 0.1 vs 0.0"):
+        load_study(path)
+    # Every unit drawn at random: high and low draw the same masks.
+    path = _policy_study(tmp_path, [
+        {"name": "high", "overrides": {"masking_policy": "high", "masking_random_share": 1.0}},
+        {"name": "low", "overrides": {"masking_policy": "low", "masking_random_share": 1.0}}])
+    with pytest.raises(ConfigError, match="mixes 'high' and 'low' would draw identical masks"):
+        load_study(path)
+    # Two mixes with the same overrides under two names.
+    path = _policy_study(tmp_path, [{"name": "a", "overrides": {}}, {"name": "b", "overrides": {"hint_share": 0.2}}])
+    with pytest.raises(ConfigError, match="mixes 'a' and 'b' would train alike .*hint_share 0.1 vs 0.2"):
+        load_study(path)
+    # hint at the default share on the world's short captions differs from high (it reveals one of two or more).
+    load_study(_policy_study(tmp_path, [
+        {"name": "high", "overrides": {"masking_policy": "high", "masking_targets": "mlm,mim"}},
+        {"name": "hint", "overrides": {"masking_policy": "hint", "masking_targets": "mlm,mim"}}]))
+
+
 def test_presets_load():
     for preset in ("quick", "standard", "gpu", "agmm", "gitm"):
         study = load_study(study_path(preset))

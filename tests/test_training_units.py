@@ -215,6 +215,9 @@ def test_objective_inputs_pick_the_right_view():
     mim = objective_inputs("mim", batch, {})
     assert torch.equal(mim["input_ids"], batch["plain_input_ids"]) and torch.equal(mim["mim_mask"], batch["mim_mask"])
     assert torch.equal(objective_inputs("itc", batch, {})["itc_input_ids"], batch["plain_input_ids"])
+    # holds_matrix is (images, texts): text 1 holds for image 0; ITC reads matches as (texts, images).
+    itc = objective_inputs("itc", batch, {})
+    assert itc["itc_matches"].tolist() == [[True, False], [True, True]]
     # Hard negatives: text 1 holds for image 0 too, so image 0 has no negative text and text 1 no negative image;
     # image 1 is paired with text 0, and text 0 with image 1. Never a caption that holds.
     hard = hard_negative_inputs(batch, torch.zeros(2, 2), torch.Generator().manual_seed(0))
@@ -228,3 +231,102 @@ def test_objective_inputs_pick_the_right_view():
     assert hard["itm_labels"].tolist() == [1, 1, 0, 0, 0, 0]
     assert torch.equal(hard["input_ids"][2:4], batch["plain_input_ids"][[1, 0]])
     assert torch.equal(hard["pixel_values"][4:6], batch["pixel_values"][[1, 0]])
+
+
+def test_hard_negatives_read_the_similarity_as_texts_by_images():
+    """Text t matches only image t + 1 (mod B): image i's hardest negative text is t = i - 1, text t's hardest
+    negative image is t + 1; with one dominant candidate per row, every draw is that one."""
+    import torch
+
+    from vlp.training.objectives import hard_negative_inputs
+
+    size = 5
+    text_image = torch.zeros(size, size)
+    text_image[torch.arange(size), (torch.arange(size) + 1) % size] = 60.0
+    ids = torch.arange(size)[:, None].repeat(1, 3)  # row r's text is [r, r, r]
+    pixels = torch.arange(size, dtype=torch.float32)[:, None, None, None].repeat(1, 3, 8, 8)  # image r is all r
+    batch = {"plain_input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+             "pixel_values": pixels, "itm_labels": torch.ones(size, dtype=torch.long)}
+    for seed in range(5):
+        hard = hard_negative_inputs(batch, text_image, torch.Generator().manual_seed(seed))
+        text_of, image_of = hard["input_ids"][:, 0], hard["pixel_values"][:, 0, 0, 0].long()
+        assert hard["itm_labels"].tolist() == [1] * size + [0] * (2 * size)
+        images, texts = image_of[size:2 * size], text_of[size:2 * size]  # each image with a drawn text
+        assert images.tolist() == list(range(size)) and texts.tolist() == [(i - 1) % size for i in range(size)]
+        texts, images = text_of[2 * size:], image_of[2 * size:]  # each text with a drawn image
+        assert texts.tolist() == list(range(size)) and images.tolist() == [(t + 1) % size for t in range(size)]
+        # Every negative pair is one the similarity scores high: text t with image t + 1.
+        assert all(text_image[t, i] == 60.0 for t, i in zip(text_of[size:].tolist(), image_of[size:].tolist()))
+    with pytest.raises(ValueError, match=r"\(5, 5\) texts x images"):
+        hard_negative_inputs(batch, torch.zeros(size, size + 1), torch.Generator())
+
+
+def test_checkpoints_store_the_tied_decoder_once_without_a_warning_and_restore_the_tie(tmp_path, caplog):
+    import logging
+
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
+    from vlp.training import checkpointing
+
+    torch.manual_seed(0)
+    config = VLPConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, image_size=16, patch_size=8, max_position_embeddings=8)
+    accelerator = Accelerator(cpu=True)
+    accelerator.register_save_state_pre_hook(checkpointing.drop_tied_copies)
+    model = accelerator.prepare(VLPForPreTraining(config))
+    embedding = model.vlp.embeddings.text.word_embeddings.weight
+    assert model.mlm_head.decoder.weight is embedding  # the tie this test is about
+    with caplog.at_level(logging.WARNING):
+        path = checkpointing.save_checkpoint(accelerator, str(tmp_path), step=1, keep=1)
+    assert not [r for r in caplog.records if "shared tensor" in r.getMessage()], caplog.text
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    assert "mlm_head.decoder.weight" not in stored
+    assert torch.equal(stored["vlp.embeddings.text.word_embeddings.weight"], embedding.detach())
+
+    saved = embedding.detach().clone()
+    with torch.no_grad():
+        embedding.add_(1.0)
+    accelerator.load_state(path)
+    assert model.mlm_head.decoder.weight is model.vlp.embeddings.text.word_embeddings.weight
+    assert torch.equal(model.mlm_head.decoder.weight.detach(), saved)
+
+
+@pytest.mark.parametrize("text, where, problem", [
+    ("model:\n  hidden_size: 64\n  layers: [1, 2\ntraining:\n  max_steps: 3\n", ":4:9:", "expected ',' or ']'"),
+    ("max_steps: 3\nseed: 1: 2\n", ":2:8:", "mapping values are not allowed here"),
+])
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, capsys, text, where, problem):
+    from vlp.training.cli import main
+
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    assert main(["pretrain", "--config", str(path), "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"vlp pretrain: config error: {path}{where} invalid YAML: {err.split('YAML: ')[1]}"]
+    assert problem in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_gathered_matches_judge_the_pairs_across_processes_as_one_process_does():
+    """Two processes' truth_pairs, gathered in rank order, give the (texts, images) matrix that the collator's
+    holds_matrix (images, texts) gives one process holding the whole batch, transposed."""
+    import torch
+
+    from vlp.training.objectives import gathered_matches
+
+    def holds(caption, scene):  # a caption holds for every scene that contains its word
+        return caption.split()[-1] in scene
+
+    pairs = [("a red", "red square"), ("a blue", "blue circle"), ("a square", "green square"), ("a circle", "red")]
+    holds_matrix = torch.tensor([[holds(t, s) for t, _ in pairs] for _, s in pairs])  # (images, texts)
+    parts = [pairs[:2], pairs[2:]]
+    for rank in range(2):
+        matches = gathered_matches({"truth_pairs": parts[rank]}, holds, lambda objects: parts)
+        assert torch.equal(matches, holds_matrix.T | torch.eye(4, dtype=torch.bool))
+    # 'a square' (rank 1's text 0) is true of rank 0's image 0, 'red square': across the processes
+    assert matches[2, 0] and not matches[0, 2]
+    # a process without truth makes it unknown everywhere (every process gets the same answer)
+    assert gathered_matches({"truth_pairs": parts[0]}, holds, lambda objects: [parts[0], None]) is None
+    assert gathered_matches({}, None, lambda objects: [None, None]) is None

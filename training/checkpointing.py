@@ -51,6 +51,26 @@ def latest_checkpoint(output_dir):
     return checkpoints[-1] if checkpoints else (None, None)
 
 
+def drop_tied_copies(models, weights, output_dir=None):
+    """`accelerator.save_state` pre-hook: remove from each state dict the weights that a model declares tied
+    (`_tied_weights_keys`, {tied name: source name}) and that share the source's storage, as `save_pretrained`
+    does. Without it accelerate drops one of the aliases itself and warns "Removed shared tensor" at every save;
+    on `load_state` safetensors restores the alias through the tie either way."""
+    for model, state in zip(models, weights):
+        module = getattr(model, "module", model)  # DDP wraps the model; the tie is declared on the inner class
+        tied = getattr(module, "_tied_weights_keys", None) or {}
+        if not isinstance(tied, dict):
+            continue
+        for key in list(state):
+            for target, source in tied.items():
+                if key != target and not key.endswith("." + target):
+                    continue
+                source_key = key[: len(key) - len(target)] + source
+                copy, original = state[key], state.get(source_key)
+                if original is not None and copy.untyped_storage().data_ptr() == original.untyped_storage().data_ptr():
+                    del state[key]
+
+
 def save_checkpoint(accelerator, output_dir, step, keep):
     """Save state at `step` atomically, then keep only the newest `keep` checkpoints. Returns the path."""
     root = checkpoint_root(output_dir)

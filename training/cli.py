@@ -12,9 +12,10 @@
 """
 
 import argparse
-import json
 import os
 import sys
+
+from ..processing import strict_json
 
 
 def _data(argv):
@@ -80,7 +81,7 @@ def _data(argv):
         print(f"  skipped from {source}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(by_reason.items())))
     if written.report.entries:
         with open(os.path.join(args.out, "skipped_samples.json"), "w", encoding="utf-8") as handle:
-            json.dump(written.report.to_dict(), handle, indent=1)
+            strict_json.dump(written.report.to_dict(), handle, indent=1)
 
 
 def _pretrain(argv):
@@ -101,7 +102,7 @@ def _pretrain(argv):
 
     arguments = parse_config(args.config, overrides)
     metrics = pretrain(*arguments)
-    print(json.dumps(metrics, indent=2))
+    print(strict_json.dumps(metrics, indent=2))
 
 
 def _masks(argv):

@@ -120,6 +120,10 @@ class ModelArguments:
     mim_target: str = field(default="pixel", metadata={"help": "MIM targets: 'pixel' (normalized, MAE) or 'teacher' "
                                                                 "(EMA teacher patch states, iBOT)"})
     mim_loss: str = field(default="l2", metadata={"help": "MIM regression loss: 'l2', 'smooth_l1' or 'cosine'"})
+    contrastive_temperature: float = field(default=0.07, metadata={"help": "initial ITC temperature (learnt)"})
+    contrastive_min_temperature: float = field(default=0.01, metadata={
+        "help": "lowest ITC temperature: the learnt one is clamped into [min, max] after every optimizer step"})
+    contrastive_max_temperature: float = field(default=0.5, metadata={"help": "highest ITC temperature"})
     init_from: str | None = field(default=None, metadata={"help": "start from this VLP checkpoint folder"})
 
     def __post_init__(self):
@@ -136,6 +140,12 @@ class ModelArguments:
             _require(0.0 <= value < 1.0, key, value, "[0, 1)")
         _require(self.mim_target in MIM_TARGETS, "mim_target", self.mim_target, f"one of {MIM_TARGETS}")
         _require(self.mim_loss in MIM_LOSSES, "mim_loss", self.mim_loss, f"one of {MIM_LOSSES}")
+        _require(self.contrastive_min_temperature > 0, "contrastive_min_temperature",
+                 self.contrastive_min_temperature, "(0, inf)")
+        _require(self.contrastive_min_temperature <= self.contrastive_temperature <= self.contrastive_max_temperature,
+                 "contrastive_temperature", self.contrastive_temperature,
+                 f"[contrastive_min_temperature, contrastive_max_temperature] = "
+                 f"[{self.contrastive_min_temperature}, {self.contrastive_max_temperature}]")
 
 
 @dataclass
@@ -416,12 +426,25 @@ def _field_names():
     return {f.name: cls for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
 
 
+def read_yaml(path):
+    """The parsed YAML file at `path`; a syntax error becomes one ConfigError line "FILE:LINE:COLUMN: problem"."""
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return yaml.safe_load(handle)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            context = getattr(error, "context", None)
+            detail = f"{problem} ({context})" if context else problem
+            raise ConfigError(f"{where}: invalid YAML: {detail}") from None
+
+
 def load_yaml(path):
     """A YAML mapping of config keys (flat, or nested under model/data/training/masking)."""
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} does not exist")
-    with open(path, encoding="utf-8") as handle:
-        loaded = yaml.safe_load(handle) or {}
+    loaded = read_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got {type(loaded).__name__}")
     flat = {}

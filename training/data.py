@@ -13,14 +13,13 @@ Three kinds of training data (`DataArguments.dataset`):
 """
 
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 
 import datasets
 import torch
 
-from ..processing import shapes_world
+from ..processing import shapes_world, strict_json
 from ..processing import webdataset as wds
 from ..processing.caption_readers import (
     MixedEpochDataset,
@@ -119,6 +118,12 @@ class PretrainingData:
     val_rows: datasets.Dataset
     shard_sources: tuple = ()
     source_report: SkipReport = field(default_factory=SkipReport)
+
+    @property
+    def holds_fn(self):
+        """The world's truth per (caption, scene) that the training collator judges pairs with, or None."""
+        collator = self.collator.collator if isinstance(self.collator, CollateWithGroups) else self.collator
+        return collator.holds_fn
 
     @property
     def streaming(self):
@@ -331,7 +336,7 @@ def _load(data_args, image_size):
 def write_source_report(path, report):
     """Per source: samples read, kept and skipped by reason, and every skipped entry (file:record or shard:key)."""
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(report.to_dict(), handle, indent=1)
+        strict_json.dump(report.to_dict(), handle, indent=1)
 
 
 def object_patches_for_scene(scene_json, rows, cols, patch_size, min_cover=0.1):
@@ -412,7 +417,8 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator,
     masking = dict(mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability,
                    mim_block=data_args.mim_block,
                    mim_patch_size=model_args.patch_size if "mim" in objectives else None,
-                   holds_fn=holds if hard_negatives else None, object_patches_fn=objects)
+                   # The world's truth per pair: hard negatives never draw a true pair, ITC never punishes one.
+                   holds_fn=holds if hard_negatives or "itc" in objectives else None, object_patches_fn=objects)
     train_masking = dict(masking, mlm_probability=0.0) if "mlm" in policy_masked else masking
     collator = PretrainingCollator(tokenizer, seed=seed, **train_masking)
     val_collator = PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking)

@@ -55,6 +55,7 @@ import torch
 from ..processing import benchmark_readers as readers
 from ..processing import eval_sets as es
 from ..processing import shapes_world as sw
+from ..processing import strict_json
 from .config import ConfigError
 from .statistics import (
     bootstrap_ci,
@@ -1370,19 +1371,7 @@ def run_benchmark(runner: Runner, name: str, items: Sequence, settings: Settings
 
 def json_ready(value):
     """``value`` with numpy scalars and arrays as Python values and non-finite floats as None (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return _number(value)
-    return value
+    return strict_json.finite(value)
 
 
 def load_schema() -> dict:
@@ -1646,7 +1635,7 @@ def evaluate(model_dir: str, suites: Sequence[str] = ("all",), output: str | Non
     if output:
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=1, allow_nan=False)
+            strict_json.dump(results, handle, indent=1)
     return results
 
 

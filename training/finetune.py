@@ -20,7 +20,6 @@ folder. Beside the pretrained score they report baselines, so that what pretrain
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from collections import Counter
@@ -30,10 +29,10 @@ from dataclasses import asdict, dataclass
 import datasets
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..modeling_vlp import VLPForConditionalGeneration, VLPForImageTextRetrieval, VLPForQuestionAnswering
-from ..processing import shapes_world
+from ..processing import shapes_world, strict_json
 from ..processing.downstream_readers import build_answer_vocabulary, read_karpathy_split, read_vqa_v2, vqa_features
 from ..processing.finetune_collators import (
     CaptionCollator,
@@ -140,6 +139,7 @@ def training_arguments(output_dir: str, settings: FinetuneSettings, **overrides)
         push_to_hub=False,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.accelerator.is_available(),  # torch warns about pinning without an accelerator
         disable_tqdm=True,
         seed=settings.seed,
         data_seed=settings.seed,
@@ -165,11 +165,20 @@ def head_optimizer(model, settings):
         lr=settings.learning_rate)
 
 
+class TemperatureClampCallback(TrainerCallback):
+    """Holds the model's learnt ITC temperature in its range after every optimizer step (`clamp_temperature_`)."""
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is not None and hasattr(model, "clamp_temperature_"):
+            model.clamp_temperature_()
+
+
 def _train(model, output_dir, settings, train_dataset, collator, **overrides):
     """Finetune with a plain Trainer; returns (trainer, {train_loss, train_seconds, train_steps})."""
     optimizers = (head_optimizer(model, settings), None) if settings.head_lr_multiplier != 1 else (None, None)
     trainer = Trainer(model=model, args=training_arguments(output_dir, settings, **overrides),
-                      train_dataset=train_dataset, data_collator=collator, optimizers=optimizers)
+                      train_dataset=train_dataset, data_collator=collator, optimizers=optimizers,
+                      callbacks=[TemperatureClampCallback()])
     start = time.perf_counter()
     result = trainer.train()
     return trainer, {"train_loss": float(result.training_loss), "train_seconds": time.perf_counter() - start,
@@ -194,7 +203,7 @@ def _write_results(output_dir, results):
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, RESULTS_FILE)
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
+        strict_json.dump(results, handle, indent=2)
     return path
 
 
@@ -715,7 +724,7 @@ def cli(argv: Sequence[str]):
             results = finetune_caption(args.model_dir, args.output_dir, train_rows, eval_rows,
                                        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
                                        tokenize=not args.no_java, meteor=not args.no_java, **sizes, **common)
-    print(json.dumps(_summary(results), indent=2))
+    print(strict_json.dumps(_summary(results), indent=2))
     print(f"wrote {os.path.join(args.output_dir, RESULTS_FILE)}")
     return results
 

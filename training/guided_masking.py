@@ -26,16 +26,19 @@ import torch.nn.functional as F
 
 from ..processing.collator import IGNORE_INDEX, mask_tokens
 from ..processing.masking import batch_policy_masks, policy_mask, sample_ratio
+from ..processing.random_streams import (
+    MASK_PROBE_STREAM,
+    PATCH_STREAM,
+    RATIO_STREAM,
+    WORD_REPLACE_STREAM,
+    WORD_STREAM,
+)
 
 SOURCES = ("model", "ema", "itm")
 WORD_QUERIES = ("patches", "cls")
 PATCH_QUERIES = ("text", "cls")
 JOINT_MODES = ("independent", "together", "complementary")
 LAYER_CHOICES = ("last", "mean")
-# Streams of the per-sample generators, distinct from the dataset's (0, 1) and the collator's (2, 3).
-WORD_STREAM = 5
-PATCH_STREAM = 6
-RATIO_STREAM = 0xA77
 RELEVANCE_DECIMALS = 5  # scores are rounded to 1e-5 before ranking
 SCORINGS = ("attention", "lift")
 
@@ -214,7 +217,7 @@ class GuidedMasking:
         # BERT's 80/10/10, from a generator of the sample's own (a stream apart from its mask draws).
         # Drawn over the sample's own tokens (not its padding), so the draws do not depend on the batch.
         lengths = batch["attention_mask"].sum(dim=1).tolist()
-        for row, rng in enumerate(self._rngs(batch, WORD_STREAM + 16, range(len(plain)))):
+        for row, rng in enumerate(self._rngs(batch, WORD_REPLACE_STREAM, range(len(plain)))):
             n = int(lengths[row])
             if masks[row].any():
                 masked_ids[row, :n], labels[row, :n] = mask_tokens(plain[row, :n], masks[row, :n],
@@ -337,5 +340,38 @@ def guidance_relevance(model, inputs, guide):
     return out.relevance
 
 
-__all__ = ["GuidedMasking", "caption_words", "guidance_relevance", "mask_diagnostics", "patch_validity",
-           "share_metrics"]
+# The keys that decide only how a policy draws its masks; arms of a study that differ in nothing else are compared by
+# the masks they would draw (`mask_fingerprint`).
+POLICY_KEYS = ("masking_policy", "masking_ratio", "masking_ratio_min", "masking_ratio_max", "masking_probability",
+               "masking_random_share", "hint_share")
+MASKING_TARGET_CODES = {"mlm": 1, "mim": 2}
+
+
+def mask_fingerprint(args, unit_counts, draws=64):
+    """The masks a policy configuration (`PretrainArguments`) draws on a fixed probe, as bytes per target.
+
+    `unit_counts` {target: [numbers of maskable units]} (words per caption for `mlm`, valid patches for `mim`). Draw d
+    masks a sample of unit_counts[target][d % len] units with distinct scores, with its own generator seeded by
+    (d, target), at a ratio and coin drawn as in training; two configurations with equal fingerprints draw the same
+    masks from the same relevance (e.g. `hint` that reveals nothing is `high`).
+    """
+    out = {}
+    for target in sorted(args.masking_target_list()):
+        counts = list(unit_counts[target])
+        bits = []
+        for d in range(draws):
+            rng = np.random.default_rng([d, MASKING_TARGET_CODES[target], MASK_PROBE_STREAM])
+            n = int(counts[d % len(counts)])
+            scores = rng.permutation(n).astype(float)
+            ratio = sample_ratio(rng, args.masking_ratio or None, args.masking_ratio_min, args.masking_ratio_max)
+            if rng.random() >= args.masking_probability:
+                bits.append(np.zeros(n, dtype=bool))
+                continue
+            bits.append(policy_mask(scores, np.ones(n, dtype=bool), ratio, args.masking_policy, rng,
+                                    hint_share=args.hint_share, random_share=args.masking_random_share))
+        out[target] = np.packbits(np.concatenate(bits)).tobytes()
+    return out
+
+
+__all__ = ["POLICY_KEYS", "GuidedMasking", "caption_words", "guidance_relevance", "mask_diagnostics",
+           "mask_fingerprint", "patch_validity", "share_metrics"]

@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+from ..processing import strict_json
+
 
 def _clean(value):
     """JSON-safe scalars: floats stay floats, non-finite floats become strings, tensors become numbers."""
@@ -27,7 +29,7 @@ def truncate_jsonl(path, last_step):
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
         if record.get("step", 0) <= last_step:
-            kept.append(json.dumps(record) + "\n")
+            kept.append(strict_json.dumps(record) + "\n")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.writelines(kept)
@@ -70,7 +72,7 @@ class MetricLogger:
         record = {"step": step, "split": split}
         record.update({key: _clean(value) for key, value in metrics.items()})
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(strict_json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":

@@ -9,13 +9,13 @@ policies (the same resampled samples for both), of the ratio of summed counts.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import textwrap
 
 import numpy as np
 import torch
 
+from ..processing import strict_json
 from ..processing.masking import POLICIES
 from .guided_masking import GuidedMasking, guidance_relevance
 from .objectives import objective_inputs
@@ -158,12 +158,12 @@ def masks_report(run_dir, out_dir, policies=POLICIES, num_samples=512, batch_siz
                  word_query="patches", patch_query="text", layers="last", seed=0, scoring="attention"):
     """Measures every policy's shares on the run's validation world with guidance from its final model; writes
     mask_shares.json and masks.png into `out_dir`; returns the table."""
+    import yaml
+    from accelerate import Accelerator
+
     from ..modeling_vlp import VLPForPreTraining
     from .config import parse_config
     from .data import build_pretraining_data
-
-    import yaml
-    from accelerate import Accelerator
 
     with open(os.path.join(run_dir, "run.yaml"), encoding="utf-8") as handle:
         config = yaml.safe_load(handle)["config"]
@@ -183,7 +183,7 @@ def masks_report(run_dir, out_dir, policies=POLICIES, num_samples=512, batch_siz
     table = share_table(counts)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "mask_shares.json"), "w", encoding="utf-8") as handle:
-        json.dump({"ratio": ratio, "word_relevance_from": word_query, "patch_relevance_from": patch_query,
+        strict_json.dump({"ratio": ratio, "word_relevance_from": word_query, "patch_relevance_from": patch_query,
                    "guidance_layers": layers, "relevance_scoring": scoring, "policies": table}, handle, indent=2)
     processor = data.processor.image_processor
     write_mask_grid(os.path.join(out_dir, "masks.png"), examples, data.processor.tokenizer, processor.image_mean,

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from ..modeling_vlp.losses_vlp import sample_hard_negatives
+from ..processing.collator import holds_table
+from ..processing.random_streams import OBJECTIVE_STREAM
 
 
 def step_objectives(weights, mixing, seed, step):
@@ -20,7 +22,8 @@ def step_objectives(weights, mixing, seed, step):
         return dict(weights)
     names = sorted(weights)
     probabilities = np.array([weights[n] for n in names], dtype=float)
-    choice = np.random.default_rng([seed, step, 0x0B7]).choice(len(names), p=probabilities / probabilities.sum())
+    rng = np.random.default_rng([seed, step, OBJECTIVE_STREAM])
+    choice = rng.choice(len(names), p=probabilities / probabilities.sum())
     return {names[choice]: 1.0}
 
 
@@ -47,35 +50,43 @@ def _plain_text(batch):
 
 
 @torch.no_grad()
-def contrastive_similarity(model, batch):
-    """ITC similarities of the batch's matched pairs without gradients (hard negatives when ITC is not trained)."""
+def text_image_similarity(model, batch):
+    """ITC similarities of the batch's matched pairs without gradients, (texts, images): entry [t, i] scores text t
+    against image i, as `itc_similarity` of the model's output (hard negatives when ITC is not trained)."""
     text, image = model.contrastive_features(batch["plain_input_ids"], batch["attention_mask"],
                                              batch["pixel_values"], batch.get("pixel_mask"))
     return model.contrastive.logit_scale() * text @ image.T
 
 
 def hard_negative_exclusions(batch, device=None):
-    """exclude[i, j]: text j may not serve as image i's negative (it holds for image i, or it is its own text)."""
+    """(images, texts): exclude[i, t] means text t may not serve as image i's negative (it holds for image i, or it
+    is image i's own text)."""
     holds = batch.get("holds_matrix")
     size = len(batch["itm_labels"])
     exclude = holds if holds is not None else torch.eye(size, dtype=torch.bool)
     return exclude.to(device) if device is not None else exclude
 
 
-def hard_negative_inputs(batch, similarity, generator):
+def hard_negative_inputs(batch, text_image, generator):
     """ALBEF's ITM rows: the B matched pairs, then each image with a text drawn by similarity, then each text with
     an image drawn by similarity.
 
-    Candidates exclude every text that holds for the image (`holds_matrix`, from the world's truth) or, without
-    one, the pair's own text; an image or text with no candidate left gets no negative. Draws come from the
-    process's own micro-batch.
+    `text_image` (B, B) is the texts x images similarity (`text_image_similarity`, the model's `itc_similarity`):
+    image i draws its negative text from column i, text t its negative image from row t. Candidates exclude every
+    text that holds for the image (`holds_matrix`, from the world's truth) or, without one, the pair's own text; an
+    image or text with no candidate left gets no negative. Draws come from the process's own micro-batch.
     """
-    exclude = hard_negative_exclusions(batch, similarity.device)
-    own = torch.arange(similarity.shape[0], device=similarity.device)
+    size = len(batch["itm_labels"])
+    if tuple(text_image.shape) != (size, size):
+        raise ValueError(f"hard negatives need the ({size}, {size}) texts x images similarity of the micro-batch; "
+                         f"got shape {tuple(text_image.shape)}")
+    exclude = hard_negative_exclusions(batch, text_image.device)  # (images, texts)
+    image_text = text_image.T
+    own = torch.arange(size, device=text_image.device)
     images_with = (~exclude).any(dim=1)  # images that have a negative text
     texts_with = (~exclude).any(dim=0)  # texts that have a negative image
-    negative_text = sample_hard_negatives(similarity[images_with], generator, exclude[images_with])
-    negative_image = sample_hard_negatives(similarity.T[texts_with], generator, exclude.T[texts_with])
+    negative_text = sample_hard_negatives(image_text[images_with], generator, exclude[images_with])
+    negative_image = sample_hard_negatives(text_image[texts_with], generator, exclude.T[texts_with])
     text_rows = torch.cat([own, negative_text.to(own.device), own[texts_with]])
     image_rows = torch.cat([own, own[images_with], negative_image.to(own.device)])
     inputs = {key: value[text_rows] for key, value in _plain_text(batch).items()}
@@ -101,7 +112,7 @@ def objective_inputs(name, batch, context):
     if name == "itm" and context.get("hard_negatives"):
         similarity = context.get("similarity")
         if similarity is None:
-            similarity = contrastive_similarity(context["model"], batch)
+            similarity = text_image_similarity(context["model"], batch)
         return hard_negative_inputs(batch, similarity, context["generator"])
     if name in ("itm", "wra"):
         labels = {"itm_labels" if name == "itm" else "wra_labels": batch["itm_labels"]}
@@ -117,9 +128,26 @@ def objective_inputs(name, batch, context):
     if name == "gitm":  # its own batch: canvases of several images, texts of several caption segments
         return {key: batch["gitm"][key] for key in GITM_KEYS}
     if name == "itc":
-        return {"itc_input_ids": batch["plain_input_ids"], "itc_attention_mask": batch["attention_mask"],
-                "itc_pixel_values": batch["pixel_values"], "itc_pixel_mask": batch.get("pixel_mask")}
+        inputs = {"itc_input_ids": batch["plain_input_ids"], "itc_attention_mask": batch["attention_mask"],
+                  "itc_pixel_values": batch["pixel_values"], "itc_pixel_mask": batch.get("pixel_mask")}
+        if context.get("gather") is not None:  # several processes: the truth over the gathered batch
+            inputs["itc_matches"] = gathered_matches(batch, context.get("holds_fn"), context["gather"])
+        elif batch.get("holds_matrix") is not None:  # (images, texts) -> (texts, images): true pairs are no negatives
+            inputs["itc_matches"] = batch["holds_matrix"].T
+        return inputs
     raise ValueError(f"unknown objective {name!r}")
+
+
+def gathered_matches(batch, holds_fn, gather):
+    """(G, G) texts x images truth over the batch ITC gathers from every process (rank order, G pairs in all), or
+    None when some process's batch carries no truth; `gather` is accelerate's `gather_object`, called on every
+    process. Pairs of two processes are judged here, so that they leave the denominators as they do in one process.
+    Costs G * G `holds_fn` calls per ITC pass on every process."""
+    local = batch.get("truth_pairs") if holds_fn is not None else None
+    parts = gather([local])
+    if any(part is None for part in parts):
+        return None
+    return holds_table([pair for part in parts for pair in part], holds_fn).T  # (images, texts) -> (texts, images)
 
 
 def objective_counts(batches, objectives, device, hard_negatives=False):

@@ -14,7 +14,6 @@ the same passes and no collective waits forever.
 
 import copy
 import inspect
-import json
 import math
 import os
 import time
@@ -27,8 +26,10 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from ..modeling_vlp import VLPConfig, VLPForPreTraining
-from ..modeling_vlp.losses_vlp import ema_update
+from ..modeling_vlp.losses_vlp import ema_update, false_negative_share
+from ..processing import strict_json
 from ..processing.caption_readers import SkipReport
+from ..processing.random_streams import HARD_NEGATIVE_STREAM
 from . import checkpointing
 from .config import to_dict
 from .data import build_pretraining_data, write_source_report
@@ -110,7 +111,7 @@ def _has_distribution(name):
 # ModelArguments that are VLPConfig keys of the same name (the vocabulary comes from the tokenizer).
 MODEL_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
                      "patch_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
-                     "mim_target", "mim_loss")
+                     "mim_target", "mim_loss", "contrastive_temperature")
 
 
 def build_model(model_args, tokenizer, seed, data_args=None, objectives=()):
@@ -123,6 +124,8 @@ def build_model(model_args, tokenizer, seed, data_args=None, objectives=()):
         return VLPForPreTraining.from_pretrained(model_args.init_from)
     set_seed(seed)
     sizes = {key: getattr(model_args, key) for key in MODEL_CONFIG_KEYS}
+    sizes["contrastive_temperature_range"] = (model_args.contrastive_min_temperature,
+                                              model_args.contrastive_max_temperature)
     if "gitm" in objectives and data_args is not None:
         sizes["num_text_segments"] = data_args.gitm_rows * data_args.gitm_cols
         sizes["max_position_embeddings"] = max(sizes["max_position_embeddings"], data_args.gitm_max_length)
@@ -162,6 +165,7 @@ def pretrain(model_args, data_args, train_args):
         mixed_precision=train_args.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    accelerator.register_save_state_pre_hook(checkpointing.drop_tied_copies)
     if fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
         enable_fsdp_on_cpu(accelerator, train_args.mixed_precision)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
@@ -321,8 +325,11 @@ def pretrain(model_args, data_args, train_args):
         passes += [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
                    if name in deferred]
         generator = torch.Generator(device="cpu").manual_seed(
-            int(np.random.default_rng([train_args.seed, step, accelerator.process_index, 0x4A7]).integers(2**62)))
+            int(np.random.default_rng([train_args.seed, step, accelerator.process_index, HARD_NEGATIVE_STREAM])
+                .integers(2**62)))
         context = {"model": unwrapped, "teacher": teacher, "hard_negatives": hard, "generator": generator}
+        if accelerator.num_processes > 1:  # ITC's truth over the gathered batch
+            context.update(gather=gather_object, holds_fn=data.holds_fn)
         guidance = {}
         for number, (index, name) in enumerate(passes):
             batch = micro_batches[index]
@@ -339,6 +346,8 @@ def pretrain(model_args, data_args, train_args):
             if name == "itc" or number == 0 or passes[number - 1][0] != index:
                 context["similarity"] = None
             inputs = objective_inputs(name, batch, context)
+            if name == "itc" and inputs.get("itc_matches") is not None and not empty[index]:
+                window.setdefault("itc_false_negative_share", []).append(false_negative_share(inputs["itc_matches"]))
             if reuse and name == "itm":
                 inputs["relevance_weights"] = guide.request(inputs)
                 inputs["relevance_layers"] = guide.relevance_layers(unwrapped.config.num_hidden_layers)
@@ -373,6 +382,7 @@ def pretrain(model_args, data_args, train_args):
         if finite:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm or float("inf"))
             optimizer.step()
+            unwrapped.clamp_temperature_()  # in place, after the step (CLIP): the gradient still reaches the bounds
             if teacher is not None:
                 ema_update(teacher.parameters(), _full_parameters(accelerator.unwrap_model(model)),
                            train_args.teacher_momentum)
@@ -459,7 +469,7 @@ def pretrain(model_args, data_args, train_args):
         accelerator.unwrap_model(model).save_pretrained(final_dir, **({"state_dict": full_state} if fsdp else {}))
         data.processor.save_pretrained(final_dir)
         with open(os.path.join(output_dir, "final_metrics.json"), "w", encoding="utf-8") as handle:
-            json.dump({"step": state.step, **final_metrics}, handle, indent=2)
+            strict_json.dump({"step": state.step, **final_metrics}, handle, indent=2)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final_metrics
@@ -513,7 +523,7 @@ def _sample_recorder(output_dir, rank, resume_step):
                 indices = [int(i) for i in batch["index"]] + [int(i) for i, _ in batch.get("skipped", [])]
                 epochs = sorted({int(p[0]) for p in batch.get("stream_positions", ())}
                                 or {int(e) for e in batch["epoch"]})
-                handle.write(json.dumps({"step": step, "epoch": epochs[0] if epochs else None,
+                handle.write(strict_json.dumps({"step": step, "epoch": epochs[0] if epochs else None,
                                          "index": indices}) + "\n")
 
     return record
@@ -583,7 +593,7 @@ def _record_skipped(skipped, state, output_dir, step, accelerator):
     if accelerator.is_main_process:
         with open(os.path.join(output_dir, "skipped_samples.jsonl"), "a", encoding="utf-8") as handle:
             for index, reason in gathered:
-                handle.write(json.dumps({"step": step, "index": int(index), "reason": str(reason)}) + "\n")
+                handle.write(strict_json.dumps({"step": step, "index": int(index), "reason": str(reason)}) + "\n")
 
 
 def _write_run_record(output_dir, model_args, data_args, train_args, accelerator):

@@ -22,6 +22,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import model_cards, modeling_vlp, processing
 from ..modeling_vlp.configuration_vlp import VLP_AUTO_MAP
+from ..processing import strict_json
 from .config import ConfigError
 
 CODE_FILES = tuple(modeling_vlp.EXPORTED_FILES) + tuple(processing.EXPORTED_FILES)
@@ -252,9 +253,7 @@ def _copy(source, target):
 
 def _write_json(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+    strict_json.write_json(path, data, indent=2)
 
 
 def assemble(run_dir, out_dir, repo_id, results_path=None, mix=None, license=None, datasets=(), include_run=True):

@@ -8,10 +8,12 @@ same samples at the same step, and a resumed run starts exactly where the checkp
 import numpy as np
 import torch
 
+from ..processing.random_streams import SAMPLER_STREAM
+
 
 def epoch_permutation(num_samples, seed, epoch):
     """The order of the dataset in `epoch`: a pure function of (seed, epoch)."""
-    return np.random.default_rng([seed, epoch, 0x5A3]).permutation(num_samples)
+    return np.random.default_rng([seed, epoch, SAMPLER_STREAM]).permutation(num_samples)
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):

@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -34,7 +35,9 @@ import time
 import numpy as np
 import yaml
 
-from .config import ConfigError, parse_config
+from ..processing import strict_json
+from .config import ConfigError, parse_config, read_yaml, to_dict
+from .guided_masking import POLICY_KEYS, mask_fingerprint
 from .statistics import bootstrap_ci, hierarchical_bootstrap_difference, holm_correction
 
 STUDIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "studies")
@@ -58,8 +61,9 @@ def study_path(preset_or_file):
 
 def load_study(path):
     """The study as a dict, checked: every mix's config parses, names are unique, the baseline is a mix."""
-    with open(path, encoding="utf-8") as handle:
-        study = yaml.safe_load(handle) or {}
+    study = read_yaml(path) or {}
+    if not isinstance(study, dict):
+        raise ConfigError(f"{path}: expected a mapping with name, baseline, seeds, base, mixes")
     for key in ("name", "baseline", "seeds", "base", "mixes"):
         if key not in study:
             raise ConfigError(f"{path}: missing key {key!r} (a study needs name, baseline, seeds, base, mixes)")
@@ -70,12 +74,59 @@ def load_study(path):
         raise ConfigError(f"{path}: baseline {study['baseline']!r} is not one of the mixes {names}")
     if not study["seeds"] or not all(isinstance(seed, int) for seed in study["seeds"]):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers; got {study['seeds']!r}")
+    parsed = {}
     for mix in study["mixes"]:
         try:
-            parse_config(values=mix_values(study, mix, study["seeds"][0], "unused"))
+            parsed[mix["name"]] = parse_config(values=mix_values(study, mix, study["seeds"][0], "unused"))
         except ConfigError as error:
             raise ConfigError(f"{path}: mix {mix['name']!r}: {error}") from None
+    check_distinct_mixes(path, parsed)
     return study
+
+
+def probe_unit_counts(model_args, data_args, scenes=64):
+    """{target: maskable units per sample} for `mask_fingerprint`: words of the world's captions (MLM; 3 to 20 for
+    caption files) and the patches of one image (MIM)."""
+    words = list(range(3, 21))
+    if data_args.dataset == "shapes":
+        from ..processing import shapes_world
+
+        world = shapes_world.WorldConfig(num_scenes=scenes, seed=data_args.world_seed,
+                                         max_objects=data_args.max_objects, zipf_exponent=data_args.zipf_exponent,
+                                         held_out_pairs=tuple(data_args.held_out()))
+        words = [len(caption.text.split()) for index in range(scenes)
+                 for caption in shapes_world.generate_captions(shapes_world.sample_scene(world, index),
+                                                               random.Random(index), count=2)]
+    return {"mlm": words, "mim": [(model_args.image_size // model_args.patch_size) ** 2]}
+
+
+def check_distinct_mixes(path, parsed):
+    """Two mixes that would train alike make a study compare a mix with itself: an error naming both.
+
+    Mixes that differ only in how the masking policy draws (`POLICY_KEYS`) are compared by the masks they would draw
+    on a probe of the study's own caption lengths and patch grid (`mask_fingerprint`); any other difference counts.
+    """
+    flat = {name: to_dict(arguments) for name, arguments in parsed.items()}
+    groups = {}
+    for name, values in flat.items():
+        rest = tuple(sorted((key, repr(value)) for key, value in values.items()
+                            if key not in POLICY_KEYS and key != "output_dir"))
+        groups.setdefault(rest, []).append(name)
+    for names in groups.values():
+        seen = {}
+        for name in names:
+            model_args, data_args, train_args = parsed[name]
+            fingerprint = (tuple(sorted(mask_fingerprint(train_args, probe_unit_counts(model_args, data_args)).items()))
+                           if train_args.masking_policy else "no policy masking")
+            if fingerprint in seen:
+                other = seen[fingerprint]
+                differences = ", ".join(f"{key} {flat[other][key]!r} vs {flat[name][key]!r}" for key in POLICY_KEYS
+                                        if flat[other][key] != flat[name][key]) or "nothing"
+                alike = "draw identical masks" if train_args.masking_policy else "train alike"
+                raise ConfigError(
+                    f"{path}: mixes {other!r} and {name!r} would {alike} (they differ only in "
+                    f"{differences}), so the study would compare a mix with itself; make them differ or drop one")
+            seen[fingerprint] = name
 
 
 def mix_values(study, mix, seed, output_dir):
@@ -87,10 +138,7 @@ def mix_values(study, mix, seed, output_dir):
 
 def _write_json(path, data):
     """Atomic: a reader sees the old file or the whole new one, never a partial one."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-    os.replace(temporary, path)
+    strict_json.write_json(path, data, atomic=True, indent=2, sort_keys=True)
 
 
 def _read_json(path):
