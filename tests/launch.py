@@ -1,8 +1,12 @@
-"""Run a command (a CLI run, a torchrun launch) in its own process group, and when it outlives its timeout, make
-every process of the group print the Python stack of each of its threads before it is killed: a hang in a test
-then fails with where each process stood, instead of a bare timeout."""
+"""Run a command (a CLI run, a torchrun launch) and, when it outlives its timeout, make every process it started
+print the Python stack of each of its threads before it is killed: a hang in a test then fails with where each
+process stood, instead of a bare timeout.
+
+The processes are found by parentage (/proc), not by process group: torchrun starts each rank in a session of its
+own, so a signal to the launcher's group would miss the ranks and their DataLoader workers."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,44 +19,55 @@ class HangError(AssertionError):
 
 def run(command, env=None, timeout=300, check=False, tail=20_000):
     """`subprocess.run(command, capture_output=True, text=True)` with faulthandler enabled in every Python process
-    it starts (DataLoader workers and torchrun's ranks included). Past `timeout` seconds the whole process group
-    gets SIGABRT, one process at a time (faulthandler prints the stacks of all threads; apart, the stacks of two
-processes do not interleave in the shared stderr), then SIGKILL; HangError carries the last `tail`
-    characters of stderr. With `check`, a non-zero exit raises AssertionError with the stderr tail."""
+    it starts (DataLoader workers and torchrun's ranks included). Past `timeout` seconds every process of the tree
+    gets SIGABRT, one at a time, the deepest first (faulthandler prints the stacks of all threads; apart, the
+    stacks of two processes do not interleave in the shared stderr), then SIGKILL; HangError lists the processes
+    and carries the last `tail` characters of their stderr. With `check`, a non-zero exit raises AssertionError
+    with the stderr tail."""
+    __tracebackhide__ = True
     full_env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
     process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _abort_one_by_one(process.pid)
-        try:
-            stdout, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            _signal_group(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-        _signal_group(process.pid, signal.SIGKILL)  # ranks and workers the launcher left behind
-        raise HangError(f"{' '.join(map(str, command[:8]))} ... ran past {timeout} s; the stacks of its processes "
-                        f"(stderr tail):\n{stderr[-tail:]}") from None
+        tree = process_tree(process.pid)
+        commands = {pid: _command_line(pid) for pid in tree}
+        for pid in tree:
+            _send(pid, signal.SIGABRT)
+            time.sleep(0.05)
+        stderr = _finish(process, tree)
+        listing = "\n".join(f"  {pid}: {commands[pid]}" for pid in tree)
+        raise HangError(f"{' '.join(map(str, command[:8]))} ... ran past {timeout} s; its processes, deepest "
+                        f"first:\n{listing}\ntheir stacks (stderr tail):\n{_readable(stderr)[-tail:]}") from None
     if check and process.returncode != 0:
         raise AssertionError(stderr[-tail:])
     return SimpleNamespace(returncode=process.returncode, stdout=stdout, stderr=stderr, args=command)
 
 
-def _signal_group(pid, sig):
+def _finish(process, tree):
+    """The stderr of an aborted run: waits for the aborted processes to close their pipes, kills what is left
+    (the tree seen at the timeout and whatever it started since), and never waits on the pipes without end."""
     try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
+        return process.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired:
         pass
+    for pid in dict.fromkeys(tree + process_tree(process.pid)):
+        _send(pid, signal.SIGKILL)
+    try:
+        return process.communicate(timeout=30)[1]
+    except subprocess.TimeoutExpired as error:  # a process outside the tree holds the pipes
+        process.kill()
+        return error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else (error.stderr or "")
 
 
-def _group_members(pgid):
-    """Process ids of the process group `pgid`, newest first (from /proc; only the leader where there is none)."""
-    members = []
+def process_tree(root):
+    """`root` and its descendants (from /proc), each process after its children: the deepest first."""
+    children = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return [pgid]
+        return [root]
     for entry in entries:
         if entry.isdigit():
             try:
@@ -60,16 +75,30 @@ def _group_members(pgid):
                     fields = handle.read().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue  # gone meanwhile
-            if len(fields) > 2 and int(fields[2]) == pgid:
-                members.append(int(entry))
-    return sorted(members, reverse=True) or [pgid]
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    order, level = [], [root]
+    while level:
+        order.append(level)
+        level = [child for pid in level for child in sorted(children.get(pid, ()))]
+    return [pid for level in reversed(order) for pid in level]
 
 
-def _abort_one_by_one(pgid, gap=0.05):
-    """SIGABRT to each process of the group in turn, the newest (ranks, workers) before their launcher."""
-    for pid in _group_members(pgid):
-        try:
-            os.kill(pid, signal.SIGABRT)
-        except ProcessLookupError:
-            pass
-        time.sleep(gap)
+def _command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace").strip()[:300] or "?"
+    except OSError:
+        return "(gone)"
+
+
+def _send(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _readable(stderr):
+    """stderr without progress-bar redraws and faulthandler's long list of extension modules."""
+    lines = (line.rsplit("\r", 1)[-1] for line in stderr.splitlines())
+    return "\n".join(line for line in lines if not re.match(r"\s*Extension modules:", line))
