@@ -43,6 +43,14 @@ from .sampler import GlobalBatchSampler
 FAULT_ENV = "VLP_FAULT_AT_STEP"  # raise before the step with this index runs (crash and resume)
 NONFINITE_ENV = "VLP_NONFINITE_AT_STEPS"  # comma-separated step indices whose loss is made NaN (the guard)
 
+# A pause, the GIL released, between the last collective and freeing the process group. ProcessGroupGloo's
+# destructor joins its worker threads while the caller holds the GIL; a worker still letting go of a finished
+# collective whose tensors Python has dropped needs the GIL to do so, and the two then wait on each other for ever
+# (seen as a rank that never exits in 2 of 24 two-process runs on a loaded 2-core machine; the destructor runs when
+# the DDP reducer or the group is freed). A barrier waits for the collectives to finish, not for the workers to let
+# go of them.
+PROCESS_GROUP_SETTLE_SECONDS = 0.25
+
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss."""
@@ -471,6 +479,8 @@ def pretrain(model_args, data_args, train_args):
         with open(os.path.join(output_dir, "final_metrics.json"), "w", encoding="utf-8") as handle:
             strict_json.dump({"step": state.step, **final_metrics}, handle, indent=2)
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        time.sleep(PROCESS_GROUP_SETTLE_SECONDS)  # see the constant
     accelerator.end_training()
     return final_metrics
 
