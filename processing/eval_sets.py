@@ -56,6 +56,7 @@ from .shapes_world import (
     WorldConfig,
     caption_holds,
 )
+from .text_balance import CaptionFrequencies
 
 #: The evaluation world is drawn with ``world_seed + EVAL_SEED_OFFSET``.
 EVAL_SEED_OFFSET = 2_000_081
@@ -249,7 +250,8 @@ def _draw(key: str, n: int, make: Callable[[int, int], object]) -> tuple[list, i
     while len(items) < n:
         if i >= limit:
             raise ValueError(f"{key}: only {len(items)} of {n} items from {limit} scenes of the evaluation world; "
-                             "does the world allow them (max_objects >= 2 for relations and bindings)?")
+                             "does the world allow them (max_objects >= 2 for relations, bindings and count foils: "
+                             "a count foil must name a number true captions use)?")
         item = make(i, len(items))
         if item is not None:
             items.append(item)
@@ -311,14 +313,43 @@ def _foil_ok(phenomenon: str, caption: str, foil: str, avoid: tuple) -> bool:
     return True
 
 
+#: Scenes whose source captions estimate a phenomenon's caption frequencies (`source_frequencies`).
+FREQUENCY_SCENES = 300
+_FREQUENCIES: dict = {}
+
+
+def source_frequencies(world: WorldConfig, phenomenon: str) -> CaptionFrequencies | None:
+    """Word-bigram frequencies of the true captions a phenomenon's foils are made from, in the evaluation world
+    (``FREQUENCY_SCENES`` scenes of the block, with a random stream of their own); None when the world has no
+    such captions."""
+    cache_key = (world.cache_key(), phenomenon)
+    if cache_key not in _FREQUENCIES:
+        key, captions = f"foils/{phenomenon}", []
+        for i in range(FREQUENCY_SCENES):
+            rng = random.Random(f"vlp-eval/{world.seed}/{key}/frequencies/{i}")
+            captions += _foil_sources(phenomenon, _scene_at(world, key, i), rng, i, world.held_out_pairs)
+        _FREQUENCIES[cache_key] = CaptionFrequencies(captions) if captions else None
+    return _FREQUENCIES[cache_key]
+
+
 def _foil_item(world: WorldConfig, phenomenon: str, i: int, k: int) -> FoilItem | None:
-    """Candidate ``i`` of a phenomenon's foil block: the first source caption with a foil, or None."""
+    """Candidate ``i`` of a phenomenon's foil block: the first source caption with a foil, or None.
+
+    One foil is proposed uniformly among the caption's edits and the pair is kept with probability
+    min(1, P(foil) / P(caption)) under the phenomenon's true-caption frequencies (`source_frequencies`); a pair
+    turned down skips the candidate (retrying the same caption would favour captions whose foils pass). Kept
+    pairs are then as likely as the same pairs with caption and foil swapped: the words alone do not tell which
+    is true."""
     key = f"foils/{phenomenon}"
     scene, rng, avoid = _scene_at(world, key, i), _rng(world, key, i), world.held_out_pairs
+    frequencies = source_frequencies(world, phenomenon)
+    if frequencies is None:
+        return None
     for caption in _foil_sources(phenomenon, scene, rng, k, avoid):
         foils = [f for f in sw.make_foils(caption, scene, phenomenon) if _foil_ok(phenomenon, caption, f, avoid)]
         if foils:
-            return FoilItem(scene, caption, rng.choice(foils), phenomenon, i)
+            foil = foils[int(rng.random() * len(foils))]
+            return FoilItem(scene, caption, foil, phenomenon, i) if frequencies.accept(caption, foil, rng) else None
     return None
 
 

@@ -47,6 +47,7 @@ from .collator import IGNORE_INDEX
 from .pretraining_data import decode_image
 from .random_streams import GITM_STREAM
 from .shapes_world import Scene, caption_holds, generate_captions, make_foil
+from .text_balance import CaptionFrequencies
 
 GRID_MODES = ("resize", "full")
 #: Target of a segment that describes no cell, and of a cell that no segment describes.
@@ -58,6 +59,8 @@ SEGMENT_KINDS = ("own", "easy", "hard")
 OWN, EASY, HARD = range(3)
 #: Foils for hard distractors: one attribute, the count or the relation changes.
 HARD_FOIL_KINDS = ("colour", "shape", "size", "count", "relation")
+#: Rows whose captions give the word frequencies hard distractors are balanced against.
+FREQUENCY_ROWS = 2000
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -364,9 +367,9 @@ HoldsFn = Callable[[str, Any], bool]
 class _Drawer:
     """The state of one group draw: cell scenes, texts already used and the random stream."""
 
-    def __init__(self, cells, captions_of, scene_of, config, rng, holds_fn, num_rows):
+    def __init__(self, cells, captions_of, scene_of, config, rng, holds_fn, num_rows, frequencies=None):
         self.cells, self.captions_of, self.config, self.rng = cells, captions_of, config, rng
-        self.holds_fn, self.num_rows = holds_fn, num_rows
+        self.holds_fn, self.num_rows, self.frequencies = holds_fn, num_rows, frequencies
         self.scenes = [scene_of(row) for row in cells] if holds_fn is not None else None
         self.used: set[str] = set()
 
@@ -393,7 +396,12 @@ class _Drawer:
             yield from (c.text for c in fresh)
 
     def own(self, cell: int) -> tuple[str, int] | None:
-        """A caption of the cell's image that holds for that cell only: (text, target)."""
+        """A caption of the cell's image that holds for that cell only: (text, target). With `frequencies`, the
+        caption of a kept (caption, foil) pair (`pair`), so that own captions and hard distractors are the two
+        sides of the same pairs."""
+        if self.frequencies is not None:
+            found = self.pair(cell, unique=True)
+            return None if found is None else (found[0], cell)
         for caption in self.own_candidates(cell):
             if caption not in self.used and (self.holds_fn is None or self.holds_for(caption) == [cell]):
                 return caption, cell
@@ -426,17 +434,32 @@ class _Drawer:
         """A foil of a true caption of the cell (one attribute, count or relation changed) holding for no cell."""
         if self.holds_fn is None:
             return None
+        found = self.pair(cell, unique=False)
+        return None if found is None else (found[1], NONE)
+
+    def pair(self, cell: int, unique: bool) -> tuple[str, str] | None:
+        """(caption, foil): a true caption of the cell (with `unique`, holding for that cell only) and a
+        `make_foil` edit of it holding for no cell; None after ``max_attempts`` foils.
+
+        With `frequencies` (the true captions' word frequencies) a pair is kept with probability
+        min(1, P(foil) / P(caption)), and a pair turned down moves on to the next caption. Kept pairs are as likely
+        as their mirror images (detailed balance), so the captions of kept pairs (own segments) and their foils
+        (hard distractors) read alike: no rare pairs or impossible counts for a caption-only classifier to spot."""
         scene, tries = self.scenes[cell], 0
         for caption in self.own_candidates(cell):
             if tries >= self.config.max_attempts:
                 break
-            if self.holds_for(caption) is None or not self.holds_fn(caption, scene):
+            holds = self.holds_for(caption)
+            if caption in self.used or holds is None or (holds != [cell] if unique else cell not in holds):
                 continue
             for kind in self.shuffled(self.config.foil_kinds):
                 tries += 1
                 foil = make_foil(caption, scene, kind, self.rng)
-                if foil is not None and foil not in self.used and self.holds_for(foil) == []:
-                    return foil, NONE
+                if foil is None or foil in self.used or self.holds_for(foil) != []:
+                    continue
+                if self.frequencies is None or self.frequencies.accept(caption, foil, self.rng):
+                    return caption, foil
+                break
         return None
 
     def draw(self, cell: int, kind: int) -> tuple[str, int, int, list[str]]:
@@ -463,6 +486,7 @@ def draw_group(
     config: GroupConfig,
     rng: np.random.Generator,
     holds_fn: HoldsFn | None = caption_holds,
+    frequencies: CaptionFrequencies | None = None,
 ) -> Group:
     """Draw the group of dataset row ``index``: its image plus k-1 other rows, one segment per cell, shuffled.
 
@@ -473,6 +497,8 @@ def draw_group(
     that cannot be found becomes a distractor of the configured kind (easy for "mixed"); a distractor kind that
     fails gives way to the other kind; when every kind fails the cell gets no segment. ``holds_fn=None`` trusts
     construction (own caption -> its cell, easy distractor -> none) and cannot draw hard distractors.
+    ``frequencies`` (true captions' word frequencies) keeps hard distractors to foils that read like true captions
+    (`_Drawer.hard`).
     """
     k = config.num_cells
     if num_rows < k:
@@ -486,7 +512,7 @@ def draw_group(
     hard_flags = rng.random(k) < (
         config.hard_probability if config.distractors == "mixed" else float(config.distractors == "hard")
     )
-    drawer = _Drawer(cells, captions_of, scene_of, config, rng, holds_fn, num_rows)
+    drawer = _Drawer(cells, captions_of, scene_of, config, rng, holds_fn, num_rows, frequencies)
     drawn, fallbacks = [], []
     for cell in range(k):
         kind = OWN if own_flags[cell] else (HARD if hard_flags[cell] else EASY)
@@ -588,6 +614,10 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         self.holds_fn, self.strict = holds_fn, bool(strict)
         self.parse_scenes = holds_fn is caption_holds
         self.cell_ids = self.spec.cell_ids()
+        # Hard distractors read like true captions: the word frequencies of the first rows' captions.
+        sample = self.texts.select(range(min(len(self.texts), FREQUENCY_ROWS)))["captions"]
+        self.frequencies = CaptionFrequencies(c for cs in sample for c in _caption_list(cs)) \
+            if holds_fn is not None and self.config.distractors != "easy" else None
         self.pixel_mask = torch.ones((self.spec.canvas_height, self.spec.canvas_width), dtype=torch.long)  # shared
 
     def __len__(self) -> int:
@@ -609,7 +639,8 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
     def draw(self, index: int) -> Group:
         """The group of row ``index`` at the current epoch, before segments are dropped for length."""
         rng = np.random.default_rng([self.seed, self.epoch, int(index), GITM_STREAM])
-        return draw_group(int(index), len(self), self.captions_of, self.scene_of, self.config, rng, self.holds_fn)
+        return draw_group(int(index), len(self), self.captions_of, self.scene_of, self.config, rng, self.holds_fn,
+                          self.frequencies)
 
     def _skip(self, index: int, reason: str) -> dict[str, Any]:
         if self.strict:

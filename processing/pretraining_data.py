@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 
 from .caption_readers import describe_error
-from .random_streams import CAPTION_STREAM, ITM_STREAM
+from .random_streams import CAPTION_STREAM, ITM_POSITIVE_STREAM, ITM_STREAM
 
 # Stream ids keep the independent draws of one sample apart (caption choice does not move when the ITM
 # settings change). The collator's MLM masking uses its own stream (see collator.MLM_STREAM).
@@ -175,6 +175,28 @@ class PretrainingDataset(torch.utils.data.Dataset):
             return caption
         return None
 
+    def _draw_positive(self, index: int, own_captions: list[str], rng: np.random.Generator, pool: Any = None) -> str:
+        """The ITM positive: one of the row's captions that is false for the scene of a random other row.
+
+        A negative is kept only when it is false for this row's scene, which favours captions that rarely hold (a
+        negation holds for almost every scene and is almost never a negative). The positive passes the same test
+        against a scene drawn as the negative's row is, so captions reach both labels at the same rates and the
+        caption alone does not tell the label. After `max_negative_draws` failures, the last caption drawn.
+        """
+        texts = self.texts if pool is None else pool
+        size = len(texts)
+        caption = own_captions[int(rng.integers(len(own_captions)))]
+        if size < (2 if pool is None else 1):
+            return caption
+        for _ in range(self.max_negative_draws):
+            caption = own_captions[int(rng.integers(len(own_captions)))]
+            other = int(rng.integers(size - 1 if pool is None else size))
+            other += pool is None and other >= index
+            scene = texts[other].get("scene")
+            if scene is None or not self.holds_fn(caption, scene):
+                return caption
+        return caption
+
     def _skip(self, index: int, reason: str) -> dict[str, Any]:
         if self.strict:
             raise ValueError(f"row {index}: {reason}")
@@ -205,12 +227,17 @@ class PretrainingDataset(torch.utils.data.Dataset):
 
         caption = captions[int(self._rng(index, CAPTION_STREAM, epoch).integers(len(captions)))]
         text = self.encode_caption(caption)
-        itm_text, itm_label = text, 1
+        itm_caption, itm_label = caption, 1
         itm_rng = self._rng(index, ITM_STREAM, epoch)
+        negative = None
         if itm_rng.random() < self.itm_probability:
             negative = self._draw_negative(index, captions, row.get("scene"), itm_rng, negatives)
             if negative is not None:
-                itm_text, itm_label = self.encode_caption(negative), 0
+                itm_caption, itm_label = negative, 0
+        if negative is None and self.holds_fn is not None:
+            itm_caption = self._draw_positive(index, captions, self._rng(index, ITM_POSITIVE_STREAM, epoch),
+                                              negatives)
+        itm_text = text if itm_caption == caption else self.encode_caption(itm_caption)
         return {
             "index": index,
             "epoch": epoch,
@@ -223,6 +250,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
             "itm_attention_mask": itm_text["attention_mask"],
             "itm_token_type_ids": itm_text["token_type_ids"],
             "itm_label": itm_label,
+            "itm_caption": itm_caption,
         }
 
     def encode_caption(self, caption: str) -> dict[str, torch.Tensor]:

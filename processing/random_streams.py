@@ -10,6 +10,7 @@ no module defines a stream id of its own.
 # Per sample: np.random.default_rng([seed, epoch, dataset index, STREAM]).
 CAPTION_STREAM = 0  # which of a sample's captions it shows this epoch (pretraining_data)
 ITM_STREAM = 1  # the ITM coin and negative caption (pretraining_data)
+ITM_POSITIVE_STREAM = 4  # the ITM positive caption and the scene it must be false for (pretraining_data)
 MLM_STREAM = 2  # the collator's MLM mask and 80/10/10 replacements
 MIM_STREAM = 3  # the collator's MIM patch mask
 GITM_STREAM = 5  # grouped matching: the canvas, its images and its caption segments (grouping)

@@ -418,8 +418,11 @@ def test_bad_requests_raise_clear_errors():
         es.build_eval_sets(WORLD, {"foil": 3})
     with pytest.raises(ValueError, match="non-negative"):
         es.build_eval_sets(WORLD, {"foils": -1})
-    with pytest.raises(ValueError, match="foils/relation"):
+    # One object per scene: every count foil names a number no true caption uses, and is turned down.
+    with pytest.raises(ValueError, match="foils/count: only 0 of 2 .*count foils"):
         es.build_eval_sets(WorldConfig(max_objects=1), {"foils": 2})
+    with pytest.raises(ValueError, match="foils/relation"):
+        es.foil_items(es.eval_world(WorldConfig(max_objects=1)), "relation", 2)
     with pytest.raises(ValueError, match="held_out_pairs"):
         es.build_eval_sets(WorldConfig(), {"held_out": 2})
     with pytest.raises(ValueError, match="phenomenon"):
