@@ -69,6 +69,11 @@ def test_guided_masks_do_not_depend_on_the_number_of_processes(tmp_path, cache_d
                 "-m", "vlp.training.cli"]
     run_pretrain(tmp_path / "two", cache_dir, per_device_batch_size=4, launcher=torchrun, **common)
     assert_same_losses(tmp_path / "one", tmp_path / "two", tolerance=1e-4)
+    # Joint masking: MLM and MIM come from one pass over the masked caption and the masked patches.
+    records = train_records(tmp_path / "one")
+    assert all("mlm_mim_time_share" in r and "mim_time_share" not in r and "mlm_time_share" not in r
+               for r in records)
+    assert all(isinstance(r["mlm_loss"], float) and isinstance(r["mim_loss"], float) for r in records)
 
 
 def test_masking_options_out_of_range_are_refused_before_work(tmp_path, cache_dir):

@@ -330,3 +330,79 @@ def test_gathered_matches_judge_the_pairs_across_processes_as_one_process_does()
     # a process without truth makes it unknown everywhere (every process gets the same answer)
     assert gathered_matches({"truth_pairs": parts[0]}, holds, lambda objects: [parts[0], None]) is None
     assert gathered_matches({}, None, lambda objects: [None, None]) is None
+
+
+def _tiny_pretraining_model(**config):
+    from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
+
+    torch.manual_seed(0)
+    return VLPForPreTraining(VLPConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, image_size=16, patch_size=8, **config)).eval()
+
+
+def test_joint_masking_is_one_pass_over_a_masked_caption_and_masked_patches():
+    """The joint pass's MLM predicts words with the masked patches hidden: its MLM loss differs from the MLM pass's
+    (whole image), its MIM loss from the MIM pass's (whole caption); both come from the one forward pass."""
+    from vlp.training.objectives import JOINT_PASS, joint_passes, objective_inputs, pass_objectives
+
+    model = _tiny_pretraining_model()
+    plain = torch.tensor([[2, 7, 8, 9, 3], [2, 9, 10, 11, 3]])
+    masked = plain.clone()
+    masked[:, 2] = 4
+    batch = {"input_ids": masked, "plain_input_ids": plain, "attention_mask": torch.ones_like(plain),
+             "token_type_ids": torch.zeros_like(plain),
+             "mlm_labels": torch.where(masked != plain, plain, torch.full_like(plain, -100)),
+             "mim_mask": torch.tensor([[True, True, False, False], [False, True, True, False]]),
+             "pixel_values": torch.randn(2, 3, 16, 16), "pixel_mask": torch.ones(2, 16, 16).long()}
+    joint = objective_inputs(JOINT_PASS, batch, {"model": model})
+    assert torch.equal(joint["input_ids"], masked) and torch.equal(joint["mim_mask"], batch["mim_mask"])
+    with torch.no_grad():
+        both = model(**joint)
+        mlm = model(**objective_inputs("mlm", batch, {"model": model}))
+        mim = model(**objective_inputs("mim", batch, {"model": model}))
+    assert both.mlm_loss is not None and both.mim_loss is not None
+    assert not torch.allclose(both.mlm_loss, mlm.mlm_loss) and not torch.allclose(both.mim_loss, mim.mim_loss)
+    passes = [(0, "itc"), (0, "mlm"), (0, "itm"), (0, "mim"), (1, "mlm"), (1, "mim")]
+    assert joint_passes(passes) == [(0, "itc"), (0, JOINT_PASS), (0, "itm"), (1, JOINT_PASS)]
+    assert pass_objectives(JOINT_PASS) == ["mlm", "mim"] and pass_objectives("itm") == ["itm"]
+    with pytest.raises(ValueError, match="an MLM and an MIM pass per micro-batch"):
+        joint_passes([(0, "mlm")])
+
+
+def test_the_teacher_runs_only_when_mim_regresses_its_states():
+    from vlp.training.objectives import objective_inputs
+
+    calls = []
+
+    class Teacher:
+        def vlp(self, **inputs):
+            calls.append(inputs)
+            raise AssertionError("the teacher ran for pixel targets")
+
+    batch = {"plain_input_ids": torch.tensor([[2, 7, 3]]), "attention_mask": torch.ones(1, 3).long(),
+             "token_type_ids": torch.zeros(1, 3).long(), "mim_mask": torch.tensor([[True, False, False, False]]),
+             "pixel_values": torch.randn(1, 3, 16, 16), "pixel_mask": torch.ones(1, 16, 16).long()}
+    inputs = objective_inputs("mim", batch, {"model": _tiny_pretraining_model(), "teacher": Teacher()})
+    assert "mim_targets" not in inputs and not calls
+    teacher = _tiny_pretraining_model(mim_target="teacher")
+    inputs = objective_inputs("mim", batch, {"model": teacher, "teacher": teacher})
+    assert inputs["mim_targets"].shape == (1, 4, 32)
+
+
+def test_without_the_world_truth_two_rows_of_one_picture_are_no_hard_negatives():
+    """Rows 0 and 2 show the same picture with different captions (a dataset with several captions per image):
+    neither may be the other's negative, however similar; row 1 is the only negative left for both."""
+    from vlp.training.objectives import hard_negative_exclusions, hard_negative_inputs
+
+    pictures = torch.randn(2, 3, 8, 8)
+    batch = {"itm_labels": torch.ones(3, dtype=torch.long),
+             "plain_input_ids": torch.tensor([[2, 7, 3], [2, 8, 3], [2, 9, 3]]),
+             "attention_mask": torch.ones(3, 3).long(), "token_type_ids": torch.zeros(3, 3).long(),
+             "pixel_values": pictures[[0, 1, 0]], "pixel_mask": torch.ones(3, 8, 8).long()}
+    assert hard_negative_exclusions(batch).tolist() == [[True, False, True], [False, True, False],
+                                                        [True, False, True]]
+    text_image = torch.zeros(3, 3)
+    text_image[0, 2] = text_image[2, 0] = 50.0  # the same picture looks like the best negative
+    inputs = hard_negative_inputs(batch, text_image, torch.Generator().manual_seed(0))
+    negatives = inputs["input_ids"][3:6, 1].tolist()  # the text drawn for images 0, 1, 2
+    assert negatives[0] == 8 and negatives[2] == 8 and negatives[1] in (7, 9)

@@ -30,6 +30,7 @@ def step_objectives(weights, mixing, seed, step):
 IMAGE_KEYS = ("pixel_values", "pixel_mask")
 # ITC runs first in a step, so that hard ITM negatives can reuse its similarities.
 OBJECTIVE_ORDER = ("itc", "mlm", "itm", "wra", "mim", "gitm")
+JOINT_PASS = "mlm+mim"  # MLM and MIM in one pass over a caption and image both masked (joint masking)
 GITM_KEYS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "pixel_values", "pixel_mask",
              "gitm_segment_targets", "gitm_cell_ids", "gitm_cell_mask")
 
@@ -59,12 +60,28 @@ def text_image_similarity(model, batch):
 
 
 def hard_negative_exclusions(batch, device=None):
-    """(images, texts): exclude[i, t] means text t may not serve as image i's negative (it holds for image i, or it
-    is image i's own text)."""
+    """(images, texts): exclude[i, t] means text t may not serve as image i's negative: it holds for image i (the
+    world's truth, `holds_matrix`) or, without it, it belongs to the same pair (`same_pairs`)."""
     holds = batch.get("holds_matrix")
-    size = len(batch["itm_labels"])
-    exclude = holds if holds is not None else torch.eye(size, dtype=torch.bool)
+    exclude = holds if holds is not None else same_pairs(batch)
     return exclude.to(device) if device is not None else exclude
+
+
+def same_pairs(batch):
+    """(images, texts) bool: row t's caption is image i's own pair, because the rows are one, show the same picture
+    (a dataset with several captions per image: two rows of one image are no negatives of each other) or have the
+    same caption. Pictures are compared by exact fingerprints of their pixels."""
+    size = len(batch["itm_labels"])
+    same = torch.eye(size, dtype=torch.bool)
+    if "pixel_values" in batch and size:
+        pixels = batch["pixel_values"].detach().flatten(1).double().cpu()
+        ramp = torch.linspace(-1.0, 1.0, pixels.shape[1], dtype=torch.float64)
+        prints = torch.stack([pixels.sum(1), (pixels * ramp).sum(1), (pixels * ramp.square()).sum(1)], dim=1)
+        same |= (prints[:, None] == prints[None]).all(-1)
+    if "plain_input_ids" in batch and size:
+        ids = (batch["plain_input_ids"] * batch["attention_mask"]).cpu()
+        same |= (ids[:, None] == ids[None]).all(-1)
+    return same
 
 
 def hard_negative_inputs(batch, text_image, generator):
@@ -97,13 +114,39 @@ def hard_negative_inputs(batch, text_image, generator):
     return inputs
 
 
+def _mim_targets(batch, context):
+    """The EMA teacher's patch states on the unmasked pair, when the model regresses them (`mim_target="teacher"`);
+    nothing for pixel targets (the teacher may exist for guidance only)."""
+    teacher, model = context.get("teacher"), context.get("model")
+    if teacher is None or (model is not None and model.config.mim_target == "pixel"):
+        return {}
+    with torch.no_grad():
+        out = teacher.vlp(**_plain_text(batch), **_images(batch))
+    return {"mim_targets": out.last_hidden_state[:, out.text_length + 1:]}
+
+
+def joint_passes(passes):
+    """The step's (micro-batch, objective) passes with each micro-batch's MLM and MIM passes made one `JOINT_PASS`
+    (joint masking: both modalities masked in the same forward pass), where the MLM pass stood."""
+    joint = [(index, JOINT_PASS if name == "mlm" else name) for index, name in passes if name != "mim"]
+    if sum(name == "mlm" for _, name in passes) != sum(name == "mim" for _, name in passes):
+        raise ValueError(f"joint masking needs an MLM and an MIM pass per micro-batch; got {passes}")
+    return joint
+
+
+def pass_objectives(name):
+    """The objectives whose losses a pass gives: one, or both of a `JOINT_PASS`."""
+    return JOINT_PASS.split("+") if name == JOINT_PASS else [name]
+
+
 def objective_inputs(name, batch, context):
     """The model's keyword arguments for one objective's pass over a micro-batch.
 
     MLM: masked own captions (matched pairs). ITM and WRA: the ITM captions (random negatives) or ALBEF's hard
-    negatives. MIM: unmasked own captions with masked patches. ITC: text-only and image-only passes. GITM: the
-    batch's grouped-matching canvases and segment texts (`batch["gitm"]`). `guidance`: the
-    unmasked own captions with their images (attention-guided masking's separate pass).
+    negatives. MIM: unmasked own captions with masked patches. `JOINT_PASS`: masked own captions with masked
+    patches. ITC: text-only and image-only passes. GITM: the batch's grouped-matching canvases and segment texts
+    (`batch["gitm"]`). `guidance`: the unmasked own captions with their images (attention-guided masking's
+    separate pass).
     """
     if name == "mlm":
         return {**_text(batch), **_images(batch), "mlm_labels": batch["mlm_labels"]}
@@ -118,13 +161,10 @@ def objective_inputs(name, batch, context):
         labels = {"itm_labels" if name == "itm" else "wra_labels": batch["itm_labels"]}
         return {**_text(batch, "itm_"), **_images(batch), **labels}
     if name == "mim":
-        inputs = {**_plain_text(batch), **_images(batch), "mim_mask": batch["mim_mask"]}
-        teacher = context.get("teacher")
-        if teacher is not None:
-            with torch.no_grad():
-                out = teacher.vlp(**_plain_text(batch), **_images(batch))
-                inputs["mim_targets"] = out.last_hidden_state[:, out.text_length + 1:]
-        return inputs
+        return {**_plain_text(batch), **_images(batch), "mim_mask": batch["mim_mask"], **_mim_targets(batch, context)}
+    if name == JOINT_PASS:  # joint masking: masked caption and masked patches in one pass, both losses from it
+        return {**_text(batch), **_images(batch), "mlm_labels": batch["mlm_labels"], "mim_mask": batch["mim_mask"],
+                **_mim_targets(batch, context)}
     if name == "gitm":  # its own batch: canvases of several images, texts of several caption segments
         return {key: batch["gitm"][key] for key in GITM_KEYS}
     if name == "itc":

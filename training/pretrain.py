@@ -36,7 +36,8 @@ from .data import build_pretraining_data, write_source_report
 from .evaluation import validate
 from .guided_masking import GuidedMasking, guidance_relevance, mask_diagnostics, share_metrics
 from .logging_utils import MetricLogger, truncate_jsonl
-from .objectives import OBJECTIVE_ORDER, objective_counts, objective_inputs, step_objectives
+from .objectives import (JOINT_PASS, OBJECTIVE_ORDER, joint_passes, objective_counts, objective_inputs,
+                         pass_objectives, step_objectives)
 from .sampler import GlobalBatchSampler
 
 # Fault injection for tests. Step indices count completed optimizer steps (the step with index k is logged as k + 1).
@@ -332,6 +333,10 @@ def pretrain(model_args, data_args, train_args):
         first_deferred = len(passes)
         passes += [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
                    if name in deferred]
+        if guide is not None and guide.joint != "independent" and {"mlm", "mim"} <= set(objectives):
+            passes = joint_passes(passes)
+            first_deferred = next((n for n, (_, name) in enumerate(passes) if name in deferred
+                                   or name == JOINT_PASS and "mlm" in deferred), len(passes))
         generator = torch.Generator(device="cpu").manual_seed(
             int(np.random.default_rng([train_args.seed, step, accelerator.process_index, HARD_NEGATIVE_STREAM])
                 .integers(2**62)))
@@ -374,8 +379,10 @@ def pretrain(model_args, data_args, train_args):
             if reuse and name == "itm":
                 guidance[index] = matched_relevance(outputs.relevance, inputs, batch, hard)
             if not empty[index]:
-                loss_sums[names.index(name)] += getattr(outputs, f"{name}_loss").detach().double()
-            timing[f"{name}_time"] = timing.get(f"{name}_time", 0.0) + time.perf_counter() - pass_started
+                for objective in pass_objectives(name):
+                    loss_sums[names.index(objective)] += getattr(outputs, f"{objective}_loss").detach().double()
+            key = f"{name.replace('+', '_')}_time"
+            timing[key] = timing.get(key, 0.0) + time.perf_counter() - pass_started
         for key, value in share_metrics(diagnostics).items():
             window.setdefault(key, []).append(value)
         if step in nonfinite_steps:

@@ -262,7 +262,8 @@ def _train_costs(run_dir):
 def step_flops(config_values):
     """Model FLOPs of one optimizer step, estimated: per objective pass, 6 x (non-embedding parameters) x tokens
     plus the attention score and value products (12 x layers x hidden x S^2 per sample, forward and backward).
-    An estimate for comparing mixes, not a measurement; guidance passes (no backward) count a third."""
+    An estimate for comparing mixes, not a measurement; guidance passes (no backward) count a third; joint masking's
+    MLM and MIM share one pass."""
     model_args, data_args, train_args = parse_config(values=config_values)
     hidden, layers = model_args.hidden_size, model_args.num_hidden_layers
     params = layers * (4 * hidden * hidden + 2 * hidden * model_args.intermediate_size)
@@ -275,7 +276,13 @@ def step_flops(config_values):
 
     joint = text + 1 + patches
     flops = 0.0
-    for name in train_args.objective_weights():
+    objectives = train_args.objective_weights()
+    # Joint masking trains MLM and MIM in one pass (see training.objectives.JOINT_PASS).
+    one_pass = train_args.masking_policy and train_args.joint_masking != "independent" and {"mlm", "mim"} <= set(
+        objectives) and train_args.mixing == "sum"
+    for name in objectives:
+        if name == "mim" and one_pass:
+            continue
         if name in ("mlm", "itm", "wra", "mim"):
             rows = 3 * batch if (name == "itm" and train_args.itm_negatives == "hard") else batch
             flops += pass_flops(joint, rows)
@@ -288,7 +295,7 @@ def step_flops(config_values):
     if train_args.masking_policy and train_args.masking_policy != "random" and train_args.guidance_source != "itm":
         flops += pass_flops(joint) / 3
     if train_args.mixing == "sample":
-        flops /= len(train_args.objective_weights())
+        flops /= len(objectives)
     return flops
 
 
