@@ -77,7 +77,7 @@ def test_every_suite_runs_with_the_expected_counts(results_all):
     assert set(foils) == {"all", *es.FOIL_PHENOMENA}
     assert all(foils[p]["n_items"] == N for p in es.FOIL_PHENOMENA) and foils["all"]["n_items"] == 7 * N
     for block in foils.values():
-        assert set(block["floors"]) == set(block["differences"]) == {"blank", "mismatched"}
+        assert set(block["floors"]) == set(block["differences"]) == {"blank", "mismatched", "text_only"}
         assert set(block["score"]) == {"acc_r", "p_c", "p_f", "acc", "min_pc_pf", "auroc"}
         difference = block["differences"]["blank"]
         score, floor = block["score"]["acc_r"]["value"], block["floors"]["blank"]["acc_r"]["value"]
@@ -112,6 +112,11 @@ def test_every_suite_runs_with_the_expected_counts(results_all):
     assert frequency["n_items"] == len(pairs)  # one item per seen pair at N < 64
     assert sum(bucket["n_items"] for bucket in frequency["buckets"]) == frequency["n_items"]
     assert frequency["held_out"]["n_items"] == N and frequency["held_out_pairs"] == [["red", "circle"]]
+    itm = suites["itm"]
+    assert set(itm["floors"]) == set(itm["differences"]) == {"blank", "text_only", "chance_majority"}
+    assert itm["n_items"] == ev.GITM_GROUPS_PER_ITEM * N and 0 < itm["positives"] < itm["n_items"]
+    # The evaluation's foils and ITM pairs are balanced so that the text alone says nothing (tests/test_shortcuts.py)
+    assert abs(foils["all"]["floors"]["text_only"]["acc_r"]["value"] - 0.5) < 0.15
     assert results_all["item_counts"]["held_out"] == N
 
 
@@ -637,6 +642,11 @@ def test_grouped_matching_suite_figures_are_consistent():
     assert np.mean(result["items"]["accuracy"]) == pytest.approx(score["accuracy"]["value"])
     assert result["floors"]["chance_uniform"]["accuracy"]["value"] == pytest.approx(1 / 3)
     assert 1 / 3 <= result["floors"]["chance_majority"]["accuracy"]["value"] <= 1
+    assert set(result["floors"]) == set(result["differences"]) == {"chance_uniform", "chance_majority",
+                                                                   "blank_canvas", "text_only"}
+    # A text-only answer is right for a distractor it calls 'none', and 1 / cells of the time for a caption.
+    text_only = result["floors"]["text_only"]["accuracy"]["value"]
+    assert 0 < text_only <= result["floors"]["chance_majority"]["accuracy"]["value"] + 0.1
     hard_minus_easy = result["hard_minus_easy"]
     assert hard_minus_easy["value"] == pytest.approx(score["accuracy_hard"]["value"] - score["accuracy_easy"]["value"])
     # The segments of one group are not independent: intervals resample whole groups.
@@ -658,6 +668,46 @@ def test_a_head_that_always_says_none_scores_the_share_of_none_targets():
     assert score["accuracy_easy"]["value"] == score["accuracy_hard"]["value"] == 1.0
     none_share = (result["segments_per_kind"]["easy"] + result["segments_per_kind"]["hard"]) / result["n_items"]
     assert score["accuracy"]["value"] == pytest.approx(none_share)
+
+
+def test_the_blank_canvas_floor_is_the_model_on_a_background_grey_canvas():
+    """A head that reads only the canvas (the 'none' logit set by its mean pixel) says 'none' for every segment on
+    the grey canvas; its blank-canvas floor is then the share of 'none' targets."""
+    runner = _gitm_runner()
+    grey = runner.background_pixel.view(1, -1, 1, 1)
+    with torch.no_grad():
+        runner.model.gitm_none_head.bias.fill_(0.0)
+    real = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+
+    original = runner.model.forward
+
+    def grey_says_none(*args, **kwargs):
+        out = original(*args, **kwargs)
+        on_grey = (kwargs["pixel_values"] - grey).abs().amax(dim=(1, 2, 3)) < 1e-6
+        out.gitm_logits[on_grey, :, -1] = 1e4
+        return out
+
+    runner.model.forward = grey_says_none
+    result = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    kinds = result["segments_per_kind"]
+    none_share = (kinds["easy"] + kinds["hard"]) / result["n_items"]
+    assert result["floors"]["blank_canvas"]["accuracy"]["value"] == pytest.approx(none_share)
+    assert result["score"]["accuracy"]["value"] == pytest.approx(real["score"]["accuracy"]["value"])
+
+
+def test_the_itm_suite_scores_matching_against_a_blank_image_and_the_text_alone(runner):
+    result = ev.run_matching(runner, WORLD, 60, FAST)
+    assert result["n_items"] == 60 and result["headline"] == "accuracy"
+    labels_share = result["positives"] / result["n_items"]
+    majority = result["floors"]["chance_majority"]["accuracy"]["value"]
+    assert majority == pytest.approx(labels_share) or majority == pytest.approx(1 - labels_share)
+    assert np.mean(result["items"]["accuracy"]) == pytest.approx(result["score"]["accuracy"]["value"])
+    for name, difference in result["differences"].items():
+        assert difference["value"] == pytest.approx(result["score"]["accuracy"]["value"]
+                                                    - result["floors"][name]["accuracy"]["value"])
+    schema = ev.load_schema()
+    assert ev.validate_json({"itm": result}, schema["properties"]["suites"], schema) == []
+    assert "skipped" in ev.run_matching(runner, WORLD, 8, FAST, objectives=["mlm"])
 
 
 def test_grouped_matching_is_skipped_without_a_trained_head(runner):

@@ -120,6 +120,12 @@ def test_vqa_finetune_writes_results_that_match_a_recomputation(checkpoint, tmp_
         gain = written[f"gain_over_{baseline}"]
         assert gain == pytest.approx(written["runs"]["pretrained"]["accuracy"] - written["runs"][baseline]["accuracy"])
         assert written[f"gain_over_{baseline}_low"] <= gain <= written[f"gain_over_{baseline}_high"]
+    # Floors on the same questions: the finetuned model shown blank images, and a bag of words on the question.
+    assert written["floors"].keys() == {"blank_image", "text_only"}
+    for name, floor in written["floors"].items():
+        assert floor["n_questions"] == 32 and 0 <= floor["accuracy_low"] <= floor["accuracy"] <= floor["accuracy_high"]
+        gain = written[f"gain_over_{name}"]
+        assert gain == pytest.approx(written["runs"]["pretrained"]["accuracy"] - floor["accuracy"])
     # the saved model's answers, scored question by question with the official rule, give the same accuracy
     model = VLPForQuestionAnswering.from_pretrained(tmp_path / "model").eval()
     _, eval_rows = finetune.synthetic_vqa_splits(40, 16, image_size=32)
@@ -129,6 +135,18 @@ def test_vqa_finetune_writes_results_that_match_a_recomputation(checkpoint, tmp_
     scores = [vqa_question_accuracy(model.config.id2label[int(p)], row["answers"])
               for p, row in zip(predicted, eval_rows)]
     assert results["runs"]["pretrained"]["accuracy"] == pytest.approx(np.mean(scores))
+
+
+def test_the_question_only_floor_learns_what_the_question_alone_tells():
+    """Answers fixed by the question's words: the text-only floor gets them all; answers that the question does not
+    tell stay at the majority's share."""
+    rows = [{"question": f"what colour is the {shape}?", "answers": [colour] * 10}
+            for shape, colour in (("circle", "red"), ("square", "blue"), ("star", "green")) for _ in range(5)]
+    label2id = {"red": 0, "blue": 1, "green": 2}
+    logits = finetune.question_only_logits(rows, rows, label2id)
+    assert logits.argmax(1).tolist() == [label2id[row["answers"][0]] for row in rows]
+    flat = [dict(row, question="what is it?") for row in rows]
+    assert len(set(finetune.question_only_logits(flat, rows, label2id).argmax(1).tolist())) == 1
 
 
 def test_head_optimizer_scales_the_heads_and_spares_biases_and_norms_from_decay(checkpoint):

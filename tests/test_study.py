@@ -68,7 +68,8 @@ class FakeRunner:
             value = float(np.mean(items))
             block = {"n_items": 200, "headline": "acc_r", "score": {"acc_r": {"value": value, "low": value - 0.05,
                                                                               "high": value + 0.05}},
-                     "floors": {}, "differences": {}, "items": {"acc_r": items}}
+                     "floors": {"text_only": {"acc_r": {"value": 0.5, "low": 0.45, "high": 0.55}}},
+                     "differences": {}, "items": {"acc_r": items}}
             json.dump({"suites": {"foils": {"phenomena": {"colour": block}}}, "seconds": time.perf_counter()},
                       open(args[args.index("--output") + 1], "w"))
 
@@ -106,6 +107,9 @@ def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(t
     report = open(tmp_path / "out" / "report.md").read()
     assert "**plus**: higher on eval.suites.foils.phenomena.colour.score.acc_r" in report
     assert "learning_curves.png" in report and os.path.exists(tmp_path / "out" / "learning_curves.png")
+    # Every primary score with its floors, next to it
+    assert "## Floors of the primary metrics" in report
+    assert "| eval.suites.foils.phenomena.colour.score.acc_r | text_only | 0.500 [0.500, 0.500] |" in report
     assert results["mixes"]["plus"]["step_flops"] > results["mixes"]["base"]["step_flops"]
 
 
@@ -179,6 +183,10 @@ def test_step_flops_counts_the_passes_of_each_objective():
     assert step_flops(dict(base, itm_negatives="hard")) == pytest.approx(4 * one)
     assert step_flops(dict(base, masking_policy="high")) == pytest.approx(2 * one + one / 3)
     assert step_flops(dict(base, mixing="sample")) == pytest.approx(one)
+    # Joint masking: MLM and MIM in one pass
+    guided = dict(TINY, objectives="mlm,mim", masking_policy="high", masking_targets="mlm,mim")
+    assert step_flops(dict(guided, joint_masking="together")) == pytest.approx(
+        step_flops(guided) - one)
 
 
 def test_collect_results_on_an_empty_study_folder(tmp_path):

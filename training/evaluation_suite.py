@@ -65,7 +65,7 @@ from .statistics import (
     paired_bootstrap_difference,
 )
 
-SUITES = ("foils", "winoground", "probes", "crossmodal", "grounding", "frequency", "gitm")
+SUITES = ("foils", "winoground", "probes", "crossmodal", "grounding", "frequency", "itm", "gitm")
 #: Real benchmarks and the suite each goes through.
 BENCHMARKS = {"valse": "foils", "sugarcrepe": "foils", "aro": "foils", "winoground": "winoground",
               "probing": "probes"}
@@ -80,7 +80,9 @@ SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_
 NUM_FREQUENCY_BUCKETS = 5
 #: The evaluation sets (processing/eval_sets.py) each suite reads.
 SUITE_SETS = {"foils": ("foils",), "winoground": ("winoground",), "probes": ("probes",), "crossmodal": ("grounding",),
-              "grounding": ("grounding",), "frequency": ("frequency", "held_out"), "gitm": ()}
+              "grounding": ("grounding",), "frequency": ("frequency", "held_out"), "itm": (), "gitm": ()}
+#: The text-only floors train on items of the evaluation world's config with this seed offset (never evaluated).
+TEXT_FLOOR_SEED_OFFSET = 7919
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -711,13 +713,40 @@ def foil_blocks(conditions: Mapping[str, tuple], rows: FoilRows, settings: Setti
     return blocks
 
 
-def run_foils(runner: Runner, bank: ImageBank, rows: FoilRows, settings: Settings) -> dict:
-    """The foils suite on ``rows``: the image, then the blank and mismatched floors."""
+def run_foils(runner: Runner, bank: ImageBank, rows: FoilRows, settings: Settings,
+              text_floor_pairs: Sequence[tuple[str, str]] | None = None) -> dict:
+    """The foils suite on ``rows``: the image, then the blank and mismatched floors, and with
+    ``text_floor_pairs`` ((caption, foil) training pairs) the text-only floor (`text_only_foil_scores`)."""
     mismatched = rows.image_ids[derangement(len(rows.captions), _rng(settings, "foils/mismatched"))]
     conditions = {"image": foil_scores(runner, bank, rows, rows.image_ids),
                   "blank": foil_scores(runner, bank, rows, np.full_like(rows.image_ids, BLANK)),
                   "mismatched": foil_scores(runner, bank, rows, mismatched)}
+    if text_floor_pairs:
+        conditions["text_only"] = text_only_foil_scores(text_floor_pairs, rows)
     return {"phenomena": foil_blocks(conditions, rows, settings)}
+
+
+def text_only_foil_scores(train_pairs: Sequence[tuple[str, str]], rows: FoilRows) -> tuple[np.ndarray, np.ndarray]:
+    """(caption scores, foil scores) of a classifier that never sees an image: a bag of words trained to tell the
+    captions of ``train_pairs`` (1) from their foils (0), scoring P(true caption) of each text of ``rows``."""
+    from .shortcuts import BagOfWords
+
+    model = BagOfWords().fit([t for pair in train_pairs for t in pair], [1, 0] * len(train_pairs))
+    column = model.classes.index(1)
+    return model.scores(rows.captions)[:, column], model.scores(rows.foils)[:, column]
+
+
+def text_floor_world(world: sw.WorldConfig) -> sw.WorldConfig:
+    """The world whose items train the text-only floors: the evaluation world's config, another seed."""
+    return dataclasses.replace(world, seed=world.seed + TEXT_FLOOR_SEED_OFFSET)
+
+
+def text_floor_foil_pairs(world: sw.WorldConfig, items: Sequence) -> list[tuple[str, str]]:
+    """(caption, foil) training pairs for the text-only floor: as many per phenomenon as ``items`` hold, drawn from
+    `text_floor_world`."""
+    counts = Counter(item.phenomenon for item in items)
+    return [(item.caption, item.foil) for phenomenon, n in counts.items()
+            for item in es.foil_items(text_floor_world(world), phenomenon, n)[0]]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1188,12 +1217,76 @@ def gitm_settings(config: Mapping | None) -> dict:
     return {key: (config or {}).get(key, getattr(defaults, key)) for key in GITM_KEYS}
 
 
+def matching_pairs(world: sw.WorldConfig, n: int, runner: Runner, seed: int) -> tuple[list, list[str], np.ndarray]:
+    """(scenes, captions, labels) of ``n`` image-text matching pairs drawn as pretraining draws them
+    (`PretrainingDataset`: half negatives, each false for its scene; positives balanced to match)."""
+    from ..processing.pretraining_data import PretrainingDataset
+    from .data import holds_for_scene
+
+    rows = sw.build_dataset(dataclasses.replace(world, num_scenes=n))
+    dataset = PretrainingDataset(rows, runner.processor, seed=seed, holds_fn=holds_for_scene)
+    samples = [dataset.sample_from_row(dataset.rows[i], i) for i in range(len(rows))]
+    samples = [sample for sample in samples if "skipped" not in sample]
+    scenes = [sw.Scene.from_dict(sample["scene"]) for sample in samples]
+    return scenes, [s["itm_caption"] for s in samples], np.asarray([s["itm_label"] for s in samples])
+
+
+def run_matching(runner: Runner, world: sw.WorldConfig, n_pairs: int, settings: Settings,
+                 objectives: Sequence[str] | None = None) -> dict:
+    """Zero-shot image-text matching with the run's ITM head on ``n_pairs`` pairs of the evaluation world
+    (`matching_pairs`): accuracy of P(match) > 0.5 against its floors: the same captions with a blank image, a
+    classifier that never sees an image (a bag of words trained on pairs of `text_floor_world`), and always
+    answering the training majority."""
+    from .shortcuts import BagOfWords
+
+    if objectives is not None and "itm" not in objectives:
+        return {"skipped": f"the model was not pretrained with image-text matching (objectives "
+                           f"{','.join(objectives)})"}
+    scenes, captions, labels = matching_pairs(world, n_pairs, runner, settings.seed)
+    if not captions:
+        return {"skipped": "no readable pair"}
+    bank = ImageBank(scenes=scenes, image_size=runner.image_size)
+    ids = np.arange(len(captions))
+    correct = ((match_scores(runner, bank, ids, captions) > 0.5) == labels).astype(float)
+    blank = ((match_scores(runner, bank, np.full_like(ids, BLANK), captions) > 0.5) == labels).astype(float)
+    _, train_captions, train_labels = matching_pairs(text_floor_world(world), n_pairs, runner, settings.seed)
+    text_model = BagOfWords().fit(train_captions, train_labels.tolist())
+    text_only = (np.asarray(text_model.predict(captions)) == labels).astype(float)
+    majority = (labels == Counter(train_labels.tolist()).most_common(1)[0][0]).astype(float)
+    floor_values = {"blank": blank, "text_only": text_only, "chance_majority": majority}
+    floors = {name: {"accuracy": mean_figure(values, settings)} for name, values in floor_values.items()}
+    differences = {name: difference(values, correct, settings, "accuracy") for name, values in floor_values.items()}
+    return comparison(len(captions), "accuracy", {"accuracy": mean_figure(correct, settings)}, floors,
+                      differences, {"accuracy": correct}, positives=int(labels.sum()))
+
+
+def _gitm_text_only(texts, targets, cells, world, n_groups, runner, config, grid, settings) -> np.ndarray:
+    """Per scored segment, the expected accuracy of a classifier that never sees the canvas: a bag of words trained
+    on the segments of ``n_groups`` groups of `text_floor_world` to tell a cell's caption from a distractor. Saying
+    'none' is right for a distractor; saying 'a cell's' is right for a caption with chance 1 / cells (which cell,
+    the text cannot say)."""
+    from ..processing.grouping import GroupedMatchingDataset
+    from .shortcuts import BagOfWords, gitm_segment_items
+
+    rows = sw.build_dataset(dataclasses.replace(text_floor_world(world), num_scenes=n_groups))
+    train = GroupedMatchingDataset(rows, runner.processor, config, mode=grid["gitm_mode"],
+                                   patch_size=runner.patch_size, image_size=runner.image_size, seed=settings.seed,
+                                   max_length=grid["gitm_max_length"])
+    model = BagOfWords().fit(*gitm_segment_items(train, range(len(train))))
+    if len(texts) != len(targets):
+        raise RuntimeError(f"grouped matching: {len(texts)} segment texts for {len(targets)} scored segments")
+    says_none = np.asarray([label == "none" for label in model.predict(texts)])
+    is_none = np.asarray(targets) == cells  # gitm_classes puts 'none' after the cells
+    return np.where(says_none, is_none.astype(float), np.where(is_none, 0.0, 1.0 / cells))
+
+
 def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, grid: Mapping, settings: Settings,
                          objectives: Sequence[str] | None = None) -> dict:
     """Zero-shot grouped matching with the run's trained head on ``n_groups`` groups drawn from the evaluation world
     (one group per scene, the grid and distractors of ``grid``): segment accuracy overall and per kind (own caption,
-    easy and hard distractor), against two chance levels (uniform over the cells and 'none'; always the most
-    frequent target), hard minus easy, and whole-group exact match. Items are segments (their per-item values are
+    easy and hard distractor), against its floors: two chance levels (uniform over the cells and 'none'; always the
+    most frequent target), the same texts on a blank canvas, and a classifier that never sees the canvas
+    (`_gitm_text_only`); hard minus easy, and whole-group exact match. Items are segments (their per-item values are
     kept), but the segments of one group are not independent: every interval here resamples groups."""
     from ..modeling_vlp.losses_vlp import gitm_classes
     from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
@@ -1212,28 +1305,36 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
                                     max_length=grid["gitm_max_length"])
     groups.set_epoch(0)
     cells = groups.spec.num_cells
-    correct, kinds, targets, group_of, exact = [], [], [], [], []
+    correct, blank_correct, kinds, targets, group_of, exact, texts = [], [], [], [], [], [], []
     pad = runner.processor.tokenizer.pad_token_id
     with torch.no_grad():
         for batch_rows in _batches(len(groups), runner.batch_size):
-            batch = collate_grouped([groups[i] for i in range(len(groups))[batch_rows]], pad_token_id=pad)
+            samples = [groups[i] for i in range(len(groups))[batch_rows]]
+            batch = collate_grouped(samples, pad_token_id=pad)
             if len(batch["index"]) == 0:
                 continue
             batch = {k: v.to(runner.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            logits = runner.model(**objective_inputs("gitm", {"gitm": batch}, {})).gitm_logits
             wanted = gitm_classes(batch["gitm_segment_targets"], cells)
             scored = batch["gitm_segment_targets"] != -100
+            logits = runner.model(**objective_inputs("gitm", {"gitm": batch}, {})).gitm_logits
             hits = (logits.argmax(dim=-1) == wanted) | ~scored
+            # The blank-canvas floor: the same texts, every cell background grey.
+            blank = dict(batch, pixel_values=torch.ones_like(batch["pixel_values"])
+                         * runner.background_pixel.view(1, -1, 1, 1).to(batch["pixel_values"].dtype))
+            blank_logits = runner.model(**objective_inputs("gitm", {"gitm": blank}, {})).gitm_logits
+            blank_correct += (blank_logits.argmax(dim=-1) == wanted)[scored].float().cpu().tolist()
             rows_in_batch = torch.arange(len(exact), len(exact) + hits.shape[0], device=hits.device)
             group_of += rows_in_batch[:, None].expand_as(hits)[scored].cpu().tolist()
             exact += hits.all(dim=1).float().cpu().tolist()
             correct += hits[scored].float().cpu().tolist()
             kinds += batch["gitm_segment_kinds"][scored].cpu().tolist()
             targets += wanted[scored].cpu().tolist()
+            texts += [text for sample in samples if "group" in sample for text in sample["group"].segments]
     correct, kinds, targets = np.asarray(correct), np.asarray(kinds), np.asarray(targets)
     if correct.size == 0:
         return {"skipped": "no readable group"}
     group_of = np.asarray(group_of)
+    text_only = _gitm_text_only(texts, targets, cells, world, n_groups, runner, config, grid, settings)
 
     def per_group(values, chosen=None):
         """(sum of `values` over each group's chosen segments, their number): the segments of one group are not
@@ -1250,10 +1351,12 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
              **{f"accuracy_{kind}": cluster_mean_figure(*per_group(correct, chosen), settings)
                 for kind, chosen in of_kind.items()},
              "exact_match": mean_figure(exact, settings)}
-    floors = {"chance_uniform": {"accuracy": cluster_mean_figure(*per_group(uniform), settings)},
-              "chance_majority": {"accuracy": cluster_mean_figure(*per_group(majority), settings)}}
+    floor_values = {"chance_uniform": uniform, "chance_majority": majority,
+                    "blank_canvas": np.asarray(blank_correct), "text_only": text_only}
+    floors = {name: {"accuracy": cluster_mean_figure(*per_group(values), settings)}
+              for name, values in floor_values.items()}
     differences = {name: cluster_difference(per_group(values), per_group(correct), settings, "accuracy")
-                   for name, values in (("chance_uniform", uniform), ("chance_majority", majority))}
+                   for name, values in floor_values.items()}
     hard_minus_easy = cluster_difference(per_group(correct, of_kind["easy"]), per_group(correct, of_kind["hard"]),
                                          settings, "accuracy (hard - easy distractors)")
     return comparison(correct.size, "accuracy", score, floors, differences, {"accuracy": correct},
@@ -1289,7 +1392,9 @@ def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_cou
         if suite == "foils":
             items = list(sets["foils"])
             bank = ImageBank(scenes=[item.scene for item in items], image_size=runner.image_size)
-            results[suite] = run_foils(runner, bank, FoilRows.from_items(items, np.arange(len(items))), settings)
+            world = world_from_dict(sets.meta["world_config"], "evaluation world")
+            results[suite] = run_foils(runner, bank, FoilRows.from_items(items, np.arange(len(items))), settings,
+                                       text_floor_foil_pairs(world, items))
         elif suite == "winoground":
             items = list(sets["winoground"])
             bank = ImageBank(scenes=[s for item in items for s in item.scenes], image_size=runner.image_size)
@@ -1304,6 +1409,10 @@ def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_cou
             results[suite] = run_grounding(runner, sets, settings)
         elif suite == "frequency":
             results[suite] = run_frequency(runner, sets, pair_counts or {}, settings)
+        elif suite == "itm":
+            world = world_from_dict(sets.meta["world_config"], "evaluation world")
+            results[suite] = run_matching(runner, world, GITM_GROUPS_PER_ITEM * items_per_phenomenon, settings,
+                                          objectives)
         elif suite == "gitm":
             world = world_from_dict(sets.meta["world_config"], "evaluation world")
             results[suite] = run_grouped_matching(runner, world, GITM_GROUPS_PER_ITEM * items_per_phenomenon,
@@ -1490,6 +1599,7 @@ def _summary_rows(results: Mapping) -> list[tuple]:
             add("frequency", f"bucket {bucket['bucket']} ({bucket['count_low']:.0f}-{bucket['count_high']:.0f})",
                 bucket)
         add("frequency", "held-out pairs", frequency.get("held_out"))
+    add("itm", "matched or not", suites.get("itm"))
     gitm = suites.get("gitm", {})
     if "score" in gitm:
         add("gitm", f"{gitm['grid']['gitm_rows']}x{gitm['grid']['gitm_cols']} {gitm['grid']['gitm_mode']}", gitm)

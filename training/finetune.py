@@ -11,6 +11,11 @@ folder. Beside the pretrained score they report baselines, so that what pretrain
 - captioning `blank_image`: the same for captions (a caption prior learnt by the same model), and `most_frequent`:
   the most frequent training caption given for every image (no training).
 
+VQA results also hold `floors`, scored on the same questions: `blank_image`, the finetuned pretrained model shown
+blank images, and `text_only`, a bag of words trained on the training questions that never sees an image
+(`question_only_logits`), each with the pretrained model's paired gain over it (`gain_over_blank_image`,
+`gain_over_text_only`).
+
     vlp finetune vqa RUN/model --output_dir out/vqa                 # synthetic VQA with complementary pairs
     vlp finetune retrieval RUN/model --output_dir out/ret           # the shapes world's captions
     vlp finetune caption RUN/model --output_dir out/cap --num_beams 3
@@ -352,7 +357,7 @@ def finetune_vqa(
         data_name = data_name or "synthetic"
     id2label, label2id = answer_vocabulary(train_rows, min_answer_count)
     metrics = VQAMetrics(eval_rows, id2label)
-    runs, scores = {}, {}
+    runs, scores, floors = {}, {}, {}
     for variant in variants:
         model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label,
                       label2id=label2id)
@@ -365,8 +370,15 @@ def finetune_vqa(
         scores[variant] = np.asarray(figures.pop("scores"), dtype=np.float64)
         runs[variant] = {**figures, **info, "eval_loss": float(prediction.metrics["test_loss"]),
                          "accuracy_items": [round(float(v), 6) for v in scores[variant]]}
+        if variant == "pretrained":
+            # The image floor: the same finetuned model, every evaluation image blanked.
+            trainer.data_collator = VQACollator(processor, label2id, settings.max_length, blank_image=True)
+            blank = trainer.predict(eval_rows)
+            blank_logits = blank.predictions[0] if isinstance(blank.predictions, tuple) else blank.predictions
+            floors["blank_image"] = metrics.full(blank_logits, keep_scores=True)
         if save_model and variant == "pretrained":
             _save(model, processor, output_dir)
+    floors["text_only"] = metrics.full(question_only_logits(train_rows, eval_rows, label2id), keep_scores=True)
     results = {
         "task": "vqa",
         "model_dir": os.path.abspath(model_dir),
@@ -383,8 +395,33 @@ def finetune_vqa(
     for baseline in ("question_only", "random_init"):
         if "pretrained" in runs and baseline in runs:
             results.update(paired_gain(scores["pretrained"], scores[baseline], f"gain_over_{baseline}"))
+    floor_scores = {name: np.asarray(figures.pop("scores"), dtype=np.float64) for name, figures in floors.items()}
+    results["floors"] = floors
+    for name, values in floor_scores.items():
+        if "pretrained" in runs:
+            results.update(paired_gain(scores["pretrained"], values, f"gain_over_{name}"))
     _write_results(output_dir, results)
     return results
+
+
+def question_only_logits(train_rows, eval_rows, label2id):
+    """(N, answers) log-probabilities of a classifier that never sees an image: a bag of words trained on the
+    training questions, each labelled with its most frequent in-vocabulary answer (the text-only floor of VQA)."""
+    from .shortcuts import BagOfWords
+
+    questions, answers = [], []
+    for question, given in zip(_column(train_rows, "question"), _column(train_rows, "answers")):
+        known = [answer for answer in given if answer in label2id]
+        if known:
+            questions.append(question)
+            answers.append(Counter(known).most_common(1)[0][0])
+    logits = np.full((len(eval_rows), len(label2id)), -1e9, dtype=np.float64)
+    if not questions:
+        return logits
+    model = BagOfWords().fit(questions, answers)
+    columns = [label2id[answer] for answer in model.classes]
+    logits[:, columns] = np.log(np.maximum(model.scores(_column(eval_rows, "question")), 1e-300))
+    return logits
 
 
 # ---------------------------------------------------------------------------------------------------------------------

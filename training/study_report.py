@@ -42,6 +42,15 @@ def _report_metrics(results):
     return primary, [m for m in headline if m not in primary], every
 
 
+def _floors_of(metric, every):
+    """The floor figures of a score figure: 'x.score.acc_r' -> every 'x.floors.<floor>.acc_r'."""
+    if ".score." not in metric:
+        return []
+    prefix, figure = metric.rsplit(".score.", 1)
+    return [m for m in every if m.startswith(f"{prefix}.floors.") and m.endswith(f".{figure}")
+            and m.count(".") == metric.count(".") + 1]
+
+
 def _words(name, differences, metrics):
     """One line: where a mix helps or hurts, only for differences whose interval excludes zero after Holm."""
     helps = [f"{m} ({d['difference']:+.3f})" for m, d in differences.items() if d.get("significant")
@@ -92,6 +101,18 @@ def write_report(study, results, costs, output_dir):
             row = [_difference_cell(results["differences"].get(mix, {}).get(metric))
                    for mix in results["mixes"] if mix != baseline]
             lines.append(f"| {metric} | " + " | ".join(row) + " |")
+        lines.append("")
+    floor_rows = [(metric, floor) for metric in primary for floor in _floors_of(metric, every)]
+    if floor_rows:
+        lines += ["## Floors of the primary metrics", "",
+                  "What the same items give without the information the score is meant to need: the same model with "
+                  "a blank or mismatched image, a bag of words that never sees an image (`text_only`), chance. A "
+                  "score means something only above its floors.", "",
+                  "| metric | floor | " + " | ".join(results["mixes"]) + " |", "|---|---|" + "---|" * len(results["mixes"])]
+        for metric, floor in floor_rows:
+            name = floor[len(metric.split(".score.")[0]) + len(".floors."):].rsplit(".", 1)[0]
+            row = [_cell(results["mixes"][mix]["metrics"].get(floor)) for mix in results["mixes"]]
+            lines.append(f"| {metric} | {name} | " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## In words", ""]
     for mix in results["mixes"]:
@@ -238,7 +259,7 @@ def write_examples(study, results, output_dir):
         overrides = next(m.get("overrides") or {} for m in study["mixes"] if m["name"] == masks_mix)
         folder = os.path.join(output_dir, "masks")
         masks_report(run, folder, policies=("random", overrides.get("masking_policy", "high")), num_samples=128,
-                     scoring=overrides.get("relevance_scoring", "attention"))
+                     scoring=overrides.get("relevance_scoring", "lift"))
         os.replace(os.path.join(folder, "masks.png"), os.path.join(output_dir, "example_masks.png"))
         written.append("example_masks.png")
     for mix in study["mixes"]:
