@@ -21,7 +21,8 @@ PATCH = 8
 
 
 def guide(**kwargs):
-    values = dict(policy="high", targets=("mlm",), seed=11, mask_token_id=MASK_ID,
+    """A GuidedMasking with raw attention scoring unless told (the tests below build relevance by hand)."""
+    values = dict(policy="high", targets=("mlm",), seed=11, mask_token_id=MASK_ID, scoring="attention",
                   replacement_ids=np.arange(5, 50), never_masked_ids=np.array([PAD, CLS, SEP]), patch_size=PATCH,
                   probability=1.0, ratio=0.5)
     values.update(kwargs)
@@ -197,6 +198,7 @@ def test_warmup_and_random_need_no_guidance(policy):
 
 
 def test_lift_scoring_discounts_what_every_position_attends_to():
+    assert GuidedMasking(policy="high", targets=("mlm",)).scoring == "lift"  # the default, by measurement (README)
     g = guide(scoring="lift")
     b = make_batch(lengths=(6,))
     weights = g.request(b)

@@ -118,7 +118,7 @@ def _masks(argv):
     parser.add_argument("--word-relevance-from", default="patches", choices=("patches", "cls"))
     parser.add_argument("--patch-relevance-from", default="text", choices=("text", "cls"))
     parser.add_argument("--layers", default="last", choices=("last", "mean"))
-    parser.add_argument("--scoring", default="attention", choices=("attention", "lift"))
+    parser.add_argument("--scoring", default="lift", choices=("attention", "lift"))
     parser.add_argument("--rows", type=int, default=6, help="samples in the picture")
     args = parser.parse_args(argv)
     from ..processing.masking import POLICIES

@@ -321,7 +321,7 @@ class PretrainArguments:
         "help": "words are ranked by the attention they receive from the 'patches' or from 'cls'"})
     patch_relevance_from: str = field(default="text", metadata={
         "help": "patches are ranked by the attention they receive from the caption's words ('text') or 'cls'"})
-    relevance_scoring: str = field(default="attention", metadata={
+    relevance_scoring: str = field(default="lift", metadata={
         "help": "rank by the 'attention' received from the queries, or by its 'lift' over the attention received from "
                 "every position (discounts attention sinks)"})
     joint_masking: str = field(default="independent", metadata={

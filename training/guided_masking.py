@@ -54,7 +54,7 @@ class GuidedMasking:
     word_query: str = "patches"
     patch_query: str = "text"
     joint: str = "independent"
-    scoring: str = "attention"
+    scoring: str = "lift"
     ratio: float | None = None
     ratio_range: tuple[float, float] = (0.1, 0.5)
     probability: float = 0.5

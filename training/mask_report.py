@@ -25,7 +25,7 @@ COUNTS = ("masked_concept_words", "masked_words", "masked_object_patches", "mask
 
 def policy_counts(model, batches, tokenizer, policies=POLICIES, targets=("mlm", "mim"), ratio=0.3,
                   source="model", word_query="patches", patch_query="text", layers="last", seed=0,
-                  scoring="attention"):
+                  scoring="lift"):
     """Per-sample counts (N,) of masked words, masked concept words, masked patches and masked object patches for
     each policy, and the masked batches of the first batch (for pictures). Every sample is masked (probability 1)."""
     encoder = model.vlp if hasattr(model, "vlp") else model
@@ -155,7 +155,7 @@ class _Args:
 
 
 def masks_report(run_dir, out_dir, policies=POLICIES, num_samples=512, batch_size=64, ratio=0.3, grid_rows=6,
-                 word_query="patches", patch_query="text", layers="last", seed=0, scoring="attention"):
+                 word_query="patches", patch_query="text", layers="last", seed=0, scoring="lift"):
     """Measures every policy's shares on the run's validation world with guidance from its final model; writes
     mask_shares.json and masks.png into `out_dir`; returns the table."""
     import yaml
