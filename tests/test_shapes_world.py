@@ -470,6 +470,12 @@ def test_caption_holds_agrees_with_brute_force_on_random_pairs():
 # ---------------------------------------------------------------------------------------------
 
 
+
+def _concepts(text):
+    """The concept words of a caption, plural shape nouns made singular."""
+    singular = {v: k for k, v in sw.SHAPE_PLURALS.items()}
+    return [singular.get(w, w) for w in text.split() if sw.concept_category(w)]
+
 def test_foils_are_false_parseable_and_minimal(examples):
     rng = random.Random(7)
     made = Counter()
@@ -481,9 +487,7 @@ def test_foils_are_false_parseable_and_minimal(examples):
                     continue
                 made[kind] += 1
                 assert not caption_holds(foil, e.scene), (c.text, foil)
-                singular = {v: k for k, v in sw.SHAPE_PLURALS.items()}
-                concepts = lambda t: [singular.get(w, w) for w in t.split() if sw.concept_category(w)]
-                before, after = concepts(c.text), concepts(foil)
+                before, after = _concepts(c.text), _concepts(foil)
                 if kind in ("colour", "shape", "size", "count"):
                     assert len(before) == len(after) and sum(x != y for x, y in zip(before, after)) == 1, (c.text, foil)
                 if kind == "binding_swap":

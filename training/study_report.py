@@ -195,6 +195,11 @@ def _run_config(run_dir):
         return parse_config(values=yaml.safe_load(handle)["config"])
 
 
+def _cell_name(cell, cells):
+    """A grouped-matching class as shown: the cell number, or 'none' (negative targets, the class after the cells)."""
+    return "none" if cell < 0 or cell >= cells else str(cell)
+
+
 def write_gitm_examples(run_dir, path, groups=4):
     """A PNG of validation groups of a run trained with grouped matching: the canvas with its cells numbered, each
     caption segment with its true cell and the model's choice ('none' when the caption holds for no cell)."""
@@ -234,9 +239,8 @@ def write_gitm_examples(run_dir, path, groups=4):
         cells = rows * cols
         for position, (text, target) in enumerate(zip(group["group"].segments, group["group"].segment_targets)):
             guess = int(predicted[column, position])
-            name = lambda c: "none" if c < 0 or c >= cells else str(c)  # noqa: E731
             mark = "ok" if (guess == cells and target < 0) or guess == target else "x"
-            lines.append(f"{text[:38]} -> {name(target)} / {name(guess)} {mark}")
+            lines.append(f"{text[:38]} -> {_cell_name(target, cells)} / {_cell_name(guess, cells)} {mark}")
         axis.set_xticks([])
         axis.set_yticks([])
         axis.set_xlabel("\n".join(lines), fontsize=6, loc="left")
