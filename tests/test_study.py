@@ -3,6 +3,7 @@ the statistics of the differences, the report, and the presets."""
 
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -119,6 +120,13 @@ def test_one_seed_intervals_cover_items_only_and_the_report_says_so(tmp_path):
     metric = "eval.suites.foils.phenomena.colour.score.acc_r"
     assert results["mixes"]["base"]["metrics"][metric]["interval_over"] == "items"
     assert results["differences"]["plus"][metric]["interval_over"] == "items"
+    # 0.2 better on 200 items by construction, far beyond its item-level interval: still no claim from one seed.
+    difference = results["differences"]["plus"][metric]
+    assert difference["low"] > 0 and difference["p_holm"] < 0.05 and not difference["significant"]
+    report = open(tmp_path / "out" / "report.md").read()
+    assert "shows no evidence about training runs" in report.split("\n\n", 3)[1]  # in its first lines
+    assert not re.search(r"p_Holm [0-9.]+ \*", report) and "higher on" not in report
+    assert "- **plus**: one seed; no claim." in report
     assert "intervals cover the sampling of evaluation items only" in open(tmp_path / "out" / "report.md").read()
 
 

@@ -422,6 +422,10 @@ def _interval(interval, over):
     return {"low": interval.low, "high": interval.high, "interval_over": over}
 
 
+#: Seeds a study needs before a difference between mixes is called significant.
+MIN_SEEDS_FOR_CLAIMS = 2
+
+
 def _differences(study, per_run, primary, n_resamples):
     """Each mix minus the baseline, per metric, with Holm-adjusted p-values across the metrics compared for it."""
     baseline, seeds = study["baseline"], study["seeds"]
@@ -457,7 +461,9 @@ def _differences(study, per_run, primary, n_resamples):
             correction = holm_correction([compared[m]["p_value"] for m in tested])
             for metric, adjusted, reject in zip(tested, correction.adjusted, correction.reject):
                 compared[metric]["p_holm"] = float(adjusted)
-                compared[metric]["significant"] = bool(reject)
+                # A claim about objectives needs training runs to vary: with one seed, an interval over evaluation
+                # items says nothing about another run of the same mix, so nothing is significant.
+                compared[metric]["significant"] = bool(reject) and len(pairs) >= MIN_SEEDS_FOR_CLAIMS
         out[name] = compared
     return out
 

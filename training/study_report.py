@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .study import is_primary
+from .study import MIN_SEEDS_FOR_CLAIMS, is_primary
 
 
 def _fmt(value, digits=3):
@@ -81,9 +81,10 @@ def write_report(study, results, costs, output_dir):
     budget = {k: v for k, v in study["base"].items() if k in ("max_steps", "per_device_batch_size",
                                                               "gradient_accumulation_steps", "num_scenes")}
     lines += [f"Budget per run: {budget} (equal for every mix).", ""]
-    if len(seeds) == 1:
-        lines += ["With one seed, intervals cover the sampling of evaluation items only, not the variation between "
-                  "training runs.", ""]
+    if len(seeds) < MIN_SEEDS_FOR_CLAIMS:
+        lines = lines[:2] + ["**One seed: this study shows no evidence about training runs.** With one seed, "
+                             "intervals cover the sampling of evaluation items only, not the variation between "
+                             "training runs, so no difference is starred or named below.", ""] + lines[2:]
     lines += ["Intervals are 95 % bootstrap intervals; differences to the baseline use a paired bootstrap, "
               "hierarchical over seeds then items where items were saved. `*`: the interval excludes zero after a "
               "Holm correction across the metrics compared for that mix.", ""]
@@ -116,7 +117,9 @@ def write_report(study, results, costs, output_dir):
         lines.append("")
     lines += ["## In words", ""]
     for mix in results["mixes"]:
-        if mix != baseline:
+        if mix != baseline and len(seeds) < MIN_SEEDS_FOR_CLAIMS:
+            lines.append(f"- **{mix}**: one seed; no claim.")
+        elif mix != baseline:
             lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline)))
     lines += ["", "## Cost", "", "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | total |",
               "|---|---|---|---|---|"]
