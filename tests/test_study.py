@@ -110,8 +110,19 @@ def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(t
     assert "learning_curves.png" in report and os.path.exists(tmp_path / "out" / "learning_curves.png")
     # Every primary score with its floors, next to it
     assert "## Floors of the primary metrics" in report
-    assert "| eval.suites.foils.phenomena.colour.score.acc_r | text_only | 0.500 [0.500, 0.500] |" in report
+    # base scores about 0.6, plus about 0.8, on 200 items a seed: both clear the text-only floor of 0.5
+    assert "| eval.suites.foils.phenomena.colour.score.acc_r | text_only | 0.500 [0.500, 0.500] | 0.500 [0.500, " \
+           "0.500] |" in report
     assert results["mixes"]["plus"]["step_flops"] > results["mixes"]["base"]["step_flops"]
+
+
+def test_a_score_that_does_not_clear_its_floor_is_marked():
+    from vlp.training.study_report import _floor_cell
+
+    assert _floor_cell({"mean": 0.55, "low": 0.45, "high": 0.65}, {"mean": 0.5}).endswith("(not cleared)")
+    assert not _floor_cell({"mean": 0.7, "low": 0.6, "high": 0.8}, {"mean": 0.5}).endswith("(not cleared)")
+    assert _floor_cell({"mean": 0.7}, {"mean": 0.7}).endswith("(not cleared)")
+    assert _floor_cell(None, None) == "—"
 
 
 def test_one_seed_intervals_cover_items_only_and_the_report_says_so(tmp_path):

@@ -42,6 +42,15 @@ def _report_metrics(results):
     return primary, [m for m in headline if m not in primary], every
 
 
+def _floor_cell(score, floor):
+    """A floor's figure, marked when the score's interval does not clear it (lower bound at or below the floor)."""
+    if floor is None:
+        return "—"
+    low = score.get("low", score["mean"]) if score else None
+    cleared = low is not None and low > floor["mean"]
+    return _cell(floor) + ("" if cleared else " (not cleared)")
+
+
 def _floors_of(metric, every):
     """The floor figures of a score figure: 'x.score.acc_r' -> every 'x.floors.<floor>.acc_r'."""
     if ".score." not in metric:
@@ -108,11 +117,14 @@ def write_report(study, results, costs, output_dir):
         lines += ["## Floors of the primary metrics", "",
                   "What the same items give without the information the score is meant to need: the same model with "
                   "a blank or mismatched image, a bag of words that never sees an image (`text_only`), chance. A "
-                  "score means something only above its floors.", "",
-                  "| metric | floor | " + " | ".join(results["mixes"]) + " |", "|---|---|" + "---|" * len(results["mixes"])]
+                  "score means something only above its floors: `(not cleared)` marks a mix whose score's lower "
+                  "bound does not exceed the floor.", "",
+                  "| metric | floor | " + " | ".join(results["mixes"]) + " |",
+                  "|---|---|" + "---|" * len(results["mixes"])]
         for metric, floor in floor_rows:
             name = floor[len(metric.split(".score.")[0]) + len(".floors."):].rsplit(".", 1)[0]
-            row = [_cell(results["mixes"][mix]["metrics"].get(floor)) for mix in results["mixes"]]
+            figures = [results["mixes"][mix]["metrics"] for mix in results["mixes"]]
+            row = [_floor_cell(values.get(metric), values.get(floor)) for values in figures]
             lines.append(f"| {metric} | {name} | " + " | ".join(row) + " |")
         lines.append("")
     lines += ["## In words", ""]
