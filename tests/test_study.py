@@ -71,8 +71,12 @@ class FakeRunner:
                                                                               "high": value + 0.05}},
                      "floors": {"text_only": {"acc_r": {"value": 0.5, "low": 0.45, "high": 0.55}}},
                      "differences": {}, "items": {"acc_r": items}}
-            json.dump({"suites": {"foils": {"phenomena": {"colour": block}}}, "seconds": time.perf_counter()},
-                      open(args[args.index("--output") + 1], "w"))
+            frequency = {"slope": {"score": {"value": 0.02 + 0.03 * plus, "low": 0.0, "high": 0.05 + 0.03 * plus}},
+                         "held_out": {"score": {"acc_r": {"value": 0.55, "low": 0.5, "high": 0.6}}},
+                         "buckets": [{"bucket": b, "count_low": 10.0 ** b, "count_high": 10.0 ** (b + 1),
+                                      "score": {"acc_r": {"value": 0.5 + 0.1 * b + 0.05 * plus}}} for b in (1, 2)]}
+            json.dump({"suites": {"foils": {"phenomena": {"colour": block}}, "frequency": frequency},
+                       "seconds": time.perf_counter()}, open(args[args.index("--output") + 1], "w"))
 
 
 def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tmp_path):
@@ -114,6 +118,23 @@ def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(t
     assert "| eval.suites.foils.phenomena.colour.score.acc_r | text_only | 0.500 [0.500, 0.500] | 0.500 [0.500, " \
            "0.500] |" in report
     assert results["mixes"]["plus"]["step_flops"] > results["mixes"]["base"]["step_flops"]
+
+
+def test_the_report_shows_rare_concepts_and_the_power_of_the_design(tmp_path):
+    path = write_study(tmp_path)
+    results = run_study(path, str(tmp_path / "out"), runner=FakeRunner())
+    report = open(tmp_path / "out" / "report.md").read()
+    rare = report.split("## Rare concepts", 1)[1].split("\n## ", 1)[0]
+    assert "| slope of acc_r per decade of pair count | 0.020 [" in rare  # base; plus 0.050
+    assert "| held-out pairs: acc_r | 0.550 [0.550, 0.550] | 0.550 [0.550, 0.550] |" in rare
+    assert "| 1 | 10–100 | 0.600 | 0.650 |" in rare and "| 2 | 100–1000 | 0.700 | 0.750 |" in rare
+    power = report.split("## Power", 1)[1].split("\n## ", 1)[0]
+    difference = results["differences"]["plus"]["eval.suites.foils.phenomena.colour.score.acc_r"]
+    from vlp.training.study_report import minimum_detectable_effect
+
+    effect = minimum_detectable_effect(difference["low"], difference["high"])
+    assert f"| eval.suites.foils.phenomena.colour.score.acc_r | {effect:.3f} | seeds, items |" in power
+    assert minimum_detectable_effect(-0.196, 0.196) == pytest.approx(0.28, abs=1e-3)  # 2.8 standard errors
 
 
 def test_a_score_that_does_not_clear_its_floor_is_marked():

@@ -42,6 +42,73 @@ def _report_metrics(results):
     return primary, [m for m in headline if m not in primary], every
 
 
+#: z(1 - 0.05 / 2) + z(0.80): a difference this many standard errors large is found 80 % of the time at alpha 0.05.
+_POWER_Z = 1.959964 + 0.841621
+
+
+def minimum_detectable_effect(low, high, confidence=0.95):
+    """The smallest difference found with 80 % power at a two-sided 5 % level, from a difference's interval:
+    (z_0.975 + z_0.80) x its standard error, the error read off the interval's width."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    return _POWER_Z * (high - low) / (2 * z)
+
+
+def _power_lines(results, primary):
+    """Per primary metric, the minimum detectable effect of the design (the median over the mixes compared)."""
+    rows = []
+    for metric in primary:
+        entries = [d[metric] for d in results["differences"].values() if metric in d and "low" in d[metric]]
+        if entries:
+            effects = [minimum_detectable_effect(e["low"], e["high"]) for e in entries]
+            rows.append(f"| {metric} | {np.median(effects):.3f} | {entries[0]['interval_over']} |")
+    if not rows:
+        return []
+    return ["## Power", "", "The smallest difference to the baseline this design finds 80 % of the time (two-sided "
+            "5 % level, before Holm), from the width of the measured difference intervals (median over the mixes): "
+            "'no difference' reads as 'no difference larger than this'.", "",
+            "| metric | minimum detectable effect | variation covered |", "|---|---|---|", *rows, ""]
+
+
+def _rare_concept_lines(results, output_dir):
+    """The frequency suite per mix: the slope of acc_r per decade of pretraining count, held-out pairs, and acc_r
+    per count bucket (mean over seeds, from each run's evaluation.json)."""
+    mixes = list(results["mixes"])
+    figures = {"slope of acc_r per decade of pair count": "eval.suites.frequency.slope.score",
+               "held-out pairs: acc_r": "eval.suites.frequency.held_out.score.acc_r",
+               "held-out minus seen pairs: acc_r": "eval.suites.frequency.held_out_versus_seen.value"}
+    present = {name: key for name, key in figures.items()
+               if any(key in results["mixes"][m]["metrics"] for m in mixes)}
+    if not present:
+        return []
+    lines = ["## Rare concepts", "", "acc_r of colour and shape foils against how often the colour-shape pair they "
+             "name occurs in the pretraining world, and on pairs held out of pretraining (after Udandarao et al. "
+             "2024).", "", "| figure | " + " | ".join(mixes) + " |", "|---|" + "---|" * len(mixes)]
+    for name, key in present.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(results["mixes"][m]["metrics"].get(key)) for m in mixes) + " |")
+    buckets = {}
+    for mix in mixes:
+        for seed in results["seeds"]:
+            path = os.path.join(output_dir, "runs", mix, f"seed{seed}", "evaluation.json")
+            if not os.path.exists(path):
+                continue
+            with open(path, encoding="utf-8") as handle:
+                table = json.load(handle).get("suites", {}).get("frequency", {}).get("buckets", [])
+            for bucket in table:
+                key = (bucket["bucket"], bucket["count_low"], bucket["count_high"])
+                value = bucket["score"]["acc_r"]["value"]
+                if value is not None:
+                    buckets.setdefault(key, {}).setdefault(mix, []).append(value)
+    if buckets:
+        lines += ["", "acc_r per bucket of pretraining count (mean over seeds; bucket 0: held-out pairs):", "",
+                  "| bucket | pair count | " + " | ".join(mixes) + " |", "|---|---|" + "---|" * len(mixes)]
+        for (number, low, high), values in sorted(buckets.items()):
+            cells = [_fmt(float(np.mean(values[m]))) if m in values else "—" for m in mixes]
+            lines.append(f"| {number} | {low:.0f}–{high:.0f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _floor_cell(score, floor):
     """A floor's figure, marked when the score's interval does not clear it (lower bound at or below the floor)."""
     if floor is None:
@@ -127,6 +194,8 @@ def write_report(study, results, costs, output_dir):
             row = [_floor_cell(values.get(metric), values.get(floor)) for values in figures]
             lines.append(f"| {metric} | {name} | " + " | ".join(row) + " |")
         lines.append("")
+    lines += _power_lines(results, primary)
+    lines += _rare_concept_lines(results, output_dir)
     lines += ["## In words", ""]
     for mix in results["mixes"]:
         if mix != baseline and len(seeds) < MIN_SEEDS_FOR_CLAIMS:
