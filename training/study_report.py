@@ -37,7 +37,9 @@ def _difference_cell(entry):
 def _report_metrics(results):
     """The metrics the tables show: the declared primary ones first, then validation figures of every run."""
     every = sorted(set().union(*(set(m["metrics"]) for m in results["mixes"].values())) if results["mixes"] else ())
-    primary = [m for m in every if is_primary(m, results["primary_metrics"])]
+    # Floors and score - floor differences of a primary figure are shown beside it (the floors table), not as one.
+    primary = [m for m in every if is_primary(m, results["primary_metrics"])
+               and ".floors." not in m and ".differences." not in m]
     headline = [m for m in every if m.startswith("val.") and m.endswith(("_accuracy", "_loss"))]
     return primary, [m for m in headline if m not in primary], every
 
@@ -248,26 +250,52 @@ def write_plots(study, results, output_dir):
         figure.savefig(os.path.join(output_dir, "learning_curves.png"), dpi=100)
         plt.close(figure)
         written.append("learning_curves.png")
-    primary, headline, _ = _report_metrics(results)
-    bars = [m for m in primary + headline if m.endswith(("accuracy", "acc_r", "score"))][:12]
-    if bars:
-        mixes = list(results["mixes"])
-        figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(bars) * len(mixes) / 2), 3.6))
-        width = 0.8 / len(mixes)
-        for position, mix in enumerate(mixes):
-            entries = [results["mixes"][mix]["metrics"].get(m) for m in bars]
-            means = [e["mean"] if e else np.nan for e in entries]
-            errors = np.array([[e["mean"] - e["low"], e["high"] - e["mean"]] if e and "low" in e else [0, 0]
-                               for e in entries]).T
-            axis.bar(np.arange(len(bars)) + position * width, means, width, yerr=errors, label=mix, capsize=2)
-        axis.set_xticks(np.arange(len(bars)) + 0.4 - width / 2)
-        axis.set_xticklabels(bars, rotation=30, ha="right", fontsize=7)
-        axis.legend(fontsize=7)
-        figure.tight_layout()
-        figure.savefig(os.path.join(output_dir, "metrics.png"), dpi=100)
-        plt.close(figure)
-        written.append("metrics.png")
+    primary, headline, every = _report_metrics(results)
+    panels = [m for m in primary + headline if m.endswith(("accuracy", "acc_r", "score"))][:12]
+    if panels:
+        written.append(_metric_panels(results, panels, every, os.path.join(output_dir, "metrics.png"), plt))
     return written
+
+
+def _short_name(metric):
+    """A panel title: the metric's path without the evaluation-file prefixes."""
+    for prefix in ("eval.suites.", "val."):
+        metric = metric[len(prefix):] if metric.startswith(prefix) else metric
+    return metric.replace(".phenomena.", ".").replace(".score.", ": ").replace(".tasks.", ".")
+
+
+def _metric_panels(results, metrics, every, path, plt):
+    """One small panel per metric, three a row: the mixes as bars with their intervals, each floor of the metric
+    (its mean over the mixes) as a dashed line."""
+    mixes = list(results["mixes"])
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, metric in zip(axes.flat, metrics):
+        entries = [results["mixes"][mix]["metrics"].get(metric) for mix in mixes]
+        means = [e["mean"] if e else np.nan for e in entries]
+        errors = np.array([[e["mean"] - e["low"], e["high"] - e["mean"]] if e and "low" in e else [0, 0]
+                           for e in entries]).T
+        axis.bar(range(len(mixes)), means, yerr=errors, capsize=3, color=colours[:len(mixes)])
+        for number, floor in enumerate(_floors_of(metric, every)):
+            values = [results["mixes"][m]["metrics"][floor]["mean"] for m in mixes
+                      if floor in results["mixes"][m]["metrics"]]
+            name = floor[len(metric.split(".score.")[0]) + len(".floors."):].rsplit(".", 1)[0]
+            axis.axhline(float(np.mean(values)), linestyle="--", linewidth=1, color=f"C{7 + number % 3}",
+                         label=f"floor: {name}")
+        axis.set_title(_short_name(metric), fontsize=8)
+        axis.set_xticks(range(len(mixes)))
+        axis.set_xticklabels(mixes, rotation=20, ha="right", fontsize=7)
+        axis.tick_params(axis="y", labelsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6, loc="lower right")
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return os.path.basename(path)
 
 
 def _run_config(run_dir):
