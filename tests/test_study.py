@@ -138,7 +138,13 @@ def test_the_report_shows_rare_concepts_and_the_power_of_the_design(tmp_path):
 
 
 def test_a_score_that_does_not_clear_its_floor_is_marked():
-    from vlp.training.study_report import _floor_cell
+    from vlp.training.study_report import _floor_cell, _uncleared, _words
+
+    metric, floor = "eval.x.score.acc_r", "eval.x.floors.blank.acc_r"
+    values = {metric: {"mean": 0.52, "low": 0.48, "high": 0.56}, floor: {"mean": 0.5}}
+    assert _uncleared(values, [metric], [metric, floor]) == {metric}
+    line = _words("plus", {metric: {"significant": True, "difference": 0.04}}, {metric}, {metric})
+    assert "higher on eval.x.score.acc_r (+0.040; a score not above its floors)" in line
 
     assert _floor_cell({"mean": 0.55, "low": 0.45, "high": 0.65}, {"mean": 0.5}).endswith("(not cleared)")
     assert not _floor_cell({"mean": 0.7, "low": 0.6, "high": 0.8}, {"mean": 0.5}).endswith("(not cleared)")

@@ -129,12 +129,22 @@ def _floors_of(metric, every):
             and m.count(".") == metric.count(".") + 1]
 
 
-def _words(name, differences, metrics):
-    """One line: where a mix helps or hurts, only for differences whose interval excludes zero after Holm."""
-    helps = [f"{m} ({d['difference']:+.3f})" for m, d in differences.items() if d.get("significant")
-             and d["difference"] > 0 and m in metrics]
-    hurts = [f"{m} ({d['difference']:+.3f})" for m, d in differences.items() if d.get("significant")
-             and d["difference"] < 0 and m in metrics]
+def _uncleared(values, metrics, every):
+    """The metrics whose score (a mix's figures `values`) does not clear one of its floors."""
+    return {m for m in metrics for floor in _floors_of(m, every)
+            if _floor_cell(values.get(m), values.get(floor)).endswith("(not cleared)")}
+
+
+def _words(name, differences, metrics, below=frozenset()):
+    """One line: where a mix helps or hurts, only for differences whose interval excludes zero after Holm; a metric
+    in `below` (the mix's or the baseline's score does not clear a floor) is said to be so."""
+    def said(m, d):
+        return f"{m} ({d['difference']:+.3f}{'; a score not above its floors' if m in below else ''})"
+
+    helps = [said(m, d) for m, d in differences.items() if d.get("significant") and d["difference"] > 0
+             and m in metrics]
+    hurts = [said(m, d) for m, d in differences.items() if d.get("significant") and d["difference"] < 0
+             and m in metrics]
     if not helps and not hurts:
         return f"- **{name}**: no difference to the baseline whose interval excludes zero after the Holm correction."
     parts = []
@@ -203,7 +213,9 @@ def write_report(study, results, costs, output_dir):
         if mix != baseline and len(seeds) < MIN_SEEDS_FOR_CLAIMS:
             lines.append(f"- **{mix}**: one seed; no claim.")
         elif mix != baseline:
-            lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline)))
+            below = _uncleared(results["mixes"][mix]["metrics"], primary, every) | _uncleared(
+                results["mixes"][baseline]["metrics"], primary, every)
+            lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline), below))
     lines += ["", "## Cost", "", "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | total |",
               "|---|---|---|---|---|"]
     for mix, data in results["mixes"].items():
