@@ -21,6 +21,7 @@ setup(
     description="Pretrain and evaluate single-stream vision-language transformers with any mix of objectives.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={f"vlp.{name}": name for name in FOLDERS},
