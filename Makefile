@@ -18,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo pretrain-demo test test-all test-latest lock bench clean
+.PHONY: install demo pretrain-demo lint format test test-all test-latest lock bench clean
 
 $(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,16 @@ demo: $(STAMP)
 pretrain-demo: $(STAMP)
 	$(VENV)/bin/vlp pretrain --config training/configs/demo.yaml --output_dir runs/demo
 
-test: $(STAMP)
+# ruff (pyproject.toml's rules) and its formatter, checked; `make format` applies both.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 test-all: $(STAMP)
@@ -60,7 +69,7 @@ lock:
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install -q $(PIP_TOOLS)
 	CUSTOM_COMPILE_COMMAND="make lock" $(TOOLS)/bin/pip-compile -q --upgrade --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
-		--extra test --extra captioning -o $(LOCK) setup.py requirements/lock.in
+		--extra test --extra captioning --extra lint -o $(LOCK) setup.py requirements/lock.in
 	sed -i 's/^\(torch==[^+ ]*\)+[a-z0-9.]*/\1/' $(LOCK)
 
 bench: $(STAMP)

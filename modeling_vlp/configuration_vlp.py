@@ -117,8 +117,17 @@ class VLPConfig(PretrainedConfig):
 
     def validate(self):
         """Refuse sizes the model cannot be built with, naming the key and the allowed range."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                     "max_position_embeddings", "image_size", "patch_size", "num_channels"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "image_size",
+            "patch_size",
+            "num_channels",
+        ):
             _check_range(name, getattr(self, name), low=1, integer=True)
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             _check_range(name, getattr(self, name), low=0.0, high=1.0)
@@ -126,9 +135,7 @@ class VLPConfig(PretrainedConfig):
         _check_range("retrieval_top_k", self.retrieval_top_k, low=1, integer=True)
         _check_range("caption_prefix_length", self.caption_prefix_length, low=0, integer=True)
         if self.retrieval_negatives not in ("hard", "random"):
-            raise ValueError(
-                f"VLPConfig.retrieval_negatives={self.retrieval_negatives!r}: expected 'hard' or 'random'"
-            )
+            raise ValueError(f"VLPConfig.retrieval_negatives={self.retrieval_negatives!r}: expected 'hard' or 'random'")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"VLPConfig.hidden_size={self.hidden_size} must be a multiple of "

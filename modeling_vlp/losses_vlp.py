@@ -67,8 +67,10 @@ def similarity_matrix(text_features, image_features, logit_scale):
 
 
 def _distributed():
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and (torch.distributed.get_world_size() > 1)
     )
 
 
@@ -130,11 +132,13 @@ def contrastive_loss(text_features, image_features, logit_scale, gather=True, ma
         matches = matches.to(device=text_to_image.device, dtype=torch.bool)
         if tuple(matches.shape) == (count, count) and total != count:  # this process's pairs only
             known = matches.new_zeros((total, total))
-            known[offset:offset + count, offset:offset + count] = matches
+            known[offset : offset + count, offset : offset + count] = matches
             matches = known
         if tuple(matches.shape) != (total, total):
-            raise ValueError(f"matches must be (texts, images) = ({count}, {count}) or, over the gathered batch, "
-                             f"({total}, {total}); got shape {tuple(matches.shape)}")
+            raise ValueError(
+                f"matches must be (texts, images) = ({count}, {count}) or, over the gathered batch, "
+                f"({total}, {total}); got shape {tuple(matches.shape)}"
+            )
         rows = slice(offset, offset + count)
         own = F.one_hot(labels, total).bool()
         text_to_image = text_to_image.masked_fill(matches[rows] & ~own, float("-inf"))
@@ -278,8 +282,10 @@ def unpatchify(patches, patch_size, num_rows, num_cols):
     batch, length, dim = patches.shape
     channels = dim // (patch_size * patch_size)
     if length != num_rows * num_cols or dim != patch_size * patch_size * channels:
-        raise ValueError(f"patches of shape {tuple(patches.shape)} do not make a {num_rows}x{num_cols} grid of "
-                         f"{patch_size}-pixel patches")
+        raise ValueError(
+            f"patches of shape {tuple(patches.shape)} do not make a {num_rows}x{num_cols} grid of "
+            f"{patch_size}-pixel patches"
+        )
     image = patches.reshape(batch, num_rows, num_cols, patch_size, patch_size, channels).permute(0, 5, 1, 3, 2, 4)
     return image.reshape(batch, channels, num_rows * patch_size, num_cols * patch_size)
 
@@ -308,8 +314,10 @@ def mim_loss(predictions, targets, bool_masked_pos, kind="l2"):
     if predictions.shape[:-1] == masked.shape:
         predictions = predictions[masked]
     elif predictions.dim() != 2 or predictions.shape[0] != int(masked.sum()):
-        raise ValueError(f"predictions of shape {tuple(predictions.shape)} match neither bool_masked_pos "
-                         f"{tuple(masked.shape)} nor its {int(masked.sum())} masked patches")
+        raise ValueError(
+            f"predictions of shape {tuple(predictions.shape)} match neither bool_masked_pos "
+            f"{tuple(masked.shape)} nor its {int(masked.sum())} masked patches"
+        )
     with _full_precision(predictions.device):
         predictions = _promote(predictions)
         targets = targets.detach()[masked].to(predictions.dtype)
@@ -344,8 +352,9 @@ def _pool_by_id(hidden, ids, first_id, count):
     """Mean of `hidden` (B, N, D) over the positions whose id is first_id + j, for j < count: (B, count, D).
     Groups without positions get zeros."""
     if hidden.dim() != 3 or ids.shape != hidden.shape[:2]:
-        raise ValueError(f"ids of shape {tuple(ids.shape)} must match the first two dims of hidden "
-                         f"{tuple(hidden.shape)}")
+        raise ValueError(
+            f"ids of shape {tuple(ids.shape)} must match the first two dims of hidden {tuple(hidden.shape)}"
+        )
     wanted = torch.arange(first_id, first_id + count, device=ids.device)
     weights = (ids[:, None, :] == wanted[None, :, None]).to(hidden.dtype)  # (B, count, N)
     return (weights @ hidden) / weights.sum(dim=-1, keepdim=True).clamp(min=1)
@@ -370,8 +379,10 @@ def grouped_matching_logits(segment_repr, cell_repr, none_logit, cell_mask=None,
     learned 'none' logit (a scalar, or one per segment (B, M) / (B, M, 1)). Cells where `cell_mask` (B, K) is False
     get -inf. Computed in float32 with autocast off."""
     if segment_repr.dim() != 3 or cell_repr.dim() != 3 or segment_repr.shape[::2] != cell_repr.shape[::2]:
-        raise ValueError(f"segment_repr {tuple(segment_repr.shape)} and cell_repr {tuple(cell_repr.shape)} must be "
-                         "(B, M, D) and (B, K, D)")
+        raise ValueError(
+            f"segment_repr {tuple(segment_repr.shape)} and cell_repr {tuple(cell_repr.shape)} must be "
+            "(B, M, D) and (B, K, D)"
+        )
     with _full_precision(segment_repr.device):
         segments, cells = _promote(segment_repr), _promote(cell_repr)
         scores = scale * segments @ cells.transpose(1, 2)
@@ -388,8 +399,10 @@ def gitm_classes(targets, num_cells):
     """Segment targets (cell, GITM_NONE or -100) -> class indices of the logits (cell, num_cells for none, -100)."""
     bad = (targets < GITM_NONE) & (targets != -100) | (targets >= num_cells)
     if bool(bad.any()):
-        raise ValueError(f"targets must be a cell in [0, {num_cells}), {GITM_NONE} (none) or -100 (padding); got "
-                         f"{sorted(set(targets[bad].tolist()))}")
+        raise ValueError(
+            f"targets must be a cell in [0, {num_cells}), {GITM_NONE} (none) or -100 (padding); got "
+            f"{sorted(set(targets[bad].tolist()))}"
+        )
     return torch.where(targets == GITM_NONE, torch.full_like(targets, num_cells), targets)
 
 
@@ -399,8 +412,7 @@ def grouped_matching_cross_entropy(logits, targets):
     Returns (summed over the segments, their number); padded segments (-100) take no part."""
     classes = gitm_classes(targets, logits.shape[-1] - 1)
     with _full_precision(logits.device):
-        summed = F.cross_entropy(_promote(logits).flatten(0, 1), classes.flatten(), reduction="sum",
-                                 ignore_index=-100)
+        summed = F.cross_entropy(_promote(logits).flatten(0, 1), classes.flatten(), reduction="sum", ignore_index=-100)
     return summed, (classes != -100).sum()
 
 
@@ -443,6 +455,7 @@ def grouped_matching_metrics(logits, targets):
 def summarize_grouped_matching(counts):
     """Accuracy, 'none' precision and recall and exact match from (summed) `grouped_matching_metrics` counts;
     NaN where the denominator is 0."""
+
     def ratio(num, den):
         den = int(den)
         return int(num) / den if den else float("nan")

@@ -301,7 +301,8 @@ class VLPLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, attn_mask=None, return_attention=False, relevance_weights=None):
         attended, probs, relevance = self.attention(
-            self.layernorm_before(hidden_states), attn_mask, return_attention, relevance_weights)
+            self.layernorm_before(hidden_states), attn_mask, return_attention, relevance_weights
+        )
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.dropout(self.fc2(self.act(self.fc1(self.layernorm_after(hidden_states)))))
         return hidden_states, probs, relevance
@@ -313,8 +314,15 @@ class VLPEncoder(nn.Module):
         self.layer = nn.ModuleList([VLPLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, attn_mask=None, attention_layers=(), output_hidden_states=False,
-                relevance_weights=None, relevance_layers=()):
+    def forward(
+        self,
+        hidden_states,
+        attn_mask=None,
+        attention_layers=(),
+        output_hidden_states=False,
+        relevance_weights=None,
+        relevance_layers=(),
+    ):
         all_hidden = (hidden_states,) if output_hidden_states else None
         maps, relevances = [], []
         for index, layer in enumerate(self.layer):
@@ -421,8 +429,16 @@ class VLPModel(VLPPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.text.word_embeddings = value
 
-    def embed(self, input_ids=None, attention_mask=None, token_type_ids=None, segment_ids=None,
-              pixel_values=None, pixel_mask=None, bool_masked_pos=None):
+    def embed(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        segment_ids=None,
+        pixel_values=None,
+        pixel_mask=None,
+        bool_masked_pos=None,
+    ):
         """Embeds the text and/or the image; returns (embeddings, sequence mask, text length, patch grid)."""
         if input_ids is None and pixel_values is None:
             raise ValueError("VLPModel needs input_ids, pixel_values or both")
@@ -474,7 +490,8 @@ class VLPModel(VLPPreTrainedModel):
             attn_mask = self._combine_attention_mask(self_attention_mask, attn_mask, mask, relevance_weights)
         relevance_at = {index % self.config.num_hidden_layers for index in relevance_layers}
         hidden, all_hidden, maps, relevance = self.encoder(
-            embeddings, attn_mask, layers, bool(output_hidden_states), relevance_weights, relevance_at)
+            embeddings, attn_mask, layers, bool(output_hidden_states), relevance_weights, relevance_at
+        )
         hidden = self.layernorm(hidden)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         return VLPModelOutput(
@@ -493,8 +510,10 @@ class VLPModel(VLPPreTrainedModel):
         """A (B, S, S) query-key pattern AND the (B, 1, 1, S) key padding mask, as a (B, 1, S, S) boolean mask."""
         batch, length = sequence_mask.shape
         if tuple(self_attention_mask.shape) != (batch, length, length):
-            raise ValueError(f"self_attention_mask has shape {tuple(self_attention_mask.shape)}; expected "
-                             f"(batch, sequence, sequence) = {(batch, length, length)}")
+            raise ValueError(
+                f"self_attention_mask has shape {tuple(self_attention_mask.shape)}; expected "
+                f"(batch, sequence, sequence) = {(batch, length, length)}"
+            )
         if relevance_weights is not None:
             raise ValueError("relevance_weights cannot be combined with a self_attention_mask")
         pattern = self_attention_mask.bool()[:, None]
@@ -590,8 +609,9 @@ class VLPForPreTraining(VLPPreTrainedModel):
         self.itm_head = nn.Linear(config.hidden_size, config.num_itm_labels)
         # MIM: a light linear decoder to per-patch pixels (MAE style) or to the teacher's patch states (iBOT style).
         pixels_per_patch = config.patch_size**2 * config.num_channels
-        self.mim_head = nn.Linear(config.hidden_size,
-                                  pixels_per_patch if config.mim_target == "pixel" else config.hidden_size)
+        self.mim_head = nn.Linear(
+            config.hidden_size, pixels_per_patch if config.mim_target == "pixel" else config.hidden_size
+        )
         self.contrastive = VLPContrastiveHead(config)
         if config.num_text_segments:
             # Grouped matching: projections of pooled segments and cells, and a per-segment 'none' score.
@@ -658,9 +678,12 @@ class VLPForPreTraining(VLPPreTrainedModel):
             )
         if mlm_labels is not None:
             extra["mlm_logits"], losses["mlm"] = self.mlm_loss(outputs, mlm_labels, normalizers.get("mlm"))
-        if itm_labels is not None or (outputs is not None and not any(
-                value is not None for value in (mlm_labels, wra_labels, mim_mask, itc_input_ids,
-                                                gitm_segment_targets))):
+        if itm_labels is not None or (
+            outputs is not None
+            and not any(
+                value is not None for value in (mlm_labels, wra_labels, mim_mask, itc_input_ids, gitm_segment_targets)
+            )
+        ):
             # Matching scores are also what a call without any labels returns (inference).
             extra["itm_logits"] = self.itm_head(outputs.pooler_output)
         if itm_labels is not None:
@@ -670,14 +693,21 @@ class VLPForPreTraining(VLPPreTrainedModel):
             losses["wra"] = self.wra_loss(outputs, attention_mask, wra_labels, normalizers.get("wra"))
         if mim_mask is not None:
             extra["mim_predictions"], losses["mim"] = self.mim_loss(
-                outputs, pixel_values, mim_mask, mim_targets, normalizers.get("mim"))
+                outputs, pixel_values, mim_mask, mim_targets, normalizers.get("mim")
+            )
         if itc_input_ids is not None:
             extra["itc_similarity"], losses["itc"] = self.itc_loss(
-                itc_input_ids, itc_attention_mask, itc_pixel_values, itc_pixel_mask, normalizers.get("itc"),
-                matches=itc_matches)
+                itc_input_ids,
+                itc_attention_mask,
+                itc_pixel_values,
+                itc_pixel_mask,
+                normalizers.get("itc"),
+                matches=itc_matches,
+            )
         if gitm_segment_targets is not None:
             extra["gitm_logits"], losses["gitm"] = self.gitm_loss(
-                outputs, segment_ids, gitm_segment_targets, gitm_cell_ids, gitm_cell_mask, normalizers.get("gitm"))
+                outputs, segment_ids, gitm_segment_targets, gitm_cell_ids, gitm_cell_mask, normalizers.get("gitm")
+            )
         total = sum(weights.get(name, 1.0) * value for name, value in losses.items()) if losses else None
         return VLPForPreTrainingOutput(
             loss=total,
@@ -713,15 +743,19 @@ class VLPForPreTraining(VLPPreTrainedModel):
             raise ValueError("grouped matching needs segment_ids, gitm_cell_ids and gitm_cell_mask")
         segments = pool_segments(outputs.last_hidden_state[:, : outputs.text_length], segment_ids, targets.shape[1])
         cells = pool_cells(self.patch_states(outputs), cell_ids, cell_mask.shape[1])
-        logits = grouped_matching_logits(self.gitm_text_projection(segments), self.gitm_cell_projection(cells),
-                                         self.gitm_none_head(segments)[..., 0], cell_mask,
-                                         scale=self.config.hidden_size**-0.5)
+        logits = grouped_matching_logits(
+            self.gitm_text_projection(segments),
+            self.gitm_cell_projection(cells),
+            self.gitm_none_head(segments)[..., 0],
+            cell_mask,
+            scale=self.config.hidden_size**-0.5,
+        )
         summed, count = grouped_matching_cross_entropy(logits, targets)
         return logits, _normalized_sum(summed, normalizer, count)
 
     def patch_states(self, outputs):
         """The final states of the image patches (image [CLS] excluded), (B, P, D)."""
-        return outputs.last_hidden_state[:, outputs.text_length + 1:]
+        return outputs.last_hidden_state[:, outputs.text_length + 1 :]
 
     def mim_loss(self, outputs, pixel_values, mim_mask, mim_targets=None, normalizer=None):
         """Predictions at the masked patches and the loss over masked patches only."""
@@ -741,16 +775,24 @@ class VLPForPreTraining(VLPPreTrainedModel):
         rows = wra_labels != -100
         text_length = outputs.text_length
         text_states = outputs.last_hidden_state[rows, 1:text_length]  # words, without [CLS]
-        text_mask = (attention_mask[rows, 1:] if attention_mask is not None
-                     else torch.ones(text_states.shape[:2], device=text_states.device))
+        text_mask = (
+            attention_mask[rows, 1:]
+            if attention_mask is not None
+            else torch.ones(text_states.shape[:2], device=text_states.device)
+        )
         # Text-side [SEP] and padding carry no word: drop the last valid token of each row ([SEP]).
         lengths = text_mask.sum(dim=1, keepdim=True)
         positions = torch.arange(text_mask.shape[1], device=text_mask.device)[None]
         text_mask = text_mask * (positions < lengths - 1)
-        image_mask = outputs.attention_mask[rows, text_length + 1:]
+        image_mask = outputs.attention_mask[rows, text_length + 1 :]
         distance = optimal_transport_distance(
-            text_states, self.patch_states(outputs)[rows], text_mask, image_mask,
-            beta=self.config.wra_weight_beta, iterations=self.config.wra_iterations)
+            text_states,
+            self.patch_states(outputs)[rows],
+            text_mask,
+            image_mask,
+            beta=self.config.wra_weight_beta,
+            iterations=self.config.wra_iterations,
+        )
         summed, count = wra_loss(distance, wra_labels[rows])
         return _normalized_sum(summed, normalizer, count)
 

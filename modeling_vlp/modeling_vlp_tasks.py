@@ -248,14 +248,19 @@ class VLPForImageTextRetrieval(VLPPreTrainedModel):
         return F.normalize(self.contrastive.text_projection(_masked_mean(out)), dim=-1)
 
     def image_features(self, pixel_values, pixel_mask=None):
-        """L2-normalized ITC features of an image-only pass, mean-pooled over the valid patches: (I, contrastive_dim)."""
+        """L2-normalized ITC features of an image-only pass, mean-pooled over valid patches: (I, contrastive_dim)."""
         out = self.vlp(pixel_values=pixel_values, pixel_mask=pixel_mask)
         return F.normalize(self.contrastive.image_projection(_masked_mean(out)), dim=-1)
 
     def itm_scores(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, token_type_ids=None):
         """ITM logits (B, 2) of joint passes of row-aligned texts and images."""
-        out = self.vlp(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                       pixel_values=pixel_values, pixel_mask=pixel_mask)
+        out = self.vlp(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+        )
         return self.itm_head(out.pooler_output)
 
     def forward(
@@ -280,18 +285,32 @@ class VLPForImageTextRetrieval(VLPPreTrainedModel):
         if return_loss:
             if text.shape[0] != image.shape[0]:
                 raise ValueError(
-                    f"return_loss needs matched pairs; got {text.shape[0]} texts and {image.shape[0]} images")
+                    f"return_loss needs matched pairs; got {text.shape[0]} texts and {image.shape[0]} images"
+                )
             summed, count = contrastive_loss(text, image, scale)
             itc = summed / count.clamp(min=1)
-            itm_logits, itm_labels = self.matching_logits(input_ids, attention_mask, token_type_ids, pixel_values,
-                                                          pixel_mask, logits_per_text.detach(), itm_exclude)
+            itm_logits, itm_labels = self.matching_logits(
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                pixel_values,
+                pixel_mask,
+                logits_per_text.detach(),
+                itm_exclude,
+            )
             itm = F.cross_entropy(itm_logits.float(), itm_labels)
             losses = dict(loss=itc + itm, itc_loss=itc, itm_loss=itm, itm_logits=itm_logits, itm_labels=itm_labels)
-        return VLPImageTextRetrievalOutput(logits_per_image=logits_per_text.T, logits_per_text=logits_per_text,
-                                           text_embeds=text, image_embeds=image, **losses)
+        return VLPImageTextRetrievalOutput(
+            logits_per_image=logits_per_text.T,
+            logits_per_text=logits_per_text,
+            text_embeds=text,
+            image_embeds=image,
+            **losses,
+        )
 
-    def matching_logits(self, input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, logits_per_text,
-                        itm_exclude=None):
+    def matching_logits(
+        self, input_ids, attention_mask, token_type_ids, pixel_values, pixel_mask, logits_per_text, itm_exclude=None
+    ):
         """ITM logits and labels of the matched pairs and the in-batch negatives drawn from the ITC similarity."""
         batch = input_ids.shape[0]
         exclude = _same_rows(input_ids, attention_mask) | torch.eye(batch, dtype=torch.bool, device=input_ids.device)
@@ -327,14 +346,23 @@ class VLPForImageTextRetrieval(VLPPreTrainedModel):
         top_k = self.config.retrieval_top_k if top_k is None else int(top_k)
         if top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k}")
-        texts = torch.cat([
-            self.text_features(input_ids[i:i + batch_size],
-                               attention_mask[i:i + batch_size] if attention_mask is not None else None)
-            for i in range(0, input_ids.shape[0], batch_size)])
-        images = torch.cat([
-            self.image_features(pixel_values[i:i + batch_size],
-                                pixel_mask[i:i + batch_size] if pixel_mask is not None else None)
-            for i in range(0, pixel_values.shape[0], batch_size)])
+        texts = torch.cat(
+            [
+                self.text_features(
+                    input_ids[i : i + batch_size],
+                    attention_mask[i : i + batch_size] if attention_mask is not None else None,
+                )
+                for i in range(0, input_ids.shape[0], batch_size)
+            ]
+        )
+        images = torch.cat(
+            [
+                self.image_features(
+                    pixel_values[i : i + batch_size], pixel_mask[i : i + batch_size] if pixel_mask is not None else None
+                )
+                for i in range(0, pixel_values.shape[0], batch_size)
+            ]
+        )
         itc = similarity_matrix(images, texts, self.contrastive.logit_scale())  # (I, T)
 
         def rerank(scores, query_is_image):
@@ -346,9 +374,13 @@ class VLPForImageTextRetrieval(VLPPreTrainedModel):
             image_index, text_index = (queries, flat) if query_is_image else (flat, queries)
             itm = []
             for start in range(0, flat.shape[0], batch_size):
-                t, i = text_index[start:start + batch_size], image_index[start:start + batch_size]
-                logits = self.itm_scores(input_ids[t], attention_mask[t] if attention_mask is not None else None,
-                                         pixel_values[i], pixel_mask[i] if pixel_mask is not None else None).float()
+                t, i = text_index[start : start + batch_size], image_index[start : start + batch_size]
+                logits = self.itm_scores(
+                    input_ids[t],
+                    attention_mask[t] if attention_mask is not None else None,
+                    pixel_values[i],
+                    pixel_mask[i] if pixel_mask is not None else None,
+                ).float()
                 itm.append(logits[:, 1] - logits[:, 0])
             itm = torch.cat(itm).view(-1, k)
             floor = itm.min(dim=1, keepdim=True).values - 1.0
@@ -428,13 +460,20 @@ class VLPForConditionalGeneration(VLPPreTrainedModel, GenerationMixin):
         logits = self.mlm_head(outputs.last_hidden_state[:, :text_length])
         loss = next_token_loss(logits, labels) if labels is not None else None
         return VLPCaptioningOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None,
-                                      prefix_length=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, attention_mask=None, pixel_values=None, pixel_mask=None, prefix_length=None, **kwargs
+    ):
         """Every step gets the whole text so far and the image (no cache); token types are left at their default."""
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
-                "pixel_mask": pixel_mask, "prefix_length": prefix_length}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "prefix_length": prefix_length,
+        }
 
 
 VLPForQuestionAnswering.register_for_auto_class("AutoModelForVisualQuestionAnswering")

@@ -13,6 +13,7 @@ own module (which imports only transformers), is the one import of `vlp.modeling
 import inspect
 
 from transformers import AutoImageProcessor, AutoProcessor
+
 from vlp.modeling_vlp.configuration_vlp import VLPConfig
 
 from .image_processing_vlp import VLPImageProcessor

@@ -143,8 +143,9 @@ def _load_json(path: str) -> Any:
 def _keyed_records(path: str, benchmark: str) -> dict[str, Any]:
     data = _load_json(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object keyed by sample id ({benchmark} layout); "
-                         f"got a {type(data).__name__}")
+        raise ValueError(
+            f"{path}: expected a JSON object keyed by sample id ({benchmark} layout); got a {type(data).__name__}"
+        )
     return data
 
 
@@ -177,8 +178,9 @@ def _stem(path: str) -> str:
 VALSE_FIELDS = ("image_file", "caption", "foil")
 
 
-def read_valse(path: str, image_dir: str, only_valid: bool = True, require_images: bool = True,
-               phenomenon: str | None = None) -> ReadResult:
+def read_valse(
+    path: str, image_dir: str, only_valid: bool = True, require_images: bool = True, phenomenon: str | None = None
+) -> ReadResult:
     """VALSE piece `path` (e.g. data/existence.json) as FoilItems with one foil each.
 
     `only_valid` keeps the validated samples (`mturk["caption"] >= 2`, the VALSE README's valid set) and reports
@@ -204,8 +206,9 @@ def read_valse(path: str, image_dir: str, only_valid: bool = True, require_image
     return result
 
 
-def read_sugarcrepe(path: str, image_dir: str, require_images: bool = True,
-                    phenomenon: str | None = None) -> ReadResult:
+def read_sugarcrepe(
+    path: str, image_dir: str, require_images: bool = True, phenomenon: str | None = None
+) -> ReadResult:
     """SugarCrepe subset `path` (e.g. data/swap_att.json) as FoilItems; `negative_caption` is the one foil.
 
     `phenomenon` defaults to the subset name (add_att, replace_rel, swap_obj, ...). The images are COCO val2017.
@@ -213,15 +216,25 @@ def read_sugarcrepe(path: str, image_dir: str, require_images: bool = True,
     subset = _stem(path)
     result = ReadResult(path=path)
     for record_id, record in _keyed_records(path, "SugarCrepe").items():
-        filename, caption, negative = (_field(path, record_id, record, name, str)
-                                       for name in ("filename", "caption", "negative_caption"))
+        filename, caption, negative = (
+            _field(path, record_id, record, name, str) for name in ("filename", "caption", "negative_caption")
+        )
         image_path = _image(image_dir, filename)
         if require_images and not os.path.isfile(image_path):
             result.skipped.append(Skipped(record_id, f"{MISSING_IMAGE}: {image_path}"))
             continue
         extra = {k: v for k, v in record.items() if k not in ("filename", "caption", "negative_caption")}
-        result.items.append(FoilItem(record_id, image_path, caption, [negative], phenomenon or subset, "sugarcrepe",
-                                     {"subset": subset, **extra}))
+        result.items.append(
+            FoilItem(
+                record_id,
+                image_path,
+                caption,
+                [negative],
+                phenomenon or subset,
+                "sugarcrepe",
+                {"subset": subset, **extra},
+            )
+        )
     return result
 
 
@@ -243,8 +256,9 @@ def read_aro(path: str, image_dir: str, require_images: bool = True) -> ReadResu
     result = ReadResult(path=path)
     for index, record in enumerate(data):
         record_id = str(index)
-        image_file, caption, foil = (_field(path, record_id, record, name, str)
-                                     for name in ("image_path", "true_caption", "false_caption"))
+        image_file, caption, foil = (
+            _field(path, record_id, record, name, str) for name in ("image_path", "true_caption", "false_caption")
+        )
         box = tuple(float(_field(path, record_id, record, name, (int, float))) for name in ARO_BOX)
         if "relation_name" in record:
             phenomenon = "vg_relation"
@@ -252,19 +266,23 @@ def read_aro(path: str, image_dir: str, require_images: bool = True) -> ReadResu
         elif "attributes" in record:
             attributes = _field(path, record_id, record, "attributes", list)
             if len(attributes) != 2 or not all(isinstance(a, str) for a in attributes):
-                raise ValueError(f"{path}: record {record_id!r}: field 'attributes' should be two strings, "
-                                 f"got {attributes!r:.80}")
+                raise ValueError(
+                    f"{path}: record {record_id!r}: field 'attributes' should be two strings, got {attributes!r:.80}"
+                )
             phenomenon, detail = "vg_attribution", {"attributes": list(attributes)}
         else:
-            raise ValueError(f"{path}: record {record_id!r}: missing field 'relation_name' (VG-Relation) or "
-                             f"'attributes' (VG-Attribution)")
+            raise ValueError(
+                f"{path}: record {record_id!r}: missing field 'relation_name' (VG-Relation) or "
+                f"'attributes' (VG-Attribution)"
+            )
         image_path = _image(image_dir, image_file)
         if require_images and not os.path.isfile(image_path):
             result.skipped.append(Skipped(record_id, f"{MISSING_IMAGE}: {image_path}"))
             continue
         extra = {k: v for k, v in record.items() if k not in ARO_FIELDS and k not in detail}
-        result.items.append(FoilItem(record_id, image_path, caption, [foil], phenomenon, "aro",
-                                     {"bbox": box, **detail, **extra}))
+        result.items.append(
+            FoilItem(record_id, image_path, caption, [foil], phenomenon, "aro", {"bbox": box, **detail, **extra})
+        )
     return result
 
 
@@ -302,10 +320,19 @@ def read_winoground(path: str, image_dir: str, require_images: bool = True) -> R
                 result.skipped.append(Skipped(record_id, f"{MISSING_IMAGE}: {', '.join(missing)}"))
                 continue
             extra = {k: v for k, v in record.items() if k not in (*WINOGROUND_TEXT_FIELDS, "id", "num_main_preds")}
-            result.items.append(WinogroundItem(
-                record_id, image_paths, [values["caption_0"], values["caption_1"]], values["tag"],
-                values["secondary_tag"], num_main_preds, values["collapsed_tag"], "winoground",
-                {"line": number, **extra}))
+            result.items.append(
+                WinogroundItem(
+                    record_id,
+                    image_paths,
+                    [values["caption_0"], values["caption_1"]],
+                    values["tag"],
+                    values["secondary_tag"],
+                    num_main_preds,
+                    values["collapsed_tag"],
+                    "winoground",
+                    {"line": number, **extra},
+                )
+            )
     return result
 
 
@@ -338,14 +365,15 @@ def _probing_image(image_dir: str, name: str) -> tuple[str, bool]:
     if os.path.isfile(path):
         return path, True
     if name.startswith("coco_"):
-        upper = _image(image_dir, "COCO_" + name[len("coco_"):])
+        upper = _image(image_dir, "COCO_" + name[len("coco_") :])
         if os.path.isfile(upper):
             return upper, True
     return path, False
 
 
-def read_probing_csv(path: str, image_dir: str, task: str | None = None, require_images: bool = True,
-                     unquote: bool = True) -> ReadResult:
+def read_probing_csv(
+    path: str, image_dir: str, task: str | None = None, require_images: bool = True, unquote: bool = True
+) -> ReadResult:
     """A probing csv of Salin et al. (2022) as ProbeItems; `text` is the `comment` column (what the model reads).
 
     The files are `|`-separated with CRLF line ends and are read with the csv module (delimiter "|", standard
@@ -372,8 +400,10 @@ def read_probing_csv(path: str, image_dir: str, task: str | None = None, require
         try:
             header = next(reader, None)
             if header != PROBING_HEADER:
-                raise ValueError(f"{path}: line 1: expected the header {'|'.join(PROBING_HEADER)!r}, got "
-                                 f"{'|'.join(header) if header else 'an empty file'!r}")
+                raise ValueError(
+                    f"{path}: line 1: expected the header {'|'.join(PROBING_HEADER)!r}, got "
+                    f"{'|'.join(header) if header else 'an empty file'!r}"
+                )
             row_number = 0
             for row in reader:
                 if not row:
@@ -381,8 +411,10 @@ def read_probing_csv(path: str, image_dir: str, task: str | None = None, require
                 row_number += 1
                 where = f"row {row_number} (line {reader.line_num})"
                 if len(row) != len(PROBING_HEADER):
-                    raise ValueError(f"{path}: {where}: expected {len(PROBING_HEADER)} '|'-separated fields, got "
-                                     f"{len(row)}: {'|'.join(row)!r:.120}")
+                    raise ValueError(
+                        f"{path}: {where}: expected {len(PROBING_HEADER)} '|'-separated fields, got "
+                        f"{len(row)}: {'|'.join(row)!r:.120}"
+                    )
                 image_name, comment_number, comment, original, target = row
                 if not image_name.strip():
                     raise ValueError(f"{path}: {where}: empty image_name")
@@ -390,9 +422,18 @@ def read_probing_csv(path: str, image_dir: str, task: str | None = None, require
                 if require_images and not exists:
                     result.skipped.append(Skipped(str(row_number), f"{MISSING_IMAGE}: {image_path}"))
                     continue
-                result.items.append(ProbeItem(str(row_number), image_path, comment, original, target, task,
-                                              "vlm-probing", {"comment_number": comment_number,
-                                                              "line": reader.line_num}))
+                result.items.append(
+                    ProbeItem(
+                        str(row_number),
+                        image_path,
+                        comment,
+                        original,
+                        target,
+                        task,
+                        "vlm-probing",
+                        {"comment_number": comment_number, "line": reader.line_num},
+                    )
+                )
         except csv.Error as error:
             raise ValueError(f"{path}: line {reader.line_num}: not a valid '|'-separated row ({error})") from None
     return result

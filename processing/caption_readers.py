@@ -102,8 +102,12 @@ class SkipReport:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"entries": list(self.entries), "read": dict(self.read), "kept": dict(self.kept),
-                "counts": self.counts()}
+        return {
+            "entries": list(self.entries),
+            "read": dict(self.read),
+            "kept": dict(self.kept),
+            "counts": self.counts(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SkipReport:
@@ -233,8 +237,9 @@ class _Group:
     annotations: dict
 
 
-def _build_rows(groups: list[_Group], source: str, report: SkipReport, where: str,
-                max_pixels: int | None, check_images: bool) -> datasets.Dataset:
+def _build_rows(
+    groups: list[_Group], source: str, report: SkipReport, where: str, max_pixels: int | None, check_images: bool
+) -> datasets.Dataset:
     """Check images, drop rows without captions, record the skips and return the rows dataset."""
     columns: dict[str, list] = {name: [] for name in ROW_COLUMNS}
     for group in groups:
@@ -326,8 +331,11 @@ def read_coco_captions(
         data = json.loads(_read_json_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise ValueError(f"{path}: expected a COCO captions object with 'images' and 'annotations' lists")
     report = SkipReport()
     images: dict[Any, dict] = {}
@@ -340,8 +348,9 @@ def read_coco_captions(
     by_image: dict[Any, list[tuple[int, dict]]] = {image_id: [] for image_id in images}
     for i, annotation in enumerate(data["annotations"]):
         if not isinstance(annotation, dict):
-            raise ValueError(f"{path}: annotations[{i}]: expected an object with 'image_id' and 'caption'; "
-                             f"got {annotation!r:.80}")
+            raise ValueError(
+                f"{path}: annotations[{i}]: expected an object with 'image_id' and 'caption'; got {annotation!r:.80}"
+            )
         if annotation.get("image_id") not in images:
             raise ValueError(f"{path}: annotations[{i}]: image_id {annotation.get('image_id')!r} is not in 'images'")
         by_image[annotation["image_id"]].append((i, annotation))
@@ -349,8 +358,11 @@ def read_coco_captions(
     groups: list[_Group] = []
     for image_id, image in images.items():
         full = os.path.join(os.fspath(image_root), image["file_name"])
-        base = {"image_id": image_id, "file_name": image["file_name"],
-                **{key: image[key] for key in ("width", "height") if key in image}}
+        base = {
+            "image_id": image_id,
+            "file_name": image["file_name"],
+            **{key: image[key] for key in ("width", "height") if key in image},
+        }
         if not by_image[image_id]:
             report.read[source] += 1
             report.add(source, f"{path}:image {image_id}", NO_CAPTIONS, image["file_name"])
@@ -431,8 +443,9 @@ def mixture_quotas(total: int, weights: Sequence[float]) -> np.ndarray:
     return quotas
 
 
-def mixture_indices(sizes: Sequence[int], weights: Sequence[float], seed: int, epoch: int,
-                    length: int | None = None) -> np.ndarray:
+def mixture_indices(
+    sizes: Sequence[int], weights: Sequence[float], seed: int, epoch: int, length: int | None = None
+) -> np.ndarray:
     """The rows of one mixed epoch: indices into the sources concatenated in order, a pure function of
     (sizes, weights, seed, epoch).
 
@@ -462,8 +475,9 @@ class MixedEpochDataset(torch.utils.data.Dataset):
     twice in one epoch (upsampling) gives the same sample both times (its randomness is (seed, epoch, row)).
     """
 
-    def __init__(self, dataset: Any, sizes: Sequence[int], weights: Sequence[float], seed: int = 0,
-                 length: int | None = None):
+    def __init__(
+        self, dataset: Any, sizes: Sequence[int], weights: Sequence[float], seed: int = 0, length: int | None = None
+    ):
         _check_mixture(sizes, weights)
         if hasattr(dataset, "__len__") and len(dataset) != sum(sizes):
             raise ValueError(f"the dataset has {len(dataset)} rows but the source sizes sum to {sum(sizes)}")
@@ -495,8 +509,28 @@ class MixedEpochDataset(torch.utils.data.Dataset):
 
 
 __all__ = [
-    "caption_problem", "concatenate_sources", "CORRUPT_IMAGE", "describe_error", "EMPTY_CAPTION", "header_problem",
-    "HUGE_IMAGE", "image_problem", "is_valid_text", "MISSING_CAPTION", "MISSING_IMAGE", "MixedEpochDataset",
-    "mixture_indices", "mixture_quotas", "NO_CAPTIONS", "NON_UTF8_CAPTION", "NON_UTF8_PATH", "NOT_TEXT_CAPTION",
-    "read_caption_file", "read_coco_captions", "ROW_COLUMNS", "row_features", "SkipReport", "standard_rows",
+    "caption_problem",
+    "concatenate_sources",
+    "CORRUPT_IMAGE",
+    "describe_error",
+    "EMPTY_CAPTION",
+    "header_problem",
+    "HUGE_IMAGE",
+    "image_problem",
+    "is_valid_text",
+    "MISSING_CAPTION",
+    "MISSING_IMAGE",
+    "MixedEpochDataset",
+    "mixture_indices",
+    "mixture_quotas",
+    "NO_CAPTIONS",
+    "NON_UTF8_CAPTION",
+    "NON_UTF8_PATH",
+    "NOT_TEXT_CAPTION",
+    "read_caption_file",
+    "read_coco_captions",
+    "ROW_COLUMNS",
+    "row_features",
+    "SkipReport",
+    "standard_rows",
 ]

@@ -191,8 +191,9 @@ class PretrainingCollator:
             rows, cols = (size // self.mim_patch_size for size in pixel_values.shape[-2:])
             extra["mim_mask"] = torch.from_numpy(np.stack([self.mim_mask(s, rows, cols) for s in kept]))
             if self.object_patches_fn is not None and all(s.get("scene") is not None for s in kept):
-                extra["object_patches"] = torch.from_numpy(np.stack(
-                    [self.object_patches_fn(s["scene"], rows, cols, self.mim_patch_size) for s in kept]))
+                extra["object_patches"] = torch.from_numpy(
+                    np.stack([self.object_patches_fn(s["scene"], rows, cols, self.mim_patch_size) for s in kept])
+                )
         if self.holds_fn is not None and all(s.get("scene") is not None for s in kept):
             # The pairs travel too, so that the truth across processes can be judged on the gathered batch.
             extra["truth_pairs"] = [(str(sample["caption"]), sample["scene"]) for sample in kept]

@@ -497,8 +497,7 @@ def _read_results(path: str | os.PathLike, fields: Mapping[str, type], key: str)
     return results
 
 
-def _write_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]], fields: Mapping[str, type],
-                   key: str):
+def _write_results(path: str | os.PathLike, results: Iterable[Mapping[str, Any]], fields: Mapping[str, type], key: str):
     """Write records with exactly `fields` (str, or int: a Python or NumPy integer, not a bool), `key` unique."""
     path = os.fspath(path)
 

@@ -106,8 +106,13 @@ class FoilItem:
     index: int  # candidate (scene) number in the item's block
 
     def to_dict(self) -> dict:
-        return {"scene": self.scene.to_dict(), "caption": self.caption, "foil": self.foil,
-                "phenomenon": self.phenomenon, "index": self.index}
+        return {
+            "scene": self.scene.to_dict(),
+            "caption": self.caption,
+            "foil": self.foil,
+            "phenomenon": self.phenomenon,
+            "index": self.index,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> FoilItem:
@@ -125,8 +130,12 @@ class WinogroundItem:
     index: int
 
     def to_dict(self) -> dict:
-        return {"scenes": [s.to_dict() for s in self.scenes], "captions": list(self.captions),
-                "phenomenon": self.phenomenon, "index": self.index}
+        return {
+            "scenes": [s.to_dict() for s in self.scenes],
+            "captions": list(self.captions),
+            "phenomenon": self.phenomenon,
+            "index": self.index,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> WinogroundItem:
@@ -158,14 +167,28 @@ class ProbeItem:
 
     def to_dict(self) -> dict:
         label = list(self.label) if isinstance(self.label, tuple) else self.label
-        return {"task": self.task, "scene": self.scene.to_dict(), "caption": self.caption, "label": label,
-                "control": self.control, "source_scene": self.source_scene.to_dict(), "index": self.index}
+        return {
+            "task": self.task,
+            "scene": self.scene.to_dict(),
+            "caption": self.caption,
+            "label": label,
+            "control": self.control,
+            "source_scene": self.source_scene.to_dict(),
+            "index": self.index,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> ProbeItem:
         label = tuple(int(v) for v in data["label"]) if isinstance(data["label"], list) else int(data["label"])
-        return cls(data["task"], Scene.from_dict(data["scene"]), data["caption"], label, bool(data["control"]),
-                   Scene.from_dict(data["source_scene"]), int(data["index"]))
+        return cls(
+            data["task"],
+            Scene.from_dict(data["scene"]),
+            data["caption"],
+            label,
+            bool(data["control"]),
+            Scene.from_dict(data["source_scene"]),
+            int(data["index"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -189,20 +212,43 @@ class GroundingItem:
     index: int
 
     def to_dict(self) -> dict:
-        return {"scene": self.scene.to_dict(), "caption": self.caption, "phrase": self.phrase,
-                "word_span": list(self.word_span), "object_index": self.object_index, "box": list(self.box),
-                "image_size": self.image_size, "patch_size": self.patch_size,
-                "patch_indices": list(self.patch_indices), "index": self.index}
+        return {
+            "scene": self.scene.to_dict(),
+            "caption": self.caption,
+            "phrase": self.phrase,
+            "word_span": list(self.word_span),
+            "object_index": self.object_index,
+            "box": list(self.box),
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "patch_indices": list(self.patch_indices),
+            "index": self.index,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> GroundingItem:
-        return cls(Scene.from_dict(data["scene"]), data["caption"], data["phrase"], tuple(data["word_span"]),
-                   int(data["object_index"]), tuple(float(v) for v in data["box"]), int(data["image_size"]),
-                   int(data["patch_size"]), tuple(int(v) for v in data["patch_indices"]), int(data["index"]))
+        return cls(
+            Scene.from_dict(data["scene"]),
+            data["caption"],
+            data["phrase"],
+            tuple(data["word_span"]),
+            int(data["object_index"]),
+            tuple(float(v) for v in data["box"]),
+            int(data["image_size"]),
+            int(data["patch_size"]),
+            tuple(int(v) for v in data["patch_indices"]),
+            int(data["index"]),
+        )
 
 
-_ITEM_TYPES = {"foils": FoilItem, "winoground": WinogroundItem, "probes": ProbeItem, "grounding": GroundingItem,
-               "frequency": FoilItem, "held_out": FoilItem}
+_ITEM_TYPES = {
+    "foils": FoilItem,
+    "winoground": WinogroundItem,
+    "probes": ProbeItem,
+    "grounding": GroundingItem,
+    "frequency": FoilItem,
+    "held_out": FoilItem,
+}
 
 
 class EvalSets(dict):
@@ -225,8 +271,10 @@ def eval_world(world_config: WorldConfig, seed: int | None = None, seed_offset: 
     ``seed`` defaults to ``world_config.seed``; offsets the pretraining data uses are refused.
     """
     if seed_offset in TRAINING_SEED_OFFSETS:
-        raise ValueError(f"seed_offset={seed_offset} is used by the pretraining data {TRAINING_SEED_OFFSETS}; "
-                         f"choose another, e.g. EVAL_SEED_OFFSET={EVAL_SEED_OFFSET}")
+        raise ValueError(
+            f"seed_offset={seed_offset} is used by the pretraining data {TRAINING_SEED_OFFSETS}; "
+            f"choose another, e.g. EVAL_SEED_OFFSET={EVAL_SEED_OFFSET}"
+        )
     base = world_config.seed if seed is None else seed
     return dataclasses.replace(world_config, seed=base + seed_offset, held_out_policy="exclude", noise_rate=0.0)
 
@@ -249,9 +297,11 @@ def _draw(key: str, n: int, make: Callable[[int, int], object]) -> tuple[list, i
     items, i, limit = [], 0, 50 * n + 200
     while len(items) < n:
         if i >= limit:
-            raise ValueError(f"{key}: only {len(items)} of {n} items from {limit} scenes of the evaluation world; "
-                             "does the world allow them (max_objects >= 2 for relations, bindings and count foils: "
-                             "a count foil must name a number true captions use)?")
+            raise ValueError(
+                f"{key}: only {len(items)} of {n} items from {limit} scenes of the evaluation world; "
+                "does the world allow them (max_objects >= 2 for relations, bindings and count foils: "
+                "a count foil must name a number true captions use)?"
+            )
         item = make(i, len(items))
         if item is not None:
             items.append(item)
@@ -291,8 +341,14 @@ def _replace_object(scene: Scene, k: int, **changes) -> Scene:
 # --------------------------------------------------------------------------------------------
 
 #: Caption kinds a true caption is drawn from, per phenomenon (existence: see ``_foil_sources``).
-_FOIL_SOURCE_KINDS = {"colour": ("attribute",), "shape": ("attribute",), "size": ("attribute",),
-                      "count": ("count",), "relation": ("relation",), "binding_swap": ("binding",)}
+_FOIL_SOURCE_KINDS = {
+    "colour": ("attribute",),
+    "shape": ("attribute",),
+    "size": ("attribute",),
+    "count": ("count",),
+    "relation": ("relation",),
+    "binding_swap": ("binding",),
+}
 
 
 def _foil_sources(phenomenon: str, scene: Scene, rng: random.Random, k: int, avoid: tuple) -> list[str]:
@@ -372,15 +428,18 @@ def exactly_one_holds(captions: Sequence[str], scenes: Sequence[Scene]) -> bool:
 
 
 def _binding_text(*pairs: tuple[str, str]) -> str:
-    """"a red circle and a blue square" for (colour, shape) pairs."""
+    """ "a red circle and a blue square" for (colour, shape) pairs."""
     return sw.clause_text(Clause("binding", tuple(Desc(None, c, s) for c, s in pairs), None, "bare"))
 
 
 def _binding_pair(scene: Scene, rng: random.Random, avoid: tuple):
-    """"a red circle and a blue square" / "a blue circle and a red square": the second scene swaps the two colours."""
+    """ "a red circle and a blue square" / "a blue circle and a red square": the second scene swaps the two colours."""
     objects = scene.objects
-    options = [(a, b) for a, b in itertools.permutations(range(len(objects)), 2)
-               if objects[a].colour != objects[b].colour and objects[a].shape != objects[b].shape]
+    options = [
+        (a, b)
+        for a, b in itertools.permutations(range(len(objects)), 2)
+        if objects[a].colour != objects[b].colour and objects[a].shape != objects[b].shape
+    ]
     rng.shuffle(options)
     for a, b in options:
         oa, ob = objects[a], objects[b]
@@ -401,7 +460,7 @@ def _mirror(scene: Scene, axis: str) -> Scene:
 
 
 def _relation_pair(scene: Scene, rng: random.Random, avoid: tuple):
-    """"the red circle is left of the blue square" vs "the blue square is left of the red circle", scene mirrored."""
+    """ "the red circle is left of the blue square" vs "the blue square is left of the red circle", scene mirrored."""
     for caption in _captions(scene, rng, ("relation",), avoid, count=4):
         clause = sw.parse_caption(caption)
         swapped = sw.clause_text(clause._replace(descs=clause.descs[::-1]))
@@ -432,14 +491,21 @@ def winoground_items(world: WorldConfig, phenomenon: str, n: int) -> tuple[list[
 
 def _matching(desc: Desc, scene: Scene) -> list[int]:
     """Indices of the scene's objects that have every attribute ``desc`` names."""
-    return [k for k, o in enumerate(scene.objects)
-            if all(v is None or v == getattr(o, f) for f, v in zip(("size", "colour", "shape"), desc))]
+    return [
+        k
+        for k, o in enumerate(scene.objects)
+        if all(v is None or v == getattr(o, f) for f, v in zip(("size", "colour", "shape"), desc))
+    ]
 
 
 def _probe_colour(scene: Scene, rng: random.Random, k: int, avoid: tuple):
-    """"the circle is [MASK]": a colourless description of exactly one object; label its colour's index."""
-    options = [(o, d) for o in scene.objects for d in (Desc(None, None, o.shape), Desc(o.size, None, o.shape))
-               if len(_matching(d, scene)) == 1]
+    """ "the circle is [MASK]": a colourless description of exactly one object; label its colour's index."""
+    options = [
+        (o, d)
+        for o in scene.objects
+        for d in (Desc(None, None, o.shape), Desc(o.size, None, o.shape))
+        if len(_matching(d, scene)) == 1
+    ]
     if not options:
         return None
     obj, desc = rng.choice(options)
@@ -452,8 +518,11 @@ def _probe_swap(kinds: tuple, foil_kind: str, changed: Callable[[str, str], bool
 
     def make(scene: Scene, rng: random.Random, k: int, avoid: tuple):
         for caption in _captions(scene, rng, kinds, avoid):
-            foils = [f for f in sw.make_foils(caption, scene, foil_kind)
-                     if changed(caption, f) and not _names_any([f], avoid)]
+            foils = [
+                f
+                for f in sw.make_foils(caption, scene, foil_kind)
+                if changed(caption, f) and not _names_any([f], avoid)
+            ]
             if foils:
                 return (rng.choice(foils), 1) if k % 2 else (caption, 0)
         return None
@@ -468,10 +537,18 @@ def _opposite_relation(caption: str, foil: str) -> bool:
 
 
 def _probe_count(scene: Scene, rng: random.Random, k: int, avoid: tuple):
-    """"there are [MASK] red circles" (always plural, so grammar does not leak the number); label the number."""
-    descs = {d for o in scene.objects for d in (Desc(None, None, None), Desc(None, None, o.shape),
-                                               Desc(None, o.colour, o.shape), Desc(None, o.colour, None),
-                                               Desc(o.size, None, o.shape))}
+    """ "there are [MASK] red circles" (always plural, so grammar does not leak the number); label the number."""
+    descs = {
+        d
+        for o in scene.objects
+        for d in (
+            Desc(None, None, None),
+            Desc(None, None, o.shape),
+            Desc(None, o.colour, o.shape),
+            Desc(None, o.colour, None),
+            Desc(o.size, None, o.shape),
+        )
+    }
     by_count: dict[int, list[Desc]] = {}
     for d in sorted(descs, key=lambda d: tuple(v or "" for v in d)):
         by_count.setdefault(len(_matching(d, scene)), []).append(d)
@@ -575,9 +652,18 @@ def _grounding_item(world: WorldConfig, i: int, image_size: int, patch_size: int
         if spans:
             start, stop, k = rng.choice(spans)
             patches = np.flatnonzero(object_patch_mask(scene, k, image_size, patch_size))
-            return GroundingItem(scene, caption, " ".join(caption.split()[start:stop]), (start, stop), k,
-                                 scene.objects[k].box(image_size), image_size, patch_size,
-                                 tuple(int(p) for p in patches), i)
+            return GroundingItem(
+                scene,
+                caption,
+                " ".join(caption.split()[start:stop]),
+                (start, stop),
+                k,
+                scene.objects[k].box(image_size),
+                image_size,
+                patch_size,
+                tuple(int(p) for p in patches),
+                i,
+            )
     return None
 
 
@@ -613,8 +699,11 @@ def _pair_item(world: WorldConfig, key: str, pairs: Sequence, i: int, k: int, av
 def frequency_items(world: WorldConfig, n_per_pair: int) -> tuple[list[FoilItem], int]:
     """``n_per_pair`` foil items per (colour, shape) pair the training world shows, in ranking order."""
     pairs = [p for p in sw.pair_ranking(world.ranking_seed) if p not in world.held_out_pairs]
-    return _draw("frequency", n_per_pair * len(pairs),
-                 lambda i, k: _pair_item(world, "frequency", pairs, i, k, world.held_out_pairs))
+    return _draw(
+        "frequency",
+        n_per_pair * len(pairs),
+        lambda i, k: _pair_item(world, "frequency", pairs, i, k, world.held_out_pairs),
+    )
 
 
 def held_out_items(world: WorldConfig, n_per_pair: int) -> tuple[list[FoilItem], int]:
@@ -651,8 +740,10 @@ def log_buckets(counts: Mapping, num_buckets: int = 5) -> FrequencyBuckets:
     """``num_buckets`` buckets, edges equally spaced in log count from the smallest to the largest positive count."""
     positive = [c for c in counts.values() if c > 0]
     if not positive or num_buckets < 1:
-        raise ValueError(f"log_buckets needs positive counts and num_buckets >= 1, got {len(positive)} "
-                         f"positive counts and num_buckets={num_buckets}")
+        raise ValueError(
+            f"log_buckets needs positive counts and num_buckets >= 1, got {len(positive)} "
+            f"positive counts and num_buckets={num_buckets}"
+        )
     edges = np.geomspace(min(positive), max(positive), num_buckets + 1)
     return FrequencyBuckets(tuple(float(e) for e in edges))
 
@@ -708,8 +799,14 @@ def assign_buckets(items: Sequence, pair_counts: Mapping, buckets: FrequencyBuck
 def default_sizes(n: int, world_config: WorldConfig) -> dict[str, int]:
     """``n`` items per phenomenon for every set; a few per pair for frequency, none held out when no pair is."""
     per_pair = max(1, n // 64)
-    return {"foils": n, "winoground": n, "probes": n, "grounding": n, "frequency": per_pair,
-            "held_out": max(1, n // max(1, len(world_config.held_out_pairs))) if world_config.held_out_pairs else 0}
+    return {
+        "foils": n,
+        "winoground": n,
+        "probes": n,
+        "grounding": n,
+        "frequency": per_pair,
+        "held_out": max(1, n // max(1, len(world_config.held_out_pairs))) if world_config.held_out_pairs else 0,
+    }
 
 
 def _check_sizes(sizes: Mapping) -> dict[str, int]:
@@ -721,9 +818,14 @@ def _check_sizes(sizes: Mapping) -> dict[str, int]:
     return {name: int(sizes.get(name, 0)) for name in SET_NAMES}
 
 
-def build_eval_sets(world_config: WorldConfig, sizes: Mapping[str, int], seed: int | None = None,
-                    seed_offset: int = EVAL_SEED_OFFSET, image_size: int | None = None,
-                    patch_size: int = 8) -> EvalSets:
+def build_eval_sets(
+    world_config: WorldConfig,
+    sizes: Mapping[str, int],
+    seed: int | None = None,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    image_size: int | None = None,
+    patch_size: int = 8,
+) -> EvalSets:
     """Every evaluation set, deterministic from (seed, index). ``world_config`` is the training world's config.
 
     ``sizes``: items per phenomenon for ``foils`` and ``winoground``, per task and variant for ``probes``,
@@ -755,17 +857,29 @@ def build_eval_sets(world_config: WorldConfig, sizes: Mapping[str, int], seed: i
         add("frequency", "frequency", frequency_items(world, sizes["frequency"]))
     if sizes["held_out"]:
         add("held_out", "held_out", held_out_items(world, sizes["held_out"]))
-    meta = {"format_version": FORMAT_VERSION, "world_version": sw.WORLD_VERSION, "world_config": world.to_dict(),
-            "training_world_config": world_config.to_dict(),
-            "seed": world_config.seed if seed is None else seed, "seed_offset": seed_offset, "sizes": sizes,
-            "image_size": image_size, "patch_size": patch_size}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "world_version": sw.WORLD_VERSION,
+        "world_config": world.to_dict(),
+        "training_world_config": world_config.to_dict(),
+        "seed": world_config.seed if seed is None else seed,
+        "seed_offset": seed_offset,
+        "sizes": sizes,
+        "image_size": image_size,
+        "patch_size": patch_size,
+    }
     return EvalSets(sets, skipped, meta)
 
 
 def eval_sets_to_dict(sets: EvalSets) -> dict:
     """A JSON-serialisable dict of the sets, their skip counts and meta."""
-    return {"format": "vlp-eval-sets", "format_version": FORMAT_VERSION, "meta": sets.meta, "skipped": sets.skipped,
-            "sets": {name: [item.to_dict() for item in items] for name, items in sets.items()}}
+    return {
+        "format": "vlp-eval-sets",
+        "format_version": FORMAT_VERSION,
+        "meta": sets.meta,
+        "skipped": sets.skipped,
+        "sets": {name: [item.to_dict() for item in items] for name, items in sets.items()},
+    }
 
 
 def eval_sets_from_dict(data: Mapping, source: str = "<dict>") -> EvalSets:

@@ -39,8 +39,9 @@ def image_batch(processor, rows: Sequence[Mapping[str, Any]], blank_image: bool 
 
 def _text_batch(processor, texts: list[str], max_length: int | None, token_types: bool = True) -> dict:
     """Tokenized texts padded to the longest, truncated to ``max_length`` when given."""
-    encoded = processor.tokenizer(texts, padding=True, truncation=max_length is not None, max_length=max_length,
-                                  return_tensors="pt")
+    encoded = processor.tokenizer(
+        texts, padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
+    )
     keys = ("input_ids", "attention_mask", "token_type_ids") if token_types else ("input_ids", "attention_mask")
     return {key: encoded[key] for key in keys if key in encoded}
 
@@ -58,9 +59,10 @@ def _check_keys(rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...], who: s
 
 @dataclass
 class VQACollator:
-    """VQA rows -> ``input_ids``, ``attention_mask``, ``token_type_ids``, ``pixel_values``, ``pixel_mask`` and soft-score
-    ``labels`` (B, len(label2id)) float32 from ``downstream_readers.soft_target_vector`` (each in-vocabulary answer
-    scores its leave-one-out VQA accuracy). ``blank_image`` gives the question-only baseline's input."""
+    """VQA rows -> ``input_ids``, ``attention_mask``, ``token_type_ids``, ``pixel_values``, ``pixel_mask`` and
+    soft-score ``labels`` (B, len(label2id)) float32 from ``downstream_readers.soft_target_vector`` (each
+    in-vocabulary answer scores its leave-one-out VQA accuracy). ``blank_image`` gives the question-only baseline's
+    input."""
 
     processor: Any
     label2id: Mapping[str, int]

@@ -199,8 +199,9 @@ def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Resize a (C, H, W) float image with antialiased bilinear interpolation."""
     if tuple(image.shape[-2:]) == (height, width):
         return image
-    return F.interpolate(image[None].float(), size=(height, width), mode="bilinear", align_corners=False,
-                         antialias=True)[0].to(image.dtype)
+    return F.interpolate(
+        image[None].float(), size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )[0].to(image.dtype)
 
 
 def compose_canvas(images: Sequence[torch.Tensor], spec: GridSpec) -> torch.Tensor:
@@ -599,8 +600,10 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         self.spec = check_grid(self.config.rows, self.config.cols, image_size, patch_size, mode)
         needed = self.config.num_cells + (self.config.distractors != "hard")
         if len(hf_dataset) < needed:
-            raise ValueError(f"a {self.config.rows}x{self.config.cols} group with {self.config.distractors} "
-                             f"distractors needs at least {needed} rows; the dataset has {len(hf_dataset)}")
+            raise ValueError(
+                f"a {self.config.rows}x{self.config.cols} group with {self.config.distractors} "
+                f"distractors needs at least {needed} rows; the dataset has {len(hf_dataset)}"
+            )
         if max_length < 3:
             raise ValueError(f"max_length must leave room for [CLS], one token and [SEP]; got {max_length}")
         features = hf_dataset.features
@@ -616,8 +619,11 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         self.cell_ids = self.spec.cell_ids()
         # Hard distractors read like true captions: the word frequencies of the first rows' captions.
         sample = self.texts.select(range(min(len(self.texts), FREQUENCY_ROWS)))["captions"]
-        self.frequencies = CaptionFrequencies(c for cs in sample for c in _caption_list(cs)) \
-            if holds_fn is not None and self.config.distractors != "easy" else None
+        self.frequencies = (
+            CaptionFrequencies(c for cs in sample for c in _caption_list(cs))
+            if holds_fn is not None and self.config.distractors != "easy"
+            else None
+        )
         self.pixel_mask = torch.ones((self.spec.canvas_height, self.spec.canvas_width), dtype=torch.long)  # shared
 
     def __len__(self) -> int:
@@ -639,8 +645,9 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
     def draw(self, index: int) -> Group:
         """The group of row ``index`` at the current epoch, before segments are dropped for length."""
         rng = np.random.default_rng([self.seed, self.epoch, int(index), GITM_STREAM])
-        return draw_group(int(index), len(self), self.captions_of, self.scene_of, self.config, rng, self.holds_fn,
-                          self.frequencies)
+        return draw_group(
+            int(index), len(self), self.captions_of, self.scene_of, self.config, rng, self.holds_fn, self.frequencies
+        )
 
     def _skip(self, index: int, reason: str) -> dict[str, Any]:
         if self.strict:
@@ -699,8 +706,16 @@ def _pad_stack(values: list[torch.Tensor], fill: int) -> torch.Tensor:
 def _empty_batch(skipped: list[tuple[int, str]]) -> dict[str, Any]:
     """Every key with batch size 0, for a batch whose samples were all unreadable."""
     empty = torch.zeros((0, 0), dtype=torch.long)
-    text_keys = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "gitm_segment_targets",
-                 "gitm_segment_kinds", "gitm_cell_targets", "gitm_cell_ids")
+    text_keys = (
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "segment_ids",
+        "gitm_segment_targets",
+        "gitm_segment_kinds",
+        "gitm_cell_targets",
+        "gitm_cell_ids",
+    )
     return {
         "pixel_values": torch.zeros((0, 3, 0, 0)),
         "pixel_mask": torch.zeros((0, 0, 0), dtype=torch.long),

@@ -267,8 +267,17 @@ def word_policy_mask(scores, word_ids, ratio, policy, rng, valid=None, reduce="m
 
 
 def batch_policy_masks(
-    scores, valid, policy, rng, ratio=None, mask_probability=0.5, word_ids=None, ratio_range=(0.1, 0.5),
-    reduce="mean", sample_rngs=None, **policy_kwargs,
+    scores,
+    valid,
+    policy,
+    rng,
+    ratio=None,
+    mask_probability=0.5,
+    word_ids=None,
+    ratio_range=(0.1, 0.5),
+    reduce="mean",
+    sample_rngs=None,
+    **policy_kwargs,
 ):
     """Masks (B, N) for a batch of scores (B, N) and the ratio used.
 

@@ -235,8 +235,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
             if negative is not None:
                 itm_caption, itm_label = negative, 0
         if negative is None and self.holds_fn is not None:
-            itm_caption = self._draw_positive(index, captions, self._rng(index, ITM_POSITIVE_STREAM, epoch),
-                                              negatives)
+            itm_caption = self._draw_positive(index, captions, self._rng(index, ITM_POSITIVE_STREAM, epoch), negatives)
         itm_text = text if itm_caption == caption else self.encode_caption(itm_caption)
         return {
             "index": index,

@@ -62,8 +62,9 @@ import os
 import random
 import shutil
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -207,7 +208,7 @@ class Scene:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Scene":
+    def from_dict(cls, data: dict) -> Scene:
         """Rebuild a scene from :meth:`to_dict` output (or its JSON string)."""
         if isinstance(data, str):
             data = json.loads(data)
@@ -279,7 +280,15 @@ class WorldConfig:
         _check_float("background_noise", self.background_noise, 0.0, 0.5)
         self._check_choices()
         # plain Python types, so that equal configs give equal cache keys
-        for name in ("num_scenes", "seed", "image_size", "min_objects", "max_objects", "captions_per_scene", "ranking_seed"):
+        for name in (
+            "num_scenes",
+            "seed",
+            "image_size",
+            "min_objects",
+            "max_objects",
+            "captions_per_scene",
+            "ranking_seed",
+        ):
             setattr(self, name, int(getattr(self, name)))
         for name in ("zipf_exponent", "noise_rate", "background_noise"):
             setattr(self, name, float(getattr(self, name)))
@@ -344,7 +353,7 @@ def _normalise_pairs(pairs) -> tuple[tuple[str, str], ...]:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pair_ranking(ranking_seed: int = 0) -> tuple[tuple[str, str], ...]:
     """The 64 (colour, shape) pairs, most frequent first, in a fixed order drawn from ``ranking_seed``."""
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
@@ -784,7 +793,7 @@ def _unique_descs(objects: Sequence[ShapeObject]) -> list[list[Desc]]:
 
 
 def _gen_attribute(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause | None:
-    """"a small red circle", "there is a blue square" or "the circle is red" about one object."""
+    """ "a small red circle", "there is a blue square" or "the circle is red" about one object."""
     i = int(rng.random() * len(objects))
     obj = objects[i]
     if rng.random() < 0.2:
@@ -799,7 +808,7 @@ def _gen_attribute(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause
 
 
 def _gen_count(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause | None:
-    """"there are two green stars": the exact number of objects matching a description."""
+    """ "there are two green stars": the exact number of objects matching a description."""
     obj = _pick(rng, objects)
     s, c, z = obj.shape, obj.colour, obj.size
     desc = _pick(rng, (Desc(None, None, s), Desc(None, c, s), Desc(z, None, s), Desc(None, None, None)))
@@ -807,7 +816,7 @@ def _gen_count(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause | N
 
 
 def _gen_relation(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause | None:
-    """"the red circle is left of the blue square", between two uniquely described objects."""
+    """ "the red circle is left of the blue square", between two uniquely described objects."""
     describable = [(i, d) for i, d in enumerate(_unique_descs(objects)) if d]
     if len(describable) < 2:
         return None
@@ -819,7 +828,7 @@ def _gen_relation(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause 
 
 
 def _gen_binding(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause | None:
-    """"a red circle and a blue square": two different objects with colour bound to shape."""
+    """ "a red circle and a blue square": two different objects with colour bound to shape."""
     if len(objects) < 2:
         return None
     for _ in range(4):
@@ -831,7 +840,7 @@ def _gen_binding(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause |
 
 
 def _gen_existence(rng: random.Random, objects: Sequence[ShapeObject]) -> Clause | None:
-    """"there is no yellow heart": a colour-shape pair absent from the scene, often a near miss."""
+    """ "there is no yellow heart": a colour-shape pair absent from the scene, often a near miss."""
     for _ in range(8):
         if rng.random() < 0.6:
             obj = _pick(rng, objects)

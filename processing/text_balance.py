@@ -43,9 +43,10 @@ class CaptionFrequencies:
 
     def log_prob(self, text: str) -> float:
         words = _words(text)
-        return sum(math.log((self.bigrams[(a, b)] + self.smoothing)
-                            / (self.unigrams[a] + self.smoothing * self.vocabulary))
-                   for a, b in zip(words[:-1], words[1:]))
+        return sum(
+            math.log((self.bigrams[(a, b)] + self.smoothing) / (self.unigrams[a] + self.smoothing * self.vocabulary))
+            for a, b in zip(words[:-1], words[1:])
+        )
 
     def weighted_order(self, candidates: Sequence[str], rng) -> list[str]:
         """The candidates in a random order where each comes first with probability proportional to its

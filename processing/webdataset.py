@@ -59,7 +59,6 @@ import PIL.Image
 import torch
 
 from . import strict_json
-from .random_streams import BUFFER_STREAM, SHARD_MIX_STREAM, SHARD_ORDER_STREAM
 from .caption_readers import (
     CORRUPT_IMAGE,
     EMPTY_CAPTION,
@@ -71,6 +70,7 @@ from .caption_readers import (
     header_problem,
     mixture_quotas,
 )
+from .random_streams import BUFFER_STREAM, SHARD_MIX_STREAM, SHARD_ORDER_STREAM
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "vlp-webdataset"
@@ -158,8 +158,11 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _iter_rows(rows: Any) -> Iterable[Mapping[str, Any]]:
     """Rows of a `datasets.Dataset` (images left encoded) or of any iterable of dicts."""
-    if isinstance(rows, datasets.Dataset) and isinstance(rows.features.get("image"), datasets.Image) \
-            and rows.features["image"].decode:
+    if (
+        isinstance(rows, datasets.Dataset)
+        and isinstance(rows.features.get("image"), datasets.Image)
+        and rows.features["image"].decode
+    ):
         rows = rows.cast_column("image", datasets.Image(decode=False))
     return rows
 
@@ -219,7 +222,7 @@ def write_shards(
             if check_images:
                 report.add(source, where, CORRUPT_IMAGE, "not an image PIL can identify")
                 continue
-            extension = (posixpath.splitext(path or "")[1].lstrip(".").lower() or "jpg")
+            extension = posixpath.splitext(path or "")[1].lstrip(".").lower() or "jpg"
         if tar is None or in_shard == samples_per_shard:
             if tar is not None:
                 close_shard()
@@ -229,8 +232,14 @@ def write_shards(
             shards.append({"name": name, "samples": 0})
             in_shard = 0
         key = f"{len(shards) - 1:0{SHARD_DIGITS}d}{in_shard:0{digits}d}"
-        meta = {"key": key, "caption": captions[0], "captions": captions, "index": row.get("index", position),
-                "source": row.get("source", source), "annotations": _annotations_of(row)}
+        meta = {
+            "key": key,
+            "caption": captions[0],
+            "captions": captions,
+            "index": row.get("index", position),
+            "source": row.get("source", source),
+            "annotations": _annotations_of(row),
+        }
         if row.get("scene") is not None:
             meta["scene"] = row["scene"]
         _add_member(tar, f"{key}.{extension}", data)
@@ -247,9 +256,14 @@ def write_shards(
 
 
 def _manifest(source: str, shards: list[dict[str, Any]], samples_per_shard: int | None) -> dict[str, Any]:
-    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "source": source,
-            "samples": sum(shard["samples"] for shard in shards), "samples_per_shard": samples_per_shard,
-            "shards": shards}
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "source": source,
+        "samples": sum(shard["samples"] for shard in shards),
+        "samples_per_shard": samples_per_shard,
+        "shards": shards,
+    }
 
 
 def _write_manifest(out_dir: str, manifest: dict[str, Any]) -> None:
@@ -285,8 +299,9 @@ def _member_groups(tar: tarfile.TarFile) -> Iterator[tuple[str, dict[str, tarfil
         yield key, members
 
 
-def build_manifest(shard_dir: str | os.PathLike, source: str | None = None,
-                   suffix: str = ".tar") -> tuple[dict[str, Any], SkipReport]:
+def build_manifest(
+    shard_dir: str | os.PathLike, source: str | None = None, suffix: str = ".tar"
+) -> tuple[dict[str, Any], SkipReport]:
     """Count the samples of shards written elsewhere (e.g. by img2dataset) and write `manifest.json`.
 
     Only headers are read. A shard that cannot be read to its end keeps the samples counted before the damage (the
@@ -334,18 +349,27 @@ def read_manifest(shard_dir: str | os.PathLike, first_index: int = 0) -> list[Sh
         with open(path, encoding="utf-8") as handle:
             manifest = json.load(handle)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no manifest; write shards with write_shards() or count existing ones with "
-                         f"build_manifest({shard_dir!r})") from None
+        raise ValueError(
+            f"{path}: no manifest; write shards with write_shards() or count existing ones with "
+            f"build_manifest({shard_dir!r})"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a valid manifest ({error})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
-            or not isinstance(manifest.get("shards"), list):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != MANIFEST_FORMAT
+        or not isinstance(manifest.get("shards"), list)
+    ):
         raise ValueError(f"{path}: expected a {MANIFEST_FORMAT!r} manifest with a 'shards' list")
     source = str(manifest.get("source") or os.path.basename(os.path.normpath(shard_dir)))
     shards, start = [], int(first_index)
     for i, entry in enumerate(manifest["shards"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) \
-                or not isinstance(entry.get("samples"), int) or entry["samples"] < 0:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("samples"), int)
+            or entry["samples"] < 0
+        ):
             raise ValueError(f"{path}: shards[{i}]: expected {{'name': str, 'samples': int >= 0}}; got {entry!r:.80}")
         shards.append(Shard(os.path.join(shard_dir, entry["name"]), entry["name"], entry["samples"], source, start))
         start += entry["samples"]
@@ -354,8 +378,11 @@ def read_manifest(shard_dir: str | os.PathLike, first_index: int = 0) -> list[Sh
 
 def skip_marker(source: str, index: int, where: str, reason: str, detail: str = "") -> dict[str, Any]:
     """An item standing for an unreadable sample: the collator drops it, `observe` lists it under its source."""
-    return {"index": int(index), "skipped": f"{reason}: {detail} ({source} {where})",
-            "skip": {"source": source, "where": where, "reason": reason, "detail": detail}}
+    return {
+        "index": int(index),
+        "skipped": f"{reason}: {detail} ({source} {where})",
+        "skip": {"source": source, "where": where, "reason": reason, "detail": detail},
+    }
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -366,8 +393,14 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return data
 
 
-def _sample(tar: tarfile.TarFile, shard: Shard, key: str, members: dict[str, tarfile.TarInfo], index: int,
-            max_pixels: int | None) -> dict[str, Any]:
+def _sample(
+    tar: tarfile.TarFile,
+    shard: Shard,
+    key: str,
+    members: dict[str, tarfile.TarInfo],
+    index: int,
+    max_pixels: int | None,
+) -> dict[str, Any]:
     """The row of one sample, or a skip marker. Truncation errors propagate (the rest of the shard is lost)."""
     where = f"{shard.name}:{key}"
     image_extension = next((ext for ext in IMAGE_EXTENSIONS if ext in members), None)
@@ -407,16 +440,23 @@ def _sample(tar: tarfile.TarFile, shard: Shard, key: str, members: dict[str, tar
         annotations = meta["annotations"]
     else:  # img2dataset metadata (url, width, height, status, ...)
         annotations = {k: v for k, v in meta.items() if k not in ("caption", "captions", "key", "scene")}
-    row = {"image": {"bytes": data, "path": f"{shard.name}/{key}.{image_extension}"}, "captions": captions,
-           "index": int(index), "source": shard.source, "shard": shard.name, "key": key,
-           "annotations": strict_json.dumps(annotations, sort_keys=True)}
+    row = {
+        "image": {"bytes": data, "path": f"{shard.name}/{key}.{image_extension}"},
+        "captions": captions,
+        "index": int(index),
+        "source": shard.source,
+        "shard": shard.name,
+        "key": key,
+        "annotations": strict_json.dumps(annotations, sort_keys=True),
+    }
     if meta.get("scene") is not None:
         row["scene"] = meta["scene"]
     return row
 
 
-def read_shard(shard: Shard, start: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS
-               ) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_shard(
+    shard: Shard, start: int = 0, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(offset, row or skip marker) for offsets `start .. shard.samples - 1`: exactly the manifest's count.
 
     Samples before `start` are passed over by their headers (no data read). A missing shard, or the part of a shard
@@ -515,8 +555,13 @@ class WorkerPlan:
     items: int
 
 
-def epoch_shards(sources: Sequence[Sequence[Shard]], seed: int, epoch: int, weights: Sequence[float] | None = None,
-                 samples_per_epoch: int | None = None) -> list[Shard]:
+def epoch_shards(
+    sources: Sequence[Sequence[Shard]],
+    seed: int,
+    epoch: int,
+    weights: Sequence[float] | None = None,
+    samples_per_epoch: int | None = None,
+) -> list[Shard]:
     """The shards of one epoch in their order, a pure function of (sources, weights, seed, epoch).
 
     Without weights: every shard of every source once. With weights: each source k contributes shards (a fresh
@@ -557,8 +602,9 @@ def epoch_shards(sources: Sequence[Sequence[Shard]], seed: int, epoch: int, weig
     return [shards[int(j)] for j in order]
 
 
-def plan_epoch(shards: Sequence[Shard], world_size: int, num_workers: int, batch_size: int
-               ) -> dict[tuple[int, int], WorkerPlan]:
+def plan_epoch(
+    shards: Sequence[Shard], world_size: int, num_workers: int, batch_size: int
+) -> dict[tuple[int, int], WorkerPlan]:
     """Each (rank, worker)'s shards and item count for an epoch whose shard order is `shards`.
 
     Shard j goes to rank `j % world_size`, worker `(j // world_size) % workers` (workers = max(1, num_workers)).
@@ -571,7 +617,8 @@ def plan_epoch(shards: Sequence[Shard], world_size: int, num_workers: int, batch
         raise ValueError(
             f"{len(shards)} shard(s) cannot feed {world_size} process(es) x {workers} dataloader worker(s): every "
             f"worker needs at least one shard, so at least {slots} shards are needed. Write more, smaller shards "
-            f"(write_shards(..., samples_per_shard=...)) or use fewer processes or workers.")
+            f"(write_shards(..., samples_per_shard=...)) or use fewer processes or workers."
+        )
     assigned: dict[tuple[int, int], list[Shard]] = {(r, w): [] for r in range(world_size) for w in range(workers)}
     for j, shard in enumerate(shards):
         assigned[(j % world_size, (j // world_size) % workers)].append(shard)
@@ -581,8 +628,10 @@ def plan_epoch(shards: Sequence[Shard], world_size: int, num_workers: int, batch
     for r in range(world_size):
         for _ in range(per_rank - sum(batches[(r, w)] for w in range(workers))):
             batches[(r, min(range(workers), key=lambda w: (batches[(r, w)], w)))] += 1
-    return {key: WorkerPlan(key[0], key[1], tuple(assigned[key]), samples[key], batches[key] * batch_size)
-            for key in assigned}
+    return {
+        key: WorkerPlan(key[0], key[1], tuple(assigned[key]), samples[key], batches[key] * batch_size)
+        for key in assigned
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -671,7 +720,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.epoch = int(epoch)
         self._plan = plan_epoch(
             epoch_shards(self.sources, self.seed, self.epoch, self.weights, self.samples_per_epoch),
-            self.world_size, self.num_workers, self.batch_size)
+            self.world_size,
+            self.num_workers,
+            self.batch_size,
+        )
         self._start: dict[int, dict[str, int]] = {}  # worker -> {"emitted", "cursor"} to resume from
         self._progress: dict[int, dict[str, int]] = {}  # worker -> consumed {"emitted", "cursor", "real"}
 
@@ -686,8 +738,9 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __len__(self) -> int:
         """Items this process still yields in the current epoch (padding included; whole batches)."""
-        return sum(self._plan[(self.rank, w)].items - self._start.get(w, {}).get("emitted", 0)
-                   for w in range(self.workers))
+        return sum(
+            self._plan[(self.rank, w)].items - self._start.get(w, {}).get("emitted", 0) for w in range(self.workers)
+        )
 
     # -- iteration (runs in the workers) -------------------------------------------------------
 
@@ -695,9 +748,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, count = (info.id, info.num_workers) if info is not None else (0, 1)
         if count != self.workers:
-            raise RuntimeError(f"ShardStream was planned for num_workers={self.num_workers} but runs in a "
-                               f"DataLoader with {count if info is not None else 0} workers; build the loader with "
-                               f".loader()")
+            raise RuntimeError(
+                f"ShardStream was planned for num_workers={self.num_workers} but runs in a "
+                f"DataLoader with {count if info is not None else 0} workers; build the loader with "
+                f".loader()"
+            )
         plan = self._plan[(self.rank, worker)]
         start = self._start.get(worker, {"emitted": 0, "cursor": 0})
         items: Iterable[tuple[int, dict[str, Any]]] = self._read(plan, start["cursor"])
@@ -744,22 +799,28 @@ class ShardStream(torch.utils.data.IterableDataset):
         non-persistent workers (they copy the stream, epoch and resume point included, at each `iter()`)."""
         if kwargs.get("persistent_workers"):
             raise ValueError("persistent workers would keep an old epoch and resume point; leave them off")
-        return torch.utils.data.DataLoader(self, batch_size=self.batch_size, num_workers=self.num_workers,
-                                           collate_fn=StreamCollate(collate_fn), **kwargs)
+        return torch.utils.data.DataLoader(
+            self,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=StreamCollate(collate_fn),
+            **kwargs,
+        )
 
     def _progress_of(self, worker: int) -> dict[str, int]:
         if worker not in self._progress:
             start = self._start.get(worker, {"emitted": 0, "cursor": 0})
-            self._progress[worker] = {"emitted": start["emitted"], "cursor": start["cursor"],
-                                      "real": start["cursor"]}
+            self._progress[worker] = {"emitted": start["emitted"], "cursor": start["cursor"], "real": start["cursor"]}
         return self._progress[worker]
 
     def observe(self, batch: Mapping[str, Any]) -> None:
         """Record a batch the training loop consumed (call on every batch, in order, in the main process)."""
         for epoch, rank, worker, emitted, read in batch["stream_positions"]:
             if epoch != self.epoch or rank != self.rank:
-                raise ValueError(f"batch of epoch {epoch}, rank {rank} observed by the stream of epoch {self.epoch}, "
-                                 f"rank {self.rank}: call set_epoch() before iterating a new epoch")
+                raise ValueError(
+                    f"batch of epoch {epoch}, rank {rank} observed by the stream of epoch {self.epoch}, "
+                    f"rank {self.rank}: call set_epoch() before iterating a new epoch"
+                )
             progress = self._progress_of(worker)
             progress["emitted"] = max(progress["emitted"], emitted + 1)
             if read >= 0:
@@ -770,19 +831,32 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def layout(self) -> dict[str, Any]:
         """What a mid-epoch resume must find unchanged."""
-        return {"seed": self.seed, "world_size": self.world_size, "workers": self.workers,
-                "batch_size": self.batch_size, "weights": self.weights, "samples_per_epoch": self.samples_per_epoch,
-                "sources": [self.source_name(k) for k in range(len(self.sources))],
-                "shards": [[shard.name for shard in source] for source in self.sources],
-                "samples": [[shard.samples for shard in source] for source in self.sources]}
+        return {
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "workers": self.workers,
+            "batch_size": self.batch_size,
+            "weights": self.weights,
+            "samples_per_epoch": self.samples_per_epoch,
+            "sources": [self.source_name(k) for k in range(len(self.sources))],
+            "shards": [[shard.name for shard in source] for source in self.sources],
+            "samples": [[shard.samples for shard in source] for source in self.sources],
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch, layout and every worker's consumed count and read cursor (all ranks' when `gather` is set)."""
-        local = {"rank": self.rank, "lost_total": self.lost_total,
-                 "workers": {str(w): dict(self._progress_of(w)) for w in range(self.workers)}}
+        local = {
+            "rank": self.rank,
+            "lost_total": self.lost_total,
+            "workers": {str(w): dict(self._progress_of(w)) for w in range(self.workers)},
+        }
         gathered = self.gather([local]) if self.gather is not None else [local]
-        return {"version": STATE_VERSION, "epoch": self.epoch, "layout": self.layout(),
-                "ranks": {str(entry["rank"]): entry for entry in gathered}}
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "layout": self.layout(),
+            "ranks": {str(entry["rank"]): entry for entry in gathered},
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue the saved epoch: each worker from its cursor, owing the items it had not yet delivered.
@@ -799,12 +873,16 @@ class ShardStream(torch.utils.data.IterableDataset):
             saved, current = state["layout"], self.layout()
             for key in current:
                 if saved.get(key) != current[key]:
-                    raise ValueError(f"cannot resume the stream mid-epoch: {key} was {saved.get(key)!r} and is "
-                                     f"{current[key]!r}; resume with the same processes, workers, batch size, seed "
-                                     f"and shards (or from a checkpoint at an epoch boundary)")
+                    raise ValueError(
+                        f"cannot resume the stream mid-epoch: {key} was {saved.get(key)!r} and is "
+                        f"{current[key]!r}; resume with the same processes, workers, batch size, seed "
+                        f"and shards (or from a checkpoint at an epoch boundary)"
+                    )
             if str(self.rank) not in ranks:
-                raise ValueError(f"the stream state has no cursors for rank {self.rank} (ranks "
-                                 f"{sorted(ranks)}): it was saved without `gather` on a multi-process run")
+                raise ValueError(
+                    f"the stream state has no cursors for rank {self.rank} (ranks "
+                    f"{sorted(ranks)}): it was saved without `gather` on a multi-process run"
+                )
         self.set_epoch(int(state["epoch"]))
         entry = ranks.get(str(self.rank), {})
         self.lost_on_resume = 0
@@ -844,9 +922,27 @@ class StreamCollate:
 
 
 __all__ = [
-    "CORRUPT_JSON", "CORRUPT_SHARD", "DEFAULT_MAX_PIXELS", "MANIFEST_NAME", "NO_CAPTION", "NO_IMAGE", "SHARD_MISSING",
-    "UNREADABLE_SAMPLE", "Shard", "ShardStream", "StreamCollate", "WorkerPlan", "WrittenShards", "build_manifest",
+    "CORRUPT_JSON",
+    "CORRUPT_SHARD",
+    "DEFAULT_MAX_PIXELS",
+    "MANIFEST_NAME",
+    "NO_CAPTION",
+    "NO_IMAGE",
+    "SHARD_MISSING",
+    "UNREADABLE_SAMPLE",
+    "Shard",
+    "ShardStream",
+    "StreamCollate",
+    "WorkerPlan",
+    "WrittenShards",
+    "build_manifest",
     "caption_bank",
-    "epoch_shards", "plan_epoch", "read_manifest", "read_shard", "shuffled", "skip_marker", "split_key",
+    "epoch_shards",
+    "plan_epoch",
+    "read_manifest",
+    "read_shard",
+    "shuffled",
+    "skip_marker",
+    "split_key",
     "write_shards",
 ]

@@ -28,11 +28,26 @@ def pytest_collection_modifyitems(config, items):
 # policies' shares, the evaluation suite, finetuning). MLM + ITM + MIM, a few hundred steps: enough for attention
 # to single out objects and for masked words to be predicted, not for a strong model.
 PRETRAINED_CONFIG = {
-    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
-    "image_size": 32, "patch_size": 8, "vocab_size": 200, "num_scenes": 2000, "val_scenes": 200,
-    "per_device_batch_size": 32, "max_steps": 300, "learning_rate": 2e-3, "warmup_steps": 30,
-    "objectives": "mlm,itm,mim", "eval_every": 0, "save_every": 0, "eval_batches": 4, "log_every": 50,
-    "progress_bar": False, "tensorboard": False,
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 256,
+    "image_size": 32,
+    "patch_size": 8,
+    "vocab_size": 200,
+    "num_scenes": 2000,
+    "val_scenes": 200,
+    "per_device_batch_size": 32,
+    "max_steps": 300,
+    "learning_rate": 2e-3,
+    "warmup_steps": 30,
+    "objectives": "mlm,itm,mim",
+    "eval_every": 0,
+    "save_every": 0,
+    "eval_batches": 4,
+    "log_every": 50,
+    "progress_bar": False,
+    "tensorboard": False,
 }
 
 
@@ -46,8 +61,13 @@ def pretrained_run(tmp_path_factory):
     values = dict(PRETRAINED_CONFIG, output_dir=str(output), cache_dir=str(tmp_path_factory.mktemp("world")))
     args = [item for key, value in values.items() for item in (f"--{key}", str(value))]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, "-m", "vlp.training.cli", "pretrain", *args], env=env,
-                            capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-m", "vlp.training.cli", "pretrain", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"pretraining the shared test model failed:\n{result.stderr[-4000:]}")
     return str(output)

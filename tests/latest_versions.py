@@ -25,8 +25,22 @@ import sys
 import time
 
 # The packages VLP builds on, in the order a failure is most likely to come from them; the rest follow by name.
-LIKELY_FIRST = ("transformers", "accelerate", "datasets", "huggingface-hub", "tokenizers", "safetensors", "evaluate",
-                "torch", "numpy", "pyarrow", "scipy", "pillow", "pytest", "pytest-timeout")
+LIKELY_FIRST = (
+    "transformers",
+    "accelerate",
+    "datasets",
+    "huggingface-hub",
+    "tokenizers",
+    "safetensors",
+    "evaluate",
+    "torch",
+    "numpy",
+    "pyarrow",
+    "scipy",
+    "pillow",
+    "pytest",
+    "pytest-timeout",
+)
 MAX_SUSPECTS = 10  # reruns of the failed tests at most; the remaining differences are listed, not tried
 
 
@@ -61,8 +75,11 @@ def differences(locked: dict[str, str], installed: dict[str, str], skip=("vlp",)
     """(name, locked version, installed version) of every locked package installed at another version, and of
     every installed package the lock does not hold (locked version "-"); most likely culprits first."""
     names = (set(locked) | set(installed)) - set(skip)
-    rows = [(name, locked.get(name, "-"), installed[name]) for name in names
-            if name in installed and locked.get(name) != installed[name]]
+    rows = [
+        (name, locked.get(name, "-"), installed[name])
+        for name in names
+        if name in installed and locked.get(name) != installed[name]
+    ]
     order = {name: i for i, name in enumerate(LIKELY_FIRST)}
     return sorted(rows, key=lambda row: (order.get(row[0], len(order)), row[0]))
 
@@ -134,12 +151,19 @@ def main(argv=None) -> int:
         return rc
 
     def rerun_failed() -> bool:
-        return subprocess.run(base + ["-q", "-x", "--lf", "--lfnf=none"] + [a for a in pytest_args if a != "-q"],
-                              stdout=subprocess.DEVNULL).returncode == 0
+        return (
+            subprocess.run(
+                base + ["-q", "-x", "--lf", "--lfnf=none"] + [a for a in pytest_args if a != "-q"],
+                stdout=subprocess.DEVNULL,
+            ).returncode
+            == 0
+        )
 
     if fails_at_lock(rows, rerun_failed, _pip_install):
-        print("FAILS WITH THE LOCKED VERSIONS TOO: with every locked version put back the failed tests still fail, "
-              "so no new release is to blame (the locked suite shows the same failure)")
+        print(
+            "FAILS WITH THE LOCKED VERSIONS TOO: with every locked version put back the failed tests still fail, "
+            "so no new release is to blame (the locked suite shows the same failure)"
+        )
         return rc
     suspects = rows[:MAX_SUSPECTS]
     culprit = find_culprit(suspects, rerun_failed, _pip_install)
@@ -150,7 +174,7 @@ def main(argv=None) -> int:
         tried = ", ".join(f"{name} {new}" for name, _, new in suspects)
         print(f"BROKEN BY: no single package; going back one at a time did not help for: {tried}")
         if len(rows) > len(suspects):
-            print("  not tried: " + ", ".join(f"{name} {new}" for name, _, new in rows[len(suspects):]))
+            print("  not tried: " + ", ".join(f"{name} {new}" for name, _, new in rows[len(suspects) :]))
     return rc
 
 

@@ -26,8 +26,9 @@ def run(command, env=None, timeout=300, check=False, tail=20_000):
     with the stderr tail."""
     __tracebackhide__ = True
     full_env = dict(os.environ if env is None else env, PYTHONFAULTHANDLER="1")
-    process = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -38,8 +39,10 @@ def run(command, env=None, timeout=300, check=False, tail=20_000):
             time.sleep(0.05)
         stderr = _finish(process, tree)
         listing = "\n".join(f"  {pid}: {commands[pid]}" for pid in tree)
-        raise HangError(f"{' '.join(map(str, command[:8]))} ... ran past {timeout} s; its processes, deepest "
-                        f"first:\n{listing}\ntheir stacks (stderr tail):\n{_readable(stderr)[-tail:]}") from None
+        raise HangError(
+            f"{' '.join(map(str, command[:8]))} ... ran past {timeout} s; its processes, deepest "
+            f"first:\n{listing}\ntheir stacks (stderr tail):\n{_readable(stderr)[-tail:]}"
+        ) from None
     if check and process.returncode != 0:
         raise AssertionError(stderr[-tail:])
     return SimpleNamespace(returncode=process.returncode, stdout=stdout, stderr=stderr, args=command)

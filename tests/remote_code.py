@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-BLOCKER = '''
+BLOCKER = """
 import sys
 class _BlockVLP:
     def find_spec(self, name, path=None, target=None):
@@ -25,7 +25,7 @@ except ImportError:
     pass
 else:
     raise SystemExit("the import blocker did not block vlp")
-'''
+"""
 
 
 def run_blocked(code, workdir, timeout=300):
@@ -35,10 +35,16 @@ def run_blocked(code, workdir, timeout=300):
     with open(script, "w", encoding="utf-8") as handle:
         handle.write(BLOCKER + "\n" + textwrap.dedent(code))
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_MODULES_CACHE=os.path.join(workdir, "modules_cache"), PYTHONPATH="")
-    result = subprocess.run([sys.executable, script], cwd=workdir, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_MODULES_CACHE=os.path.join(workdir, "modules_cache"),
+        PYTHONPATH="",
+    )
+    result = subprocess.run(
+        [sys.executable, script], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         raise AssertionError(f"blocked subprocess failed:\n{result.stderr[-6000:]}")
     return result.stdout + result.stderr

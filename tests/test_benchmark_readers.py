@@ -7,8 +7,8 @@ import json
 import os
 
 import pytest
-
 from conftest import BENCHMARK_SAMPLES
+
 from vlp.processing.benchmark_readers import (
     FAILED_VALIDATION,
     MISSING_IMAGE,
@@ -59,8 +59,10 @@ def test_valse_keeps_valid_samples_and_reports_the_rest(tmp_path):
     images = make_images(tmp_path, "v7w_9000001.jpg", "v7w_9000002.jpg", "v7w_9000003.jpg")
     result = read_valse(fixture("valse/existence.json"), images)
     assert [item.id for item in result.items] == ["existence_visual7w_9000001", "existence_visual7w_9000002"]
-    assert reasons(result) == {"existence_visual7w_9000003": FAILED_VALIDATION,  # mturk caption votes 1
-                               "existence_visual7w_9000004": MISSING_IMAGE}
+    assert reasons(result) == {
+        "existence_visual7w_9000003": FAILED_VALIDATION,  # mturk caption votes 1
+        "existence_visual7w_9000004": MISSING_IMAGE,
+    }
     item = result.items[1]
     assert isinstance(item, FoilItem)
     assert item.caption == "There is a café sign." and item.foils == ["There is no café sign."]  # \u00e9 decoded
@@ -134,8 +136,12 @@ def test_winoground(tmp_path):
     assert isinstance(item, WinogroundItem)
     assert item.image_paths == [os.path.join(images, "ex_1_img_0.png"), os.path.join(images, "ex_1_img_1.png")]
     assert item.captions == ["the red cup is left of the green one", "the green cup is left of the red one"]
-    assert (item.tag, item.secondary_tag, item.num_main_preds, item.collapsed_tag) == ("Relation", "Symbolic", 2,
-                                                                                      "Relation")
+    assert (item.tag, item.secondary_tag, item.num_main_preds, item.collapsed_tag) == (
+        "Relation",
+        "Symbolic",
+        2,
+        "Relation",
+    )
     assert result.items[0].secondary_tag == ""
 
 
@@ -256,8 +262,13 @@ def test_probing_task_names():
 
 # kept records (README table) and validated ones (mturk caption votes >= 2, counted in each excerpt)
 VALSE_COUNTS = {
-    "existence": (10, 9), "plurals": (11, 10), "counting-hard": (10, 8), "relations": (11, 10),
-    "action-replacement": (10, 9), "coreference-standard": (10, 6), "foil-it": (10, 9),
+    "existence": (10, 9),
+    "plurals": (11, 10),
+    "counting-hard": (10, 8),
+    "relations": (11, 10),
+    "action-replacement": (10, 9),
+    "coreference-standard": (10, 6),
+    "foil-it": (10, 9),
 }
 
 
@@ -277,8 +288,9 @@ def test_real_valse_excerpts(piece, tmp_path):
 
 @needs_samples
 def test_real_valse_details(tmp_path):
-    coreference = read_valse(os.path.join(SAMPLES, "valse", "coreference-standard.json"), str(tmp_path),
-                             require_images=False)
+    coreference = read_valse(
+        os.path.join(SAMPLES, "valse", "coreference-standard.json"), str(tmp_path), require_images=False
+    )
     first = coreference.items[0]
     assert first.id == "coref_train_528" and first.image_path.endswith("COCO_train2014_000000254009.jpg")
     assert first.caption.endswith("is this picture in color? yes.") and first.foils[0].endswith("color? no.")
@@ -295,16 +307,19 @@ def test_real_sugarcrepe_excerpts(tmp_path):
         result = read_sugarcrepe(path, str(tmp_path), require_images=False)
         assert [item.id for item in result.items] == [str(k) for k in range(10)] and not result.skipped
         assert all(item.image_path.endswith(".jpg") and item.foils[0] != item.caption for item in result.items)
-    add_att = read_sugarcrepe(os.path.join(SAMPLES, "sugarcrepe", "add_att.json"), str(tmp_path),
-                              require_images=False)
+    add_att = read_sugarcrepe(os.path.join(SAMPLES, "sugarcrepe", "add_att.json"), str(tmp_path), require_images=False)
     assert add_att.items[0].caption == "A drawing of a young woman with many facial piercings."
     assert add_att.items[0].foils == ["A drawing of a tattooed young woman with many facial piercings."]
     assert len(read_sugarcrepe(os.path.join(SAMPLES, "sugarcrepe", "add_att.json"), str(tmp_path)).skipped) == 10
 
 
 PROBING_ROWS = {  # data rows in each excerpt (README table)
-    "flickr_3000_colors": 21, "flickr_3000_size": 20, "flickr_3000_pos": 21, "flickr_3000_bshift": 20,
-    "coco_uniter": 21, "coco_altercap_uniter_train": 20,
+    "flickr_3000_colors": 21,
+    "flickr_3000_size": 20,
+    "flickr_3000_pos": 21,
+    "flickr_3000_bshift": 20,
+    "coco_uniter": 21,
+    "coco_altercap_uniter_train": 20,
 }
 
 
@@ -326,8 +341,9 @@ def test_real_probing_excerpts(name, tmp_path):
 @needs_samples
 def test_real_probing_quoted_rows(tmp_path):
     def row(name, number):
-        result = read_probing_csv(os.path.join(SAMPLES, "vlm-probing", f"{name}.csv"), str(tmp_path),
-                                  require_images=False)
+        result = read_probing_csv(
+            os.path.join(SAMPLES, "vlm-probing", f"{name}.csv"), str(tmp_path), require_images=False
+        )
         return result.items[number - 1]
 
     colors = row("flickr_3000_colors", 21)  # data row 283 of the original file
@@ -353,4 +369,3 @@ def test_fixtures_keep_the_official_layouts():
     assert raw.count(b"\r\n") == 5 and raw.endswith(b"\r\n") and b'|" A shop' in raw
     with open(fixture("aro/visual_genome_relation.json"), encoding="utf-8") as handle:
         assert isinstance(json.load(handle), list)
-

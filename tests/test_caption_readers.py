@@ -48,8 +48,11 @@ def test_caption_file_groups_records_of_one_image(tmp_path, image_root):
     rows, report = cr.read_caption_file(path, image_root)
 
     assert rows.features["image"] == datasets.Image(decode=False)
-    assert rows["captions"] == [["a red square.", "a square that is red."], ["a dog on a sofa."],
-                                ["two cats.", "cats on a bed."]]
+    assert rows["captions"] == [
+        ["a red square.", "a square that is red."],
+        ["a dog on a sofa."],
+        ["two cats.", "cats on a bed."],
+    ]
     assert rows["index"] == [0, 1, 2]
     assert rows["source"] == ["coco_karpathy_train.json"] * 3
     assert rows[0]["image"] == {"bytes": None, "path": str(image_root / "train2014" / "a.jpg")}
@@ -58,8 +61,12 @@ def test_caption_file_groups_records_of_one_image(tmp_path, image_root):
     assert report.kept["coco_karpathy_train.json"] == 3
 
     ungrouped, _ = cr.read_caption_file(path, image_root, source="blip", group_by_image=False)
-    assert ungrouped["captions"] == [["a red square."], ["a dog on a sofa."], ["a square that is red."],
-                                     ["two cats.", "cats on a bed."]]
+    assert ungrouped["captions"] == [
+        ["a red square."],
+        ["a dog on a sofa."],
+        ["a square that is red."],
+        ["two cats.", "cats on a bed."],
+    ]
     assert ungrouped["source"] == ["blip"] * 4
 
 
@@ -81,8 +88,13 @@ def test_caption_file_jsonl_skips_bad_captions_and_missing_images(tmp_path, imag
     assert [os.path.basename(row["path"]) for row in rows["image"]] == ["a.jpg", "c.png"]
     assert report.counts() == {"cc3m": {cr.NON_UTF8_CAPTION: 2, cr.EMPTY_CAPTION: 2, cr.MISSING_IMAGE: 1}}
     listed = {(entry["where"].rsplit(":", 1)[1], entry["reason"]) for entry in report.entries}
-    assert listed == {("line 2", cr.NON_UTF8_CAPTION), ("line 3", cr.EMPTY_CAPTION), ("line 5", cr.MISSING_IMAGE),
-                      ("line 6", cr.EMPTY_CAPTION), ("line 7", cr.NON_UTF8_CAPTION)}
+    assert listed == {
+        ("line 2", cr.NON_UTF8_CAPTION),
+        ("line 3", cr.EMPTY_CAPTION),
+        ("line 5", cr.MISSING_IMAGE),
+        ("line 6", cr.EMPTY_CAPTION),
+        ("line 7", cr.NON_UTF8_CAPTION),
+    }
     assert report.read["cc3m"] == 6 and report.kept["cc3m"] == 2
 
 
@@ -112,20 +124,33 @@ def test_caption_file_records_without_usable_captions_are_skipped_counted_and_li
     assert rows["captions"] == [["fine."], ["two cats."]]  # b.jpg has no usable caption: no row
     assert report.counts() == {"p": {cr.MISSING_CAPTION: 4, cr.NOT_TEXT_CAPTION: 2}}
     listed = [(entry["where"].rsplit(":", 1)[1], entry["reason"]) for entry in report.entries]
-    assert listed == [("record 1", cr.MISSING_CAPTION), ("record 2", cr.MISSING_CAPTION),
-                      ("record 3", cr.MISSING_CAPTION), ("record 4", cr.NOT_TEXT_CAPTION),
-                      ("record 5", cr.MISSING_CAPTION), ("record 5", cr.NOT_TEXT_CAPTION)]
+    assert listed == [
+        ("record 1", cr.MISSING_CAPTION),
+        ("record 2", cr.MISSING_CAPTION),
+        ("record 3", cr.MISSING_CAPTION),
+        ("record 4", cr.NOT_TEXT_CAPTION),
+        ("record 5", cr.MISSING_CAPTION),
+        ("record 5", cr.NOT_TEXT_CAPTION),
+    ]
     assert "no 'caption' key" in report.entries[0]["detail"] and "int: 3" in report.entries[3]["detail"]
     assert report.read["p"] == 6 and report.kept["p"] == 2
 
-    annotations = [{"image_id": 1, "id": 5, "caption": "a red square."}, {"image_id": 1, "id": 6},
-                   {"image_id": 1, "id": 7, "caption": None}, {"image_id": 1, "id": 8, "caption": 4.5}]
-    rows, report = cr.read_coco_captions(coco_file(tmp_path, [coco_image(1, "train2014/a.jpg")], annotations),
-                                         image_root, source="coco")
+    annotations = [
+        {"image_id": 1, "id": 5, "caption": "a red square."},
+        {"image_id": 1, "id": 6},
+        {"image_id": 1, "id": 7, "caption": None},
+        {"image_id": 1, "id": 8, "caption": 4.5},
+    ]
+    rows, report = cr.read_coco_captions(
+        coco_file(tmp_path, [coco_image(1, "train2014/a.jpg")], annotations), image_root, source="coco"
+    )
     assert rows["captions"] == [["a red square."]]
     assert report.counts() == {"coco": {cr.MISSING_CAPTION: 2, cr.NOT_TEXT_CAPTION: 1}}
     assert [entry["where"].rsplit(":", 1)[1] for entry in report.entries] == [
-        "annotation 6", "annotation 7", "annotation 8"]
+        "annotation 6",
+        "annotation 7",
+        "annotation 8",
+    ]
 
 
 def test_caption_file_broken_json_raises(tmp_path, image_root):
@@ -151,13 +176,25 @@ def coco_file(tmp_path, images, annotations):
 
 
 def coco_image(image_id, file_name):
-    return {"license": 1, "file_name": file_name, "coco_url": "http://example.invalid/" + file_name, "height": 4,
-            "width": 4, "date_captured": "2013-11-14 11:18:45", "flickr_url": "http://example.invalid/f", "id": image_id}
+    return {
+        "license": 1,
+        "file_name": file_name,
+        "coco_url": "http://example.invalid/" + file_name,
+        "height": 4,
+        "width": 4,
+        "date_captured": "2013-11-14 11:18:45",
+        "flickr_url": "http://example.invalid/f",
+        "id": image_id,
+    }
 
 
 def test_coco_captions_groups_annotations_and_lists_skips(tmp_path, image_root):
-    images = [coco_image(57870, "train2014/a.jpg"), coco_image(384029, "train2014/b.jpg"),
-              coco_image(222016, "val2014/c.png"), coco_image(520950, "train2014/gone.jpg")]
+    images = [
+        coco_image(57870, "train2014/a.jpg"),
+        coco_image(384029, "train2014/b.jpg"),
+        coco_image(222016, "val2014/c.png"),
+        coco_image(520950, "train2014/gone.jpg"),
+    ]
     annotations = [
         {"image_id": 384029, "id": 9, "caption": "A dog sleeps."},
         {"image_id": 57870, "id": 787980, "caption": "A restaurant has modern wooden tables and chairs."},
@@ -169,18 +206,28 @@ def test_coco_captions_groups_annotations_and_lists_skips(tmp_path, image_root):
     rows, report = cr.read_coco_captions(coco_file(tmp_path, images, annotations), image_root, source="coco")
 
     assert rows["captions"] == [
-        ["A restaurant has modern wooden tables and chairs.", "A long restaurant table with rattan rounded back chairs."],
+        [
+            "A restaurant has modern wooden tables and chairs.",
+            "A long restaurant table with rattan rounded back chairs.",
+        ],
         ["A dog sleeps.", "A puppy on a couch."],
     ]
-    assert json.loads(rows[0]["annotations"]) == {"image_id": 57870, "file_name": "train2014/a.jpg",
-                                                  "caption_ids": [787980, 789888], "width": 4, "height": 4}
+    assert json.loads(rows[0]["annotations"]) == {
+        "image_id": 57870,
+        "file_name": "train2014/a.jpg",
+        "caption_ids": [787980, 789888],
+        "width": 4,
+        "height": 4,
+    }
     assert rows[1]["image"]["path"] == str(image_root / "train2014" / "b.jpg")
     assert report.counts() == {"coco": {cr.EMPTY_CAPTION: 1, cr.NO_CAPTIONS: 1, cr.MISSING_IMAGE: 1}}
     assert {entry["where"].rsplit(":", 1)[1] for entry in report.entries} == {
-        "annotation 789366", "image 222016", "annotation 11"}
+        "annotation 789366",
+        "image 222016",
+        "annotation 11",
+    }
 
-    per_record, _ = cr.read_coco_captions(coco_file(tmp_path, images, annotations), image_root,
-                                          group_by_image=False)
+    per_record, _ = cr.read_coco_captions(coco_file(tmp_path, images, annotations), image_root, group_by_image=False)
     assert sorted(len(c) for c in per_record["captions"]) == [1, 1, 1, 1]
     assert json.loads(per_record[0]["annotations"])["caption_ids"] == [787980]
 
@@ -188,12 +235,18 @@ def test_coco_captions_groups_annotations_and_lists_skips(tmp_path, image_root):
 @pytest.mark.parametrize(
     "images, annotations, message",
     [
-        ([coco_image(1, "train2014/a.jpg")], [{"image_id": 2, "id": 5, "caption": "x"}],
-         r"annotations\[0\]: image_id 2 is not in 'images'"),
+        (
+            [coco_image(1, "train2014/a.jpg")],
+            [{"image_id": 2, "id": 5, "caption": "x"}],
+            r"annotations\[0\]: image_id 2 is not in 'images'",
+        ),
         ([coco_image(1, "train2014/a.jpg"), coco_image(1, "train2014/b.jpg")], [], r"images\[1\]: duplicate image id"),
         ([{"id": 1}], [], r"images\[0\]: expected an object with 'id' and 'file_name'"),
-        ([coco_image(1, "train2014/a.jpg")], ["not an object"],
-         r"annotations\[0\]: expected an object with 'image_id' and 'caption'"),
+        (
+            [coco_image(1, "train2014/a.jpg")],
+            ["not an object"],
+            r"annotations\[0\]: expected an object with 'image_id' and 'caption'",
+        ),
     ],
 )
 def test_coco_malformed_raises_naming_file_and_record(tmp_path, image_root, images, annotations, message):
@@ -206,8 +259,11 @@ def test_coco_malformed_raises_naming_file_and_record(tmp_path, image_root, imag
 def test_max_pixels_skips_huge_and_non_images(tmp_path, image_root):
     make_image(str(image_root / "big.png"), size=(40, 30))
     (image_root / "garbage.jpg").write_bytes(b"this is not a jpeg")
-    records = [{"image": "train2014/a.jpg", "caption": "small."}, {"image": "big.png", "caption": "big."},
-               {"image": "garbage.jpg", "caption": "garbage."}]
+    records = [
+        {"image": "train2014/a.jpg", "caption": "small."},
+        {"image": "big.png", "caption": "big."},
+        {"image": "garbage.jpg", "caption": "garbage."},
+    ]
     path = write_json(tmp_path / "pairs.json", records)
     rows, report = cr.read_caption_file(path, image_root, max_pixels=1000)
     assert rows["captions"] == [["small."]]
@@ -219,14 +275,21 @@ def test_max_pixels_skips_huge_and_non_images(tmp_path, image_root):
 
 
 def test_reader_rows_feed_pretraining_dataset(tmp_path, image_root):
-    records = [{"image": "train2014/a.jpg", "caption": "a red square"},
-               {"image": "train2014/b.jpg", "caption": "a blue circle"},
-               {"image": "val2014/c.png", "caption": "a green star"}]
+    records = [
+        {"image": "train2014/a.jpg", "caption": "a red square"},
+        {"image": "train2014/b.jpg", "caption": "a blue circle"},
+        {"image": "val2014/c.png", "caption": "a green star"},
+    ]
     rows, _ = cr.read_caption_file(write_json(tmp_path / "pairs.json", records), image_root)
     os.remove(image_root / "train2014" / "b.jpg")  # vanishes after reading: skipped when decoded, not a crash
     tokenizer = train_wordpiece_tokenizer([c for cs in rows["captions"] for c in cs], vocab_size=60)
-    dataset = PretrainingDataset(rows, tokenizer=tokenizer, image_processor=VLPImageProcessor(
-        size={"height": 8, "width": 8}), itm_probability=0.0, max_length=8)
+    dataset = PretrainingDataset(
+        rows,
+        tokenizer=tokenizer,
+        image_processor=VLPImageProcessor(size={"height": 8, "width": 8}),
+        itm_probability=0.0,
+        max_length=8,
+    )
     sample = dataset[2]
     assert sample["caption"] == "a green star"
     assert tuple(sample["pixel_values"].shape) == (3, 8, 8)
@@ -280,9 +343,13 @@ def test_concatenated_sources_mixed_through_the_global_batch_sampler(tmp_path, i
     from vlp.training.data import EpochIndexed
     from vlp.training.sampler import GlobalBatchSampler
 
-    pairs, _ = cr.read_caption_file(write_json(tmp_path / "pairs.json", [
-        {"image": "train2014/a.jpg", "caption": "one."}, {"image": "train2014/b.jpg", "caption": "two."}]),
-        image_root)
+    pairs, _ = cr.read_caption_file(
+        write_json(
+            tmp_path / "pairs.json",
+            [{"image": "train2014/a.jpg", "caption": "one."}, {"image": "train2014/b.jpg", "caption": "two."}],
+        ),
+        image_root,
+    )
     world = shapes_world.build_dataset(shapes_world.WorldConfig(num_scenes=6, seed=0, image_size=16))
     rows, ranges = cr.concatenate_sources({"pairs": pairs, "shapes": world})
     assert ranges == {"pairs": range(2), "shapes": range(2, 8)}

@@ -180,8 +180,15 @@ def test_samples_are_a_function_of_seed_epoch_and_index(rows, processor):
 
 def test_negative_captions_come_from_the_whole_dataset(rows, processor, tokenizer):
     dataset = PretrainingDataset(rows, processor, seed=2, itm_probability=1.0)
-    sources = Counter(caption_of(tokenizer, item) for item in read_all(dataset, 0))
-    assert len(sources) >= 10  # 12 distinct captions exist; a batch-local draw from 4 rows could give at most 8
+    sources = Counter()
+    for epoch in range(4):
+        for index, item in enumerate(read_all(dataset, epoch)):
+            negative = caption_of(tokenizer, item)
+            assert item["itm_label"] == 0 and negative not in rows[index]["captions"], (epoch, index, negative)
+            sources[negative] += 1
+    # Every caption of the dataset is drawn as some row's negative: the draw reaches all rows, not a batch of them
+    # (a batch-local draw from 4 rows could give at most 8 of the 12 distinct captions).
+    assert set(sources) == {caption for captions in rows["captions"] for caption in captions}
 
 
 def truncated_png():

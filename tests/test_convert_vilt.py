@@ -15,9 +15,18 @@ from vlp.training.convert_vilt import convert_state_dict, vlp_config_from_vilt
 @pytest.fixture(scope="module")
 def vilt_dir(tmp_path_factory):
     torch.manual_seed(0)
-    config = ViltConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=16, image_size=32, patch_size=8,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = ViltConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        image_size=32,
+        patch_size=8,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = ViltForMaskedLM(config).eval()
     with torch.no_grad():  # make every parameter matter (fresh LayerNorms and biases are 1 and 0)
         for parameter in model.parameters():
@@ -42,15 +51,20 @@ def inputs(seed=1):
 
 
 def test_converted_model_gives_vilts_mlm_logits(vilt_dir, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vlp.training.cli", "convert-vilt", str(vilt_dir),
-                             str(tmp_path / "vlp")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "vlp.training.cli", "convert-vilt", str(vilt_dir), str(tmp_path / "vlp")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     vilt = ViltForMaskedLM.from_pretrained(vilt_dir).eval()
     vlp = VLPForPreTraining.from_pretrained(tmp_path / "vlp").eval()
     ids, mask, pixels = inputs()
     with torch.no_grad():
-        expected = vilt(input_ids=ids, attention_mask=mask, pixel_values=pixels,
-                        pixel_mask=torch.ones(3, 32, 32, dtype=torch.long))
+        expected = vilt(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels, pixel_mask=torch.ones(3, 32, 32, dtype=torch.long)
+        )
         out = vlp.vlp(input_ids=ids, attention_mask=mask, pixel_values=pixels)
         logits = vlp.mlm_head(out.last_hidden_state[:, : ids.shape[1]])
     difference = (logits - expected.logits).abs().max().item()

@@ -198,7 +198,10 @@ def test_vqa_pairs_by_ids_threshold_and_interval(vqa):
     predictions = ["yes", "no", "2", "3"]
     by_ids = vqa.compute(predictions=predictions, references=refs, pair_ids=[0, 0, 1, 1], n_resamples=200)
     by_pairs = vqa.compute(
-        predictions=predictions, references=refs, question_ids=[10, 11, 12, 13], pairs=[[10, 11], [12, 13]],
+        predictions=predictions,
+        references=refs,
+        question_ids=[10, 11, 12, 13],
+        pairs=[[10, 11], [12, 13]],
         n_resamples=200,
     )
     assert by_ids["pair_accuracy"] == by_pairs["pair_accuracy"] == 0.5  # the 0.9 question fails threshold 1

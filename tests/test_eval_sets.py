@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from vlp.processing import eval_sets as es
 from vlp.processing import shapes_world as sw
 from vlp.processing.shapes_world import (
@@ -57,9 +58,13 @@ def _desc_match(words, scene):
     size = next((w for w in mods if w in sw.SIZES), None)
     colour = next((w for w in mods if w in COLOURS), None)
     assert len(mods) == (size is not None) + (colour is not None), words
-    return [k for k, o in enumerate(scene.objects)
-            if (shape is None or o.shape == shape) and (colour is None or o.colour == colour)
-            and (size is None or o.size == size)]
+    return [
+        k
+        for k, o in enumerate(scene.objects)
+        if (shape is None or o.shape == shape)
+        and (colour is None or o.colour == colour)
+        and (size is None or o.size == size)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,16 +141,21 @@ def test_in_distribution_sets_never_show_or_name_held_out_pairs(sets):
 def test_make_foils_lists_every_false_edit():
     s = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5), ShapeObject("square", "blue", "small", 0.7, 0.5)))
     assert sw.make_foils("a red circle and a blue square", s, "binding_swap") == [
-        "a blue circle and a red square", "a red square and a blue circle"]
-    assert sw.make_foils("a red circle", s, "colour") == [f"{'an' if c == 'orange' else 'a'} {c} circle"
-                                                          for c in COLOURS if c != "red"]
+        "a blue circle and a red square",
+        "a red square and a blue circle",
+    ]
+    assert sw.make_foils("a red circle", s, "colour") == [
+        f"{'an' if c == 'orange' else 'a'} {c} circle" for c in COLOURS if c != "red"
+    ]
     # "a red circle" holds, so it is no colour foil of "a blue circle"
-    assert sw.make_foils("a blue circle", s, "colour") == [f"{'an' if c == 'orange' else 'a'} {c} circle"
-                                                           for c in COLOURS if c not in ("red", "blue")]
+    assert sw.make_foils("a blue circle", s, "colour") == [
+        f"{'an' if c == 'orange' else 'a'} {c} circle" for c in COLOURS if c not in ("red", "blue")
+    ]
     assert sw.make_foils("a red circle", s, "size") == []
     for _ in range(5):
         assert sw.make_foil("the red circle is left of the blue square", s, "relation", _) in sw.make_foils(
-            "the red circle is left of the blue square", s, "relation")
+            "the red circle is left of the blue square", s, "relation"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,12 +182,20 @@ def test_winoground_pairs_hold_exactly_once_in_all_four_combinations(sets):
             for a, b in zip(s0.objects, s1.objects):
                 assert getattr(b, axis) == pytest.approx(1 - getattr(a, axis), abs=1e-9)
             assert sw.parse_caption(c1).descs == clause.descs[::-1]
-    assert es.exactly_one_holds(("a red circle", "a blue circle"),
-                                (Scene((ShapeObject("circle", "red", "small", 0.5, 0.5),)),
-                                 Scene((ShapeObject("circle", "blue", "small", 0.5, 0.5),))))
-    assert not es.exactly_one_holds(("a circle", "a red circle"),
-                                    (Scene((ShapeObject("circle", "red", "small", 0.5, 0.5),)),
-                                     Scene((ShapeObject("circle", "blue", "small", 0.5, 0.5),))))
+    assert es.exactly_one_holds(
+        ("a red circle", "a blue circle"),
+        (
+            Scene((ShapeObject("circle", "red", "small", 0.5, 0.5),)),
+            Scene((ShapeObject("circle", "blue", "small", 0.5, 0.5),)),
+        ),
+    )
+    assert not es.exactly_one_holds(
+        ("a circle", "a red circle"),
+        (
+            Scene((ShapeObject("circle", "red", "small", 0.5, 0.5),)),
+            Scene((ShapeObject("circle", "blue", "small", 0.5, 0.5),)),
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +215,7 @@ def _one_word_edit_is_true(words, scene, vocabulary):
     """Whether replacing one word of ``words`` by another word of ``vocabulary`` gives a true caption."""
     for j, w in enumerate(words):
         for v in vocabulary:
-            if w in vocabulary and v != w and _holds(" ".join(words[:j] + [v] + words[j + 1:]), scene):
+            if w in vocabulary and v != w and _holds(" ".join(words[:j] + [v] + words[j + 1 :]), scene):
                 return True
     return False
 
@@ -216,8 +234,15 @@ def test_probe_labels_are_right_by_recomputation_from_the_source_scene(sets):
             assert caption_holds(item.caption, scene) == (label == 0), item
             if label == 1:
                 vocabulary = {"size": sw.SIZES, "noun": SHAPES, "position": ("left", "right", "above", "below")}
-                fixed = [w.replace("left", "RIGHT").replace("right", "left").replace("RIGHT", "right")
-                         .replace("above", "BELOW").replace("below", "above").replace("BELOW", "below") for w in words]
+                fixed = [
+                    w.replace("left", "RIGHT")
+                    .replace("right", "left")
+                    .replace("RIGHT", "right")
+                    .replace("above", "BELOW")
+                    .replace("below", "above")
+                    .replace("BELOW", "below")
+                    for w in words
+                ]
                 if item.task == "position":
                     assert caption_holds(" ".join(fixed), scene), item
                 else:
@@ -230,8 +255,9 @@ def test_probe_labels_are_right_by_recomputation_from_the_source_scene(sets):
             if label == 0:
                 assert caption_holds(item.caption, scene)
             else:
-                restored = [" ".join(words[:j] + [words[j + 1], words[j]] + words[j + 2:])
-                            for j in range(len(words) - 1)]
+                restored = [
+                    " ".join(words[:j] + [words[j + 1], words[j]] + words[j + 2 :]) for j in range(len(words) - 1)
+                ]
                 assert any(r != item.caption and _holds(r, scene) for r in restored), item
     for task in ("size", "noun", "position", "word_order"):
         labels = [p.label for p in sets["probes"] if p.task == task and not p.control]
@@ -270,8 +296,12 @@ def test_grounding_phrase_refers_to_its_object_and_the_box_and_patches_match(set
         # patches, recomputed with loops from the exact coverage masks
         mask, p = sw.object_masks(item.scene, size)[item.object_index], item.patch_size
         grid = size // p
-        expected = [row * grid + col for row in range(grid) for col in range(grid)
-                    if mask[row * p:(row + 1) * p, col * p:(col + 1) * p].max() >= 0.5]
+        expected = [
+            row * grid + col
+            for row in range(grid)
+            for col in range(grid)
+            if mask[row * p : (row + 1) * p, col * p : (col + 1) * p].max() >= 0.5
+        ]
         assert list(item.patch_indices) == expected and expected
         x0, y0, x1, y1 = item.box
         for idx in item.patch_indices:  # every patch overlaps the box
@@ -301,14 +331,26 @@ def _foil_item(caption):
 
 
 def test_bucket_assignment_on_hand_made_counts():
-    counts = Counter({("red", "circle"): 1, ("blue", "star"): 10, ("green", "heart"): 100, ("white", "cross"): 1000,
-                      ("black", "square"): 0})
+    counts = Counter(
+        {
+            ("red", "circle"): 1,
+            ("blue", "star"): 10,
+            ("green", "heart"): 100,
+            ("white", "cross"): 1000,
+            ("black", "square"): 0,
+        }
+    )
     buckets = es.log_buckets(counts, num_buckets=3)
     assert buckets.edges == pytest.approx((1, 10, 100, 1000)) and buckets.num_buckets == 3
     assert [buckets.bucket(c) for c in (0, 0.5, 1, 9, 10, 99, 100, 999, 1000, 10**6)] == [0, 1, 1, 1, 2, 2, 3, 3, 3, 3]
-    items = [_foil_item("a red circle and a blue star"), _foil_item("there is a green heart"),
-             _foil_item("a white object"), _foil_item("the heart is green"), _foil_item("there is no black square"),
-             _foil_item("the white cross is left of the small blue star")]
+    items = [
+        _foil_item("a red circle and a blue star"),
+        _foil_item("there is a green heart"),
+        _foil_item("a white object"),
+        _foil_item("the heart is green"),
+        _foil_item("there is no black square"),
+        _foil_item("the white cross is left of the small blue star"),
+    ]
     assert es.item_frequencies(items, counts) == [1, 100, None, 100, 0, 10]
     assert es.assign_buckets(items, counts, buckets) == [1, 3, None, 3, 0, 2]
     words = es.concept_word_counts(counts)
@@ -367,11 +409,13 @@ def test_sets_are_deterministic_prefixes_and_move_with_the_seed(sets):
 def test_sets_are_identical_in_another_process_with_another_hash_seed():
     # the two modules are loaded as a bare package, skipping vlp.processing's __init__ (which imports transformers)
     folder = os.path.dirname(es.__file__)
-    code = ("import hashlib, json, sys, types; pkg = types.ModuleType('bare'); "
-            f"pkg.__path__ = [{folder!r}]; sys.modules['bare'] = pkg;"
-            "from bare import eval_sets as es, shapes_world as sw;"
-            f"s = es.build_eval_sets(sw.WorldConfig(seed=3, max_objects=4, held_out_pairs={HELD!r}), {_SMALL!r});"
-            "print(hashlib.sha256(json.dumps(es.eval_sets_to_dict(s), sort_keys=True).encode()).hexdigest())")
+    code = (
+        "import hashlib, json, sys, types; pkg = types.ModuleType('bare'); "
+        f"pkg.__path__ = [{folder!r}]; sys.modules['bare'] = pkg;"
+        "from bare import eval_sets as es, shapes_world as sw;"
+        f"s = es.build_eval_sets(sw.WorldConfig(seed=3, max_objects=4, held_out_pairs={HELD!r}), {_SMALL!r});"
+        "print(hashlib.sha256(json.dumps(es.eval_sets_to_dict(s), sort_keys=True).encode()).hexdigest())"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "4321"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == _digest(es.build_eval_sets(WORLD, _SMALL))
@@ -381,8 +425,13 @@ def test_eval_offset_differs_from_the_pretraining_offsets():
     path = importlib.util.find_spec("vlp.training").submodule_search_locations[0]
     with open(os.path.join(path, "data.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
-    values = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-              for t in node.targets if isinstance(t, ast.Name)}
+    values = {
+        t.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
     assert values["VALIDATION_SEED_OFFSET"] in es.TRAINING_SEED_OFFSETS and 0 in es.TRAINING_SEED_OFFSETS
     assert es.EVAL_SEED_OFFSET not in es.TRAINING_SEED_OFFSETS
     for offset in es.TRAINING_SEED_OFFSETS:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
 from vlp.processing import eval_sets as es
 from vlp.processing import shapes_world as sw
@@ -24,9 +25,20 @@ from vlp.training.config import ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "evaluation_suite")
 WORLD = sw.WorldConfig(num_scenes=200, seed=5, image_size=32, max_objects=3, held_out_pairs=("red circle",))
-RUN_CONFIG = {"dataset": "shapes", "num_scenes": 200, "val_scenes": 20, "world_seed": 5, "max_objects": 3,
-              "zipf_exponent": 1.0, "noise_rate": 0.0, "background_noise": 0.0, "held_out_pairs": "red circle",
-              "image_size": 32, "patch_size": 8, "objectives": "mlm,itm,mim"}
+RUN_CONFIG = {
+    "dataset": "shapes",
+    "num_scenes": 200,
+    "val_scenes": 20,
+    "world_seed": 5,
+    "max_objects": 3,
+    "zipf_exponent": 1.0,
+    "noise_rate": 0.0,
+    "background_noise": 0.0,
+    "held_out_pairs": "red circle",
+    "image_size": 32,
+    "patch_size": 8,
+    "objectives": "mlm,itm,mim",
+}
 FAST = ev.Settings(n_resamples=100)
 N = 8  # items per phenomenon in the mechanics tests
 
@@ -36,9 +48,17 @@ def _tiny_model_and_processor():
     tokenizer = train_wordpiece_tokenizer(captions, vocab_size=200)
     processor = VLPProcessor(image_processor=VLPImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
     torch.manual_seed(0)
-    config = VLPConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=40,
-                       pad_token_id=tokenizer.pad_token_id)
+    config = VLPConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=40,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return VLPForPreTraining(config).eval(), processor
 
 
@@ -124,9 +144,14 @@ def test_results_record_the_run_and_follow_the_schema(results_all, tiny_run):
     assert results_all["format"] == ev.RESULTS_FORMAT and results_all["config"] == RUN_CONFIG
     assert results_all["model_path"] == os.path.abspath(os.path.join(tiny_run, "model"))
     assert results_all["world_config"]["seed"] == 5 and results_all["world_config"]["held_out_pairs"] == [
-        ["red", "circle"]]
-    assert results_all["seeds"] == {"evaluation": 0, "world": 5, "eval_world": 5 + es.EVAL_SEED_OFFSET,
-                                    "eval_seed_offset": es.EVAL_SEED_OFFSET}
+        ["red", "circle"]
+    ]
+    assert results_all["seeds"] == {
+        "evaluation": 0,
+        "world": 5,
+        "eval_world": 5 + es.EVAL_SEED_OFFSET,
+        "eval_seed_offset": es.EVAL_SEED_OFFSET,
+    }
     assert ev.validate_json(results_all, ev.load_schema()) == []
     json.dumps(results_all, allow_nan=False)  # strict JSON: undefined figures are null, not NaN
 
@@ -147,9 +172,16 @@ def test_per_item_values_average_to_their_figures_and_reach_the_study(results_al
 
     blocks = dict(_blocks(results_all["suites"]))
     with_items = {path: block for path, block in blocks.items() if "items" in block}
-    for path in ("foils.phenomena.all", "foils.phenomena.colour", "winoground.phenomena.all",
-                 "probes.tasks.colour.headline", "crossmodal.masked_word.all", "grounding.pointing",
-                 "grounding.occlusion", "frequency.held_out"):
+    for path in (
+        "foils.phenomena.all",
+        "foils.phenomena.colour",
+        "winoground.phenomena.all",
+        "probes.tasks.colour.headline",
+        "crossmodal.masked_word.all",
+        "grounding.pointing",
+        "grounding.occlusion",
+        "frequency.held_out",
+    ):
         assert path in with_items, path
     for path, block in with_items.items():
         for name, values in block["items"].items():
@@ -173,9 +205,13 @@ def test_the_validator_rejects_what_the_schema_forbids(results_all):
     broken["suites"]["probes"]["tasks"]["colour"]["headline"]["layer"] = -1
     broken["suites"]["unknown_suite"] = {}
     errors = "\n".join(ev.validate_json(broken, schema))
-    for expected in ("missing required property 'code_version'", "$.suites.foils.phenomena.colour.score.acc_r.value",
-                     "'paint' is not one of", "headline.layer: -1 is below the minimum 0",
-                     "unexpected property 'unknown_suite'"):
+    for expected in (
+        "missing required property 'code_version'",
+        "$.suites.foils.phenomena.colour.score.acc_r.value",
+        "'paint' is not one of",
+        "headline.layer: -1 is below the minimum 0",
+        "unexpected property 'unknown_suite'",
+    ):
         assert expected in errors
 
 
@@ -200,8 +236,14 @@ def _bank(n=6):
 
 def test_match_scores_equal_the_models_own_itm_probability(runner):
     bank = _bank()
-    texts = ["there is a red circle", "the small blue star is left of the green heart", "a red square",
-             "there are two stars", "there is no yellow heart", "the cross is white"]
+    texts = [
+        "there is a red circle",
+        "the small blue star is left of the green heart",
+        "a red square",
+        "there are two stars",
+        "there is no yellow heart",
+        "the cross is white",
+    ]
     scores = ev.match_scores(runner, bank, np.arange(6), texts)
     for k in (0, 1, 5):  # one at a time, unpadded, through VLPForPreTraining.forward without labels
         inputs = runner.processor(images=bank.get([k]), text=[texts[k]], return_tensors="pt")
@@ -225,7 +267,7 @@ def test_representations_ignore_padding_and_have_one_row_per_layer(runner):
     length = inputs["input_ids"].shape[1]
     for layer in range(2):  # item 0 was padded in the batch; alone it is not
         np.testing.assert_allclose(joint["text_mean"][0, layer], states[layer][0, :length].mean(0), atol=1e-5)
-        np.testing.assert_allclose(joint["image_mean"][0, layer], states[layer][0, length + 1:].mean(0), atol=1e-5)
+        np.testing.assert_allclose(joint["image_mean"][0, layer], states[layer][0, length + 1 :].mean(0), atol=1e-5)
         np.testing.assert_allclose(joint["cls"][0, layer], states[layer][0, 0], atol=1e-5)
     assert set(ev.representations(runner, bank, [0, 1], None)) == {"cls", "image_mean"}
     assert set(ev.representations(runner, None, None, texts)) == {"cls", "text_mean"}
@@ -244,7 +286,7 @@ def test_phrase_relevance_is_the_attention_patches_receive_from_the_phrase_token
         with torch.no_grad():
             maps = runner.model.vlp(**inputs, output_attentions=True, attention_layers=[-1]).attentions[-1]
         rows = [p for p, w in enumerate(encoding.word_ids(0)) if w is not None and spans[k][0] <= w < spans[k][1]]
-        expected = maps[0].mean(0)[rows].mean(0)[encoding["input_ids"].shape[1] + 1:]
+        expected = maps[0].mean(0)[rows].mean(0)[encoding["input_ids"].shape[1] + 1 :]
         np.testing.assert_allclose(relevance[k], expected, atol=1e-5)
 
 
@@ -254,10 +296,14 @@ def test_phrase_relevance_is_the_attention_patches_receive_from_the_phrase_token
 
 
 def test_pointing_hits_on_a_constructed_relevance():
-    relevance = np.array([[0.1, 0.7, 0.2, 0.0],   # top patch 1, in {1, 2}: hit
-                          [0.5, 0.1, 0.4, 0.0],   # top patch 0, not in {2, 3}: miss
-                          [0.3, 0.3, 0.1, 0.3],   # tie between 0, 1, 3: the first (0) counts, in {0}: hit
-                          [np.nan] * 4])          # phrase truncated away: miss
+    relevance = np.array(
+        [
+            [0.1, 0.7, 0.2, 0.0],  # top patch 1, in {1, 2}: hit
+            [0.5, 0.1, 0.4, 0.0],  # top patch 0, not in {2, 3}: miss
+            [0.3, 0.3, 0.1, 0.3],  # tie between 0, 1, 3: the first (0) counts, in {0}: hit
+            [np.nan] * 4,
+        ]
+    )  # phrase truncated away: miss
     hits = ev.pointing_hits(relevance, [(1, 2), (2, 3), (0,), (0, 1, 2, 3)])
     assert hits.tolist() == [True, False, True, False]
 
@@ -311,7 +357,10 @@ def test_occlusion_on_a_model_that_looks_only_at_the_objects_patches(runner):
     base = ev.match_scores(fake, bank, [0, 1, 2], texts)
     hidden = ev.match_scores(fake, bank, [0, 1, 2], texts, objects)
     other = ev.match_scores(fake, bank, [0, 1, 2], texts, randoms)
-    sigmoid = lambda x: 1 / (1 + np.exp(-x))
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
     np.testing.assert_allclose(base, sigmoid(10 * 1.0 - 5), rtol=1e-5)  # the watched patches are all red (+1)
     np.testing.assert_allclose(hidden, sigmoid(-5.0), rtol=1e-5)  # hidden by the mask embedding: 0
     np.testing.assert_allclose(other, base, rtol=1e-6)  # other patches do not matter to this model
@@ -383,17 +432,30 @@ def test_slope_and_differences_match_direct_computations():
 
 
 def test_masked_concept_words_come_from_the_phrase_and_cycle_over_candidates(runner):
-    scene = sw.Scene((sw.ShapeObject("circle", "red", "small", 0.3, 0.3),
-                      sw.ShapeObject("star", "blue", "large", 0.7, 0.7)))
+    scene = sw.Scene(
+        (sw.ShapeObject("circle", "red", "small", 0.3, 0.3), sw.ShapeObject("star", "blue", "large", 0.7, 0.7))
+    )
 
     def item(caption, span, index):
-        return es.GroundingItem(scene, caption, " ".join(caption.split()[span[0]:span[1]]), span, 0,
-                                (0.0, 0.0, 1.0, 1.0), 32, 8, (0,), index)
+        return es.GroundingItem(
+            scene,
+            caption,
+            " ".join(caption.split()[span[0] : span[1]]),
+            span,
+            0,
+            (0.0, 0.0, 1.0, 1.0),
+            32,
+            8,
+            (0,),
+            index,
+        )
 
-    items = [item("the small red circle is left of the blue star", (0, 4), 0),  # small, red, circle
-             item("the small red circle is left of the blue star", (0, 4), 1),
-             item("the red circle is above the red star", (0, 3), 2),  # "red" twice: only circle
-             item("the red circle", (0, 1), 3)]  # "the" alone: no candidate
+    items = [
+        item("the small red circle is left of the blue star", (0, 4), 0),  # small, red, circle
+        item("the small red circle is left of the blue star", (0, 4), 1),
+        item("the red circle is above the red star", (0, 3), 2),  # "red" twice: only circle
+        item("the red circle", (0, 1), 3),
+    ]  # "the" alone: no candidate
     chosen, skipped = ev.masked_concept_items(items, runner.processor.tokenizer)
     assert chosen == [(0, 1, "size"), (1, 2, "colour"), (2, 2, "shape")] and skipped == 1
 
@@ -450,20 +512,30 @@ def test_argument_errors_name_the_argument(tiny_run, tmp_path, capsys):
     with pytest.raises(ConfigError, match="--occlusion"):
         ev.Settings(occlusion="paint")
     with pytest.raises(ConfigError, match="--image-dir"):
-        ev.evaluate(tiny_run, ("all",), None, N, FAST, benchmark="valse",
-                    benchmark_file=os.path.join(FIXTURES, "valse", "existence.json"), image_dir=str(tmp_path / "no"))
+        ev.evaluate(
+            tiny_run,
+            ("all",),
+            None,
+            N,
+            FAST,
+            benchmark="valse",
+            benchmark_file=os.path.join(FIXTURES, "valse", "existence.json"),
+            image_dir=str(tmp_path / "no"),
+        )
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"x": {"image_file": "a.jpg", "caption": "a cat"}}))
     with pytest.raises(ConfigError, match="record 'x': missing field 'foil'"):
-        ev.evaluate(tiny_run, ("all",), None, N, FAST, benchmark="valse", benchmark_file=str(broken),
-                    image_dir=str(tmp_path))
+        ev.evaluate(
+            tiny_run, ("all",), None, N, FAST, benchmark="valse", benchmark_file=str(broken), image_dir=str(tmp_path)
+        )
 
 
 def test_saved_eval_sets_are_evaluated_as_they_are(tiny_run, tmp_path):
     sets = es.build_eval_sets(WORLD, {"winoground": 3}, image_size=32, patch_size=8)
     es.save_eval_sets(sets, tmp_path / "sets.json")
-    results = ev.evaluate(tiny_run, ("winoground",), None, N, FAST, eval_sets_file=str(tmp_path / "sets.json"),
-                          log=lambda m: None)
+    results = ev.evaluate(
+        tiny_run, ("winoground",), None, N, FAST, eval_sets_file=str(tmp_path / "sets.json"), log=lambda m: None
+    )
     assert results["suites"]["winoground"]["phenomena"]["all"]["n_items"] == 6 and results["item_counts"]["foils"] == 0
     with pytest.raises(ConfigError, match="holds no 'grounding' items"):
         ev.evaluate(tiny_run, ("grounding",), None, N, FAST, eval_sets_file=str(tmp_path / "sets.json"))
@@ -489,14 +561,25 @@ def test_valse_with_missing_and_unreadable_images(tiny_run, tmp_path):
         _image(images / f"v7w_{8100000 + k}.jpg", (40 * k, 100, 50))
     (images / "v7w_8100005.jpg").write_bytes(b"not a jpeg at all")  # 8100004's image is missing
     out = tmp_path / "valse.json"
-    results = ev.evaluate(tiny_run, ("all",), str(out), N, FAST, benchmark="valse",
-                          benchmark_file=os.path.join(FIXTURES, "valse", "existence.json"), image_dir=str(images),
-                          log=lambda m: None)
+    results = ev.evaluate(
+        tiny_run,
+        ("all",),
+        str(out),
+        N,
+        FAST,
+        benchmark="valse",
+        benchmark_file=os.path.join(FIXTURES, "valse", "existence.json"),
+        image_dir=str(images),
+        log=lambda m: None,
+    )
     bench = results["benchmark"]
     assert (bench["n_records"], bench["n_items"], bench["n_skipped"]) == (6, 3, 3)
     assert bench["skipped_by_reason"] == {"failed validation": 1, "missing image": 1, "unreadable image": 1}
-    assert {s["id"] for s in bench["skipped"]} == {"existence_visual7w_8100003", "existence_visual7w_8100004",
-                                                   "existence_visual7w_8100005"}
+    assert {s["id"] for s in bench["skipped"]} == {
+        "existence_visual7w_8100003",
+        "existence_visual7w_8100004",
+        "existence_visual7w_8100005",
+    }
     phenomena = results["suites"]["foils"]["phenomena"]
     assert set(phenomena) == {"all", "existence"} and phenomena["all"]["n_items"] == 3
     assert set(results["suites"]) == {"foils"} and results["world_config"] is None
@@ -516,27 +599,63 @@ def test_winoground_probing_sugarcrepe_and_aro_files(tiny_run, tmp_path):
     for k in (1, 2, 3):
         _image(images / f"00000010000{k}.jpg", (30 * k, 30, 30))
         _image(images / f"910000{k}.jpg", (30, 30 * k, 30), size=(40, 40))
-    quiet = lambda m: None
-    wino = ev.evaluate(tiny_run, ("all",), None, N, FAST, benchmark="winoground",
-                       benchmark_file=os.path.join(FIXTURES, "winoground", "examples.jsonl"), image_dir=str(images),
-                       log=quiet)
+
+    def quiet(message):
+        return None
+
+    wino = ev.evaluate(
+        tiny_run,
+        ("all",),
+        None,
+        N,
+        FAST,
+        benchmark="winoground",
+        benchmark_file=os.path.join(FIXTURES, "winoground", "examples.jsonl"),
+        image_dir=str(images),
+        log=quiet,
+    )
     assert wino["benchmark"]["n_items"] == 3 and wino["benchmark"]["skipped_by_reason"] == {"missing image": 1}
     assert set(wino["suites"]["winoground"]["phenomena"]) == {"all", "Object", "Relation"}
-    probing = ev.evaluate(tiny_run, ("probes",), None, N, FAST, benchmark="probing",
-                          benchmark_file=os.path.join(FIXTURES, "vlm-probing", "flickr_3000_colors.csv"),
-                          image_dir=str(images), log=quiet)
+    probing = ev.evaluate(
+        tiny_run,
+        ("probes",),
+        None,
+        N,
+        FAST,
+        benchmark="probing",
+        benchmark_file=os.path.join(FIXTURES, "vlm-probing", "flickr_3000_colors.csv"),
+        image_dir=str(images),
+        log=quiet,
+    )
     assert probing["benchmark"]["n_items"] == 8 and probing["benchmark"]["n_skipped"] == 1
     colour = probing["suites"]["probes"]["tasks"]["color"]
     assert colour["headline"]["n_items"] == 4 and colour["headline"]["n_train"] == 4
     assert set(colour["headline"]["floors"]) == {"mismatched", "blank"}
     for name, file in (("sugarcrepe", "sugarcrepe/swap_att.json"), ("aro", "aro/visual_genome_relation.json")):
-        result = ev.evaluate(tiny_run, ("all",), None, N, FAST, benchmark=name,
-                             benchmark_file=os.path.join(FIXTURES, file), image_dir=str(images), log=quiet)
+        result = ev.evaluate(
+            tiny_run,
+            ("all",),
+            None,
+            N,
+            FAST,
+            benchmark=name,
+            benchmark_file=os.path.join(FIXTURES, file),
+            image_dir=str(images),
+            log=quiet,
+        )
         assert result["benchmark"]["n_items"] == 3 and result["suites"]["foils"]["phenomena"]["all"]["n_items"] == 3
         assert ev.validate_json(result, ev.load_schema()) == []
     with pytest.raises(ConfigError, match="--suite"):
-        ev.evaluate(tiny_run, ("grounding",), None, N, FAST, benchmark="aro",
-                    benchmark_file=os.path.join(FIXTURES, "aro/visual_genome_relation.json"), image_dir=str(images))
+        ev.evaluate(
+            tiny_run,
+            ("grounding",),
+            None,
+            N,
+            FAST,
+            benchmark="aro",
+            benchmark_file=os.path.join(FIXTURES, "aro/visual_genome_relation.json"),
+            image_dir=str(images),
+        )
 
 
 def test_aro_images_are_cropped_to_their_box(tmp_path):
@@ -556,9 +675,30 @@ def test_cli_writes_valid_results_and_prints_the_summary(tiny_run, tmp_path):
     out = tmp_path / "results.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     # The grounding suite alone: it needs no `evaluate` metric module, so the process starts quickly.
-    done = subprocess.run([sys.executable, "-m", "vlp.training.cli", "evaluate", tiny_run, "--suite", "grounding",
-                           "--items-per-phenomenon", "6", "--n-resamples", "50", "--occlusion", "blank", "--output",
-                           str(out)], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlp.training.cli",
+            "evaluate",
+            tiny_run,
+            "--suite",
+            "grounding",
+            "--items-per-phenomenon",
+            "6",
+            "--n-resamples",
+            "50",
+            "--occlusion",
+            "blank",
+            "--output",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert ev.validate_json(results, ev.load_schema()) == []
@@ -582,11 +722,26 @@ def test_cli_writes_valid_results_and_prints_the_summary(tiny_run, tmp_path):
 # steps: about 20 min on 2 shared CPU cores (colour foils +0.22 [0.15, 0.29] over blank, +0.15 [0.09, 0.22] over
 # mismatched; colour probe +0.36 [0.27, 0.46] and +0.39 [0.28, 0.49]).
 STRONG_CONFIG = {
-    "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
-    "image_size": 64, "patch_size": 16, "num_scenes": 8000, "val_scenes": 600, "max_objects": 3,
-    "objectives": "mlm,itm", "max_steps": 1000, "per_device_batch_size": 32, "learning_rate": 5e-4,
-    "warmup_steps": 100, "eval_every": 0, "save_every": 0, "eval_batches": 4, "log_every": 100,
-    "progress_bar": False, "tensorboard": False,
+    "hidden_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "image_size": 64,
+    "patch_size": 16,
+    "num_scenes": 8000,
+    "val_scenes": 600,
+    "max_objects": 3,
+    "objectives": "mlm,itm",
+    "max_steps": 1000,
+    "per_device_batch_size": 32,
+    "learning_rate": 5e-4,
+    "warmup_steps": 100,
+    "eval_every": 0,
+    "save_every": 0,
+    "eval_batches": 4,
+    "log_every": 100,
+    "progress_bar": False,
+    "tensorboard": False,
 }
 ACCEPTANCE_ITEMS = 200
 
@@ -598,11 +753,18 @@ def test_pretrained_model_beats_its_language_bias_floors(tmp_path_factory):
     values = dict(STRONG_CONFIG, output_dir=str(run), cache_dir=str(tmp_path_factory.mktemp("world")))
     args = [item for key, value in values.items() for item in (f"--{key}", str(value))]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    trained = subprocess.run([sys.executable, "-m", "vlp.training.cli", "pretrain", *args], env=env,
-                             capture_output=True, text=True, timeout=3600, check=False)
+    trained = subprocess.run(
+        [sys.executable, "-m", "vlp.training.cli", "pretrain", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    results = ev.evaluate(str(run), ("foils", "probes"), str(run / "results.json"), ACCEPTANCE_ITEMS,
-                          ev.Settings(), log=lambda m: None)
+    results = ev.evaluate(
+        str(run), ("foils", "probes"), str(run / "results.json"), ACCEPTANCE_ITEMS, ev.Settings(), log=lambda m: None
+    )
     print(ev.summary_table(results))
     assert ev.validate_json(json.loads((run / "results.json").read_text()), ev.load_schema()) == []
     colour_foils = results["suites"]["foils"]["phenomena"]["colour"]
@@ -621,14 +783,29 @@ def test_pretrained_model_beats_its_language_bias_floors(tmp_path_factory):
 def _gitm_runner():
     _, processor = _tiny_model_and_processor()
     torch.manual_seed(0)
-    config = VLPConfig(vocab_size=len(processor.tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=64,
-                       pad_token_id=processor.tokenizer.pad_token_id, num_text_segments=4)
+    config = VLPConfig(
+        vocab_size=len(processor.tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=64,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        num_text_segments=4,
+    )
     return ev.Runner(VLPForPreTraining(config).eval(), processor, "cpu", batch_size=16)
 
 
-GRID = {"gitm_rows": 1, "gitm_cols": 2, "gitm_mode": "resize", "gitm_own_probability": 0.5,
-        "gitm_distractors": "mixed", "gitm_max_length": 48}
+GRID = {
+    "gitm_rows": 1,
+    "gitm_cols": 2,
+    "gitm_mode": "resize",
+    "gitm_own_probability": 0.5,
+    "gitm_distractors": "mixed",
+    "gitm_max_length": 48,
+}
 
 
 def test_grouped_matching_suite_figures_are_consistent():
@@ -642,8 +819,11 @@ def test_grouped_matching_suite_figures_are_consistent():
     assert np.mean(result["items"]["accuracy"]) == pytest.approx(score["accuracy"]["value"])
     assert result["floors"]["chance_uniform"]["accuracy"]["value"] == pytest.approx(1 / 3)
     assert 1 / 3 <= result["floors"]["chance_majority"]["accuracy"]["value"] <= 1
-    assert set(result["floors"]) == set(result["differences"]) == {"chance_uniform", "chance_majority",
-                                                                   "blank_canvas", "text_only"}
+    assert (
+        set(result["floors"])
+        == set(result["differences"])
+        == {"chance_uniform", "chance_majority", "blank_canvas", "text_only"}
+    )
     # A text-only answer is right for a distractor it calls 'none', and 1 / cells of the time for a caption.
     text_only = result["floors"]["text_only"]["accuracy"]["value"]
     assert 0 < text_only <= result["floors"]["chance_majority"]["accuracy"]["value"] + 0.1
@@ -703,8 +883,9 @@ def test_the_itm_suite_scores_matching_against_a_blank_image_and_the_text_alone(
     assert majority == pytest.approx(labels_share) or majority == pytest.approx(1 - labels_share)
     assert np.mean(result["items"]["accuracy"]) == pytest.approx(result["score"]["accuracy"]["value"])
     for name, difference in result["differences"].items():
-        assert difference["value"] == pytest.approx(result["score"]["accuracy"]["value"]
-                                                    - result["floors"][name]["accuracy"]["value"])
+        assert difference["value"] == pytest.approx(
+            result["score"]["accuracy"]["value"] - result["floors"][name]["accuracy"]["value"]
+        )
     schema = ev.load_schema()
     assert ev.validate_json({"itm": result}, schema["properties"]["suites"], schema) == []
     assert "skipped" in ev.run_matching(runner, WORLD, 8, FAST, objectives=["mlm"])

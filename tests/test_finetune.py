@@ -46,8 +46,16 @@ def checkpoint(tmp_path_factory):
     tokenizer = train_wordpiece_tokenizer(corpus, vocab_size=150)
     processor = VLPProcessor(image_processor=VLPImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
     torch.manual_seed(0)
-    config = VLPConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=32)
+    config = VLPConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=32,
+    )
     VLPForPreTraining(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return str(folder)
@@ -107,8 +115,13 @@ def test_caption_pairs_retrieval_exclusions_and_caption_labels(processor):
 
 
 def test_vqa_finetune_writes_results_that_match_a_recomputation(checkpoint, tmp_path):
-    results = finetune.finetune_vqa(checkpoint, str(tmp_path), num_train_pairs=40, num_eval_pairs=16,
-                                    settings=dataclasses.replace(FAST, head_lr_multiplier=10.0))
+    results = finetune.finetune_vqa(
+        checkpoint,
+        str(tmp_path),
+        num_train_pairs=40,
+        num_eval_pairs=16,
+        settings=dataclasses.replace(FAST, head_lr_multiplier=10.0),
+    )
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["runs"].keys() == {"pretrained", "question_only", "random_init"}
     for run in written["runs"].values():
@@ -132,16 +145,20 @@ def test_vqa_finetune_writes_results_that_match_a_recomputation(checkpoint, tmp_
     batch = VQACollator(VLPProcessor.from_pretrained(tmp_path / "model"), model.config.label2id)(list(eval_rows))
     with torch.no_grad():
         predicted = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)
-    scores = [vqa_question_accuracy(model.config.id2label[int(p)], row["answers"])
-              for p, row in zip(predicted, eval_rows)]
+    scores = [
+        vqa_question_accuracy(model.config.id2label[int(p)], row["answers"]) for p, row in zip(predicted, eval_rows)
+    ]
     assert results["runs"]["pretrained"]["accuracy"] == pytest.approx(np.mean(scores))
 
 
 def test_the_question_only_floor_learns_what_the_question_alone_tells():
     """Answers fixed by the question's words: the text-only floor gets them all; answers that the question does not
     tell stay at the majority's share."""
-    rows = [{"question": f"what colour is the {shape}?", "answers": [colour] * 10}
-            for shape, colour in (("circle", "red"), ("square", "blue"), ("star", "green")) for _ in range(5)]
+    rows = [
+        {"question": f"what colour is the {shape}?", "answers": [colour] * 10}
+        for shape, colour in (("circle", "red"), ("square", "blue"), ("star", "green"))
+        for _ in range(5)
+    ]
     label2id = {"red": 0, "blue": 1, "green": 2}
     logits = finetune.question_only_logits(rows, rows, label2id)
     assert logits.argmax(1).tolist() == [label2id[row["answers"][0]] for row in rows]
@@ -150,8 +167,9 @@ def test_the_question_only_floor_learns_what_the_question_alone_tells():
 
 
 def test_head_optimizer_scales_the_heads_and_spares_biases_and_norms_from_decay(checkpoint):
-    model = VLPForQuestionAnswering.from_pretrained(checkpoint, id2label={0: "yes", 1: "no"},
-                                                    label2id={"yes": 0, "no": 1})
+    model = VLPForQuestionAnswering.from_pretrained(
+        checkpoint, id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1}
+    )
     settings = finetune.FinetuneSettings(learning_rate=1e-3, head_lr_multiplier=10.0, weight_decay=0.1)
     optimizer = finetune.head_optimizer(model, settings)
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
@@ -166,8 +184,16 @@ def test_head_optimizer_scales_the_heads_and_spares_biases_and_norms_from_decay(
 
 
 def test_retrieval_finetune_smoke(checkpoint, tmp_path):
-    results = finetune.finetune_retrieval(checkpoint, str(tmp_path), num_train_scenes=24, num_eval_scenes=12,
-                                          top_k=4, image_size=48, variants=("pretrained",), settings=FAST)
+    results = finetune.finetune_retrieval(
+        checkpoint,
+        str(tmp_path),
+        num_train_scenes=24,
+        num_eval_scenes=12,
+        top_k=4,
+        image_size=48,
+        variants=("pretrained",),
+        settings=FAST,
+    )
     run = json.loads((tmp_path / "results.json").read_text())["runs"]["pretrained"]
     assert results["n_eval_texts"] == 24 and run["n_images"] == 12
     for direction in ("i2t", "t2i"):
@@ -179,23 +205,49 @@ def test_retrieval_finetune_smoke(checkpoint, tmp_path):
 
 
 def test_caption_finetune_smoke(checkpoint, tmp_path):
-    results = finetune.finetune_caption(checkpoint, str(tmp_path), num_train_scenes=24, num_eval_scenes=6,
-                                        tokenize=False, meteor=False, max_new_tokens=8,
-                                        variants=("pretrained", "blank_image"), settings=FAST)
+    results = finetune.finetune_caption(
+        checkpoint,
+        str(tmp_path),
+        num_train_scenes=24,
+        num_eval_scenes=6,
+        tokenize=False,
+        meteor=False,
+        max_new_tokens=8,
+        variants=("pretrained", "blank_image"),
+        settings=FAST,
+    )
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert runs.keys() == {"most_frequent", "pretrained", "blank_image"}
     for run in runs.values():
         assert 0 <= run["bleu_4"] <= 1 and run["cider_d"] >= 0 and run["n_images"] == 6
     assert all(isinstance(c, str) for c in runs["pretrained"]["examples"])
-    assert results["runs"]["most_frequent"]["caption"] in {c for row in
-                                                           finetune.world_rows(24, 32) for c in row["captions"]}
+    assert results["runs"]["most_frequent"]["caption"] in {
+        c for row in finetune.world_rows(24, 32) for c in row["captions"]
+    }
 
 
 def test_cli_runs_and_refuses_bad_values(checkpoint, tmp_path):
     from vlp.training.cli import main
 
-    code = main(["finetune", "vqa", checkpoint, "--output_dir", str(tmp_path), "--num_train", "10", "--num_eval",
-                 "5", "--max_steps", "2", "--variants", "pretrained", "--batch_size", "8"])
+    code = main(
+        [
+            "finetune",
+            "vqa",
+            checkpoint,
+            "--output_dir",
+            str(tmp_path),
+            "--num_train",
+            "10",
+            "--num_eval",
+            "5",
+            "--max_steps",
+            "2",
+            "--variants",
+            "pretrained",
+            "--batch_size",
+            "8",
+        ]
+    )
     assert code == 0 and json.loads((tmp_path / "results.json").read_text())["runs"]["pretrained"]["train_steps"] == 2
     assert main(["finetune", "vqa", checkpoint, "--output_dir", str(tmp_path), "--data", "karpathy"]) == 2
     assert main(["finetune", "vqa", checkpoint, "--output_dir", str(tmp_path), "--learning_rate", "-1"]) == 2
@@ -215,7 +267,7 @@ def readme_example(path):
     text = open(path, encoding="utf-8").read()
     if EXAMPLE_MARKER not in text:
         return None
-    match = re.search(r"```python\n(.*?)```", text[text.index(EXAMPLE_MARKER):], flags=re.DOTALL)
+    match = re.search(r"```python\n(.*?)```", text[text.index(EXAMPLE_MARKER) :], flags=re.DOTALL)
     assert match, f"{path}: no ```python block after {EXAMPLE_MARKER}"
     return match.group(1)
 
@@ -257,14 +309,27 @@ def test_pretraining_beats_question_only_and_random_init_on_synthetic_vqa(pretra
     over question-only near 15 points and seed-dependent; longer finetuning lets random initialisation catch up
     with this lightly pretrained model (30 epochs: 0.644 against 0.629)."""
     start = time.perf_counter()
-    settings = finetune.FinetuneSettings(epochs=20, batch_size=32, learning_rate=1e-3, head_lr_multiplier=10.0,
-                                         logging_steps=10_000)
-    results = finetune.finetune_vqa(pretrained_run, str(tmp_path), num_train_pairs=6000, num_eval_pairs=400,
-                                    settings=settings, save_model=False)
+    settings = finetune.FinetuneSettings(
+        epochs=20, batch_size=32, learning_rate=1e-3, head_lr_multiplier=10.0, logging_steps=10_000
+    )
+    results = finetune.finetune_vqa(
+        pretrained_run, str(tmp_path), num_train_pairs=6000, num_eval_pairs=400, settings=settings, save_model=False
+    )
     runs = results["runs"]
-    summary = {v: {k: round(r[k], 4) for k in ("accuracy", "accuracy_low", "accuracy_high", "pair_accuracy",
-                                              "pair_accuracy_low", "pair_accuracy_high")}
-               for v, r in runs.items()}
+    summary = {
+        v: {
+            k: round(r[k], 4)
+            for k in (
+                "accuracy",
+                "accuracy_low",
+                "accuracy_high",
+                "pair_accuracy",
+                "pair_accuracy_low",
+                "pair_accuracy_high",
+            )
+        }
+        for v, r in runs.items()
+    }
     gains = {key: round(value, 4) for key, value in results.items() if key.startswith("gain_over")}
     print(json.dumps({"seconds": round(time.perf_counter() - start), **summary, **gains}))
     pretrained, question_only, random_init = runs["pretrained"], runs["question_only"], runs["random_init"]

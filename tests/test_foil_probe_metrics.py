@@ -85,8 +85,9 @@ def test_vl_foils_auroc_matches_scikit_learn_with_ties(vl_foils):
 
 def test_vl_foils_several_foils_per_caption(vl_foils):
     # item a: caption 0.9 with foils 0.2 and 0.95; item b: 0.4 with 0.6; item c: 0.7 with 0.7 (tie)
-    result = vl_foils.compute(caption_scores=[0.9, 0.4, 0.9, 0.7], foil_scores=[0.2, 0.6, 0.95, 0.7],
-                              item_ids=["a", "b", "a", "c"])
+    result = vl_foils.compute(
+        caption_scores=[0.9, 0.4, 0.9, 0.7], foil_scores=[0.2, 0.6, 0.95, 0.7], item_ids=["a", "b", "a", "c"]
+    )
     # pairs won: 0.9 > 0.2 only -> acc_r 1/4; captions counted once: 0.9, 0.7 above 0.5 -> p_c 2/3;
     # foils at or below 0.5: 0.2 -> p_f 1/4; AUROC of captions {0.9, 0.4, 0.7} against the 4 foils:
     # 0.9 beats 3, 0.4 beats 1, 0.7 beats 2 and ties 1 -> 6.5 / 12
@@ -160,8 +161,13 @@ def _clusters(rng, n, dim=16, classes=4, spread=4.0):
 
 def test_linear_probe_separable_features_near_perfect(linear_probe):
     features, labels = _clusters(np.random.default_rng(3), 500)
-    result = linear_probe.compute(test_features=features[300:], test_labels=labels[300:],
-                                  train_features=features[:300], train_labels=labels[:300], n_resamples=500)
+    result = linear_probe.compute(
+        test_features=features[300:],
+        test_labels=labels[300:],
+        train_features=features[:300],
+        train_labels=labels[:300],
+        n_resamples=500,
+    )
     assert result["accuracy"] >= 0.98
     assert result["n_train"] == 300 and result["n_test"] == 200 and result["n_classes"] == 4
     _assert_intervals(result, ["accuracy", "majority_baseline"])
@@ -170,8 +176,13 @@ def test_linear_probe_separable_features_near_perfect(linear_probe):
 def test_linear_probe_random_features_near_chance(linear_probe):
     rng = np.random.default_rng(4)
     features, labels = rng.normal(size=(800, 16)), rng.integers(0, 4, 800)
-    result = linear_probe.compute(test_features=features[400:], test_labels=labels[400:],
-                                  train_features=features[:400], train_labels=labels[:400], n_resamples=500)
+    result = linear_probe.compute(
+        test_features=features[400:],
+        test_labels=labels[400:],
+        train_features=features[:400],
+        train_labels=labels[:400],
+        n_resamples=500,
+    )
     assert abs(result["accuracy"] - 0.25) < 0.08
     assert result["accuracy_low"] < 0.25 + 0.02 and result["accuracy_high"] > 0.25 - 0.02
 
@@ -180,9 +191,13 @@ def test_linear_probe_majority_baseline_known(linear_probe):
     rng = np.random.default_rng(5)
     train_labels = ["red"] * 60 + ["blue"] * 40  # majority: red
     test_labels = ["red"] * 30 + ["blue"] * 70  # so the baseline scores 30 / 100
-    result = linear_probe.compute(test_features=rng.normal(size=(100, 8)), test_labels=test_labels,
-                                  train_features=rng.normal(size=(100, 8)), train_labels=train_labels,
-                                  n_resamples=300)
+    result = linear_probe.compute(
+        test_features=rng.normal(size=(100, 8)),
+        test_labels=test_labels,
+        train_features=rng.normal(size=(100, 8)),
+        train_labels=train_labels,
+        n_resamples=300,
+    )
     assert result["majority_baseline"] == pytest.approx(0.3)
     _assert_intervals(result, ["majority_baseline"])
 
@@ -191,10 +206,15 @@ def test_linear_probe_control_and_gap(linear_probe):
     rng = np.random.default_rng(6)
     features, labels = _clusters(rng, 500)
     control = rng.normal(size=features.shape)  # a mismatched image: nothing left to read the class from
-    result = linear_probe.compute(test_features=features[300:], test_labels=labels[300:],
-                                  train_features=features[:300], train_labels=labels[:300],
-                                  control_train_features=control[:300], control_test_features=control[300:],
-                                  n_resamples=500)
+    result = linear_probe.compute(
+        test_features=features[300:],
+        test_labels=labels[300:],
+        train_features=features[:300],
+        train_labels=labels[:300],
+        control_train_features=control[:300],
+        control_test_features=control[300:],
+        n_resamples=500,
+    )
     assert abs(result["control_accuracy"] - 0.25) < 0.1
     assert result["gap"] == pytest.approx(result["accuracy"] - result["control_accuracy"])
     assert result["gap_low"] > 0.5 and result["gap_p_value"] < 0.01
@@ -203,10 +223,20 @@ def test_linear_probe_control_and_gap(linear_probe):
 
 def test_linear_probe_integer_and_string_labels_agree(linear_probe):
     features, labels = _clusters(np.random.default_rng(7), 200, classes=3, spread=1.0)
-    as_ints = linear_probe.compute(test_features=features[100:], test_labels=labels[100:],
-                                   train_features=features[:100], train_labels=labels[:100], n_resamples=200)
-    as_text = linear_probe.compute(test_features=features[100:], test_labels=[str(v) for v in labels[100:]],
-                                   train_features=features[:100], train_labels=labels[:100], n_resamples=200)
+    as_ints = linear_probe.compute(
+        test_features=features[100:],
+        test_labels=labels[100:],
+        train_features=features[:100],
+        train_labels=labels[:100],
+        n_resamples=200,
+    )
+    as_text = linear_probe.compute(
+        test_features=features[100:],
+        test_labels=[str(v) for v in labels[100:]],
+        train_features=features[:100],
+        train_labels=labels[:100],
+        n_resamples=200,
+    )
     assert as_ints == as_text
     assert 0.4 < as_ints["accuracy"] < 1.0  # overlapping clusters: a real, imperfect probe
 
@@ -214,11 +244,17 @@ def test_linear_probe_integer_and_string_labels_agree(linear_probe):
 def test_linear_probe_bad_input(linear_probe):
     features = np.random.default_rng(8).normal(size=(20, 4))
     with pytest.raises(ValueError, match="two classes"):
-        linear_probe.compute(test_features=features, test_labels=[0] * 20, train_features=features,
-                             train_labels=[1] * 20)
+        linear_probe.compute(
+            test_features=features, test_labels=[0] * 20, train_features=features, train_labels=[1] * 20
+        )
     with pytest.raises(ValueError, match="train_features and train_labels"):
         linear_probe.compute(test_features=features, test_labels=[0] * 20)
     with pytest.raises(ValueError, match="control_test_features"):
-        linear_probe.compute(test_features=features, test_labels=[0, 1] * 10, train_features=features,
-                             train_labels=[0, 1] * 10, control_train_features=features,
-                             control_test_features=features[:10])
+        linear_probe.compute(
+            test_features=features,
+            test_labels=[0, 1] * 10,
+            train_features=features,
+            train_labels=[0, 1] * 10,
+            control_train_features=features,
+            control_test_features=features[:10],
+        )

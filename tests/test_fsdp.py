@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from launch import run as launch_run
+from safetensors.torch import load_file
+
 from vlp.modeling_vlp import VLPForPreTraining
 from vlp.training.checkpointing import list_checkpoints
 from vlp.training.logging_utils import read_jsonl
@@ -17,10 +18,25 @@ from vlp.training.logging_utils import read_jsonl
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "training", "configs", "accelerate")
 NAMES = ("itc", "itm", "mim", "mlm")
 TINY = {
-    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-    "image_size": 32, "patch_size": 8, "vocab_size": 200, "num_scenes": 256, "val_scenes": 48,
-    "per_device_batch_size": 4, "eval_batches": 2, "log_every": 1, "eval_every": 0, "save_every": 4,
-    "warmup_steps": 2, "progress_bar": False, "tensorboard": False, "max_steps": 6, "objectives": ",".join(NAMES),
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+    "vocab_size": 200,
+    "num_scenes": 256,
+    "val_scenes": 48,
+    "per_device_batch_size": 4,
+    "eval_batches": 2,
+    "log_every": 1,
+    "eval_every": 0,
+    "save_every": 4,
+    "warmup_steps": 2,
+    "progress_bar": False,
+    "tensorboard": False,
+    "max_steps": 6,
+    "objectives": ",".join(NAMES),
 }
 
 pytestmark = pytest.mark.distributed
@@ -34,11 +50,24 @@ def free_port():
 
 def launch(config, output_dir, cache_dir, mixed_precision="no", launcher_args=(), env=None, check=True, **overrides):
     """`accelerate launch --config_file training/configs/accelerate/<config>` with two processes (CPU, gloo)."""
-    values = dict(TINY, output_dir=str(output_dir), cache_dir=cache_dir, mixed_precision=mixed_precision,
-                  **overrides)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, config),
-               "--num_processes", "2", "--main_process_port", str(free_port()), "--mixed_precision",
-               mixed_precision, *launcher_args, "-m", "vlp.training.cli", "pretrain"]
+    values = dict(TINY, output_dir=str(output_dir), cache_dir=cache_dir, mixed_precision=mixed_precision, **overrides)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        os.path.join(CONFIGS, config),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        mixed_precision,
+        *launcher_args,
+        "-m",
+        "vlp.training.cli",
+        "pretrain",
+    ]
     command += [item for key, value in values.items() for item in (f"--{key}", str(value))]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     full_env.update(env or {})
@@ -46,8 +75,11 @@ def launch(config, output_dir, cache_dir, mixed_precision="no", launcher_args=()
 
 
 def losses(output_dir):
-    return [(r["step"], *(r[f"{n}_loss"] for n in NAMES))
-            for r in read_jsonl(os.path.join(output_dir, "metrics.jsonl")) if r["split"] == "train"]
+    return [
+        (r["step"], *(r[f"{n}_loss"] for n in NAMES))
+        for r in read_jsonl(os.path.join(output_dir, "metrics.jsonl"))
+        if r["split"] == "train"
+    ]
 
 
 def close(first, second, tolerance):
@@ -76,7 +108,10 @@ def test_fsdp_gives_the_losses_and_weights_of_ddp(ddp, tmp_path, cache_dir):
     # Sharded checkpoints (one model and optimizer shard per process); the final model gathered into one file.
     assert [step for step, _ in list_checkpoints(tmp_path)] == [4, 6]
     assert {"pytorch_model_fsdp_0", "optimizer_0"} <= set(os.listdir(tmp_path / "checkpoints" / "checkpoint-6"))
-    expected, sharded = load_file(ddp / "model" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    expected, sharded = (
+        load_file(ddp / "model" / "model.safetensors"),
+        load_file(tmp_path / "model" / "model.safetensors"),
+    )
     assert expected.keys() == sharded.keys()
     for name in expected:
         assert expected[name].shape == sharded[name].shape, name
@@ -93,7 +128,10 @@ def test_fsdp_bf16_activation_checkpointing_resumes_after_a_crash(ddp, tmp_path,
     resumed = launch("fsdp.yaml", tmp_path, cache_dir, **options)
     assert "(step 4)" in resumed.stdout  # "resumed from .../checkpoint-4 (step 4)"
     close(losses(ddp), losses(tmp_path), 2e-2)  # bf16 compute against fp32
-    expected, saved = load_file(ddp / "model" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    expected, saved = (
+        load_file(ddp / "model" / "model.safetensors"),
+        load_file(tmp_path / "model" / "model.safetensors"),
+    )
     assert expected.keys() == saved.keys()  # checkpoint-wrapped blocks are saved under their own names
     for name in expected:
         assert torch.allclose(expected[name], saved[name].float(), rtol=0.05, atol=0.02), name

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from vlp.modeling_vlp.losses_vlp import (
     GITM_NONE,
     grouped_matching_cross_entropy,
@@ -74,8 +75,9 @@ def test_scalar_none_logit_is_learned_and_padded_segments_get_no_gradient():
     none = torch.nn.Parameter(torch.tensor(0.3))
     targets = torch.tensor([[GITM_NONE, 0, -100], [1, GITM_NONE, GITM_NONE]])
     summed, count = grouped_matching_loss(segments, cells, none, targets)
-    expected, _ = reference_loss(segments.detach(), cells.detach(), torch.full((2, 3), 0.3), targets,
-                                 torch.ones(2, 2, dtype=torch.bool), 1.0)
+    expected, _ = reference_loss(
+        segments.detach(), cells.detach(), torch.full((2, 3), 0.3), targets, torch.ones(2, 2, dtype=torch.bool), 1.0
+    )
     assert count.item() == 5 and summed.item() == pytest.approx(expected, rel=1e-5)
     summed.backward()
     assert none.grad is not None and none.grad.item() != 0
@@ -94,20 +96,29 @@ def test_logits_layout_and_bad_targets():
 
 def test_metrics_on_a_hand_made_batch():
     # 2 cells + none (column 2). Predictions (argmax): row 0 -> [0, none, 1]; row 1 -> [none, 0]; row 2 -> [1].
-    logits = torch.tensor([
-        [[5.0, 0.0, 1.0], [0.0, 0.0, 3.0], [0.0, 2.0, 1.0]],
-        [[0.0, 0.0, 4.0], [2.0, 1.0, 0.0], [9.0, 0.0, 0.0]],
-        [[0.0, 7.0, 0.0], [0.0, 0.0, 9.0], [0.0, 0.0, 9.0]],
-    ])
-    targets = torch.tensor([
-        [0, GITM_NONE, 1],  # all right: exact
-        [GITM_NONE, 1, -100],  # none right, second wrong (predicted 0)
-        [1, -100, -100],  # right: exact
-    ])
+    logits = torch.tensor(
+        [
+            [[5.0, 0.0, 1.0], [0.0, 0.0, 3.0], [0.0, 2.0, 1.0]],
+            [[0.0, 0.0, 4.0], [2.0, 1.0, 0.0], [9.0, 0.0, 0.0]],
+            [[0.0, 7.0, 0.0], [0.0, 0.0, 9.0], [0.0, 0.0, 9.0]],
+        ]
+    )
+    targets = torch.tensor(
+        [
+            [0, GITM_NONE, 1],  # all right: exact
+            [GITM_NONE, 1, -100],  # none right, second wrong (predicted 0)
+            [1, -100, -100],  # right: exact
+        ]
+    )
     counts = grouped_matching_metrics(logits, targets)
     assert {key: int(value) for key, value in counts.items()} == {
-        "segments": 6, "correct": 5, "none_predicted": 2, "none_actual": 2, "none_correct": 2,
-        "groups": 3, "groups_exact": 2,
+        "segments": 6,
+        "correct": 5,
+        "none_predicted": 2,
+        "none_actual": 2,
+        "none_correct": 2,
+        "groups": 3,
+        "groups_exact": 2,
     }
     summary = summarize_grouped_matching(counts)
     assert summary == {"accuracy": 5 / 6, "none_precision": 1.0, "none_recall": 1.0, "exact_match": 2 / 3}

@@ -25,17 +25,34 @@ def tokenizer(world):
 
 
 def grouped_batch(world, tokenizer, mode):
-    dataset = GroupedMatchingDataset(world, tokenizer=tokenizer, image_processor=VLPImageProcessor(size=32),
-                                     config=GroupConfig(2, 2, distractors="mixed"), mode=mode, patch_size=8,
-                                     max_length=64, seed=1)
+    dataset = GroupedMatchingDataset(
+        world,
+        tokenizer=tokenizer,
+        image_processor=VLPImageProcessor(size=32),
+        config=GroupConfig(2, 2, distractors="mixed"),
+        mode=mode,
+        patch_size=8,
+        max_length=64,
+        seed=1,
+    )
     return {"gitm": dataset.collate_fn([dataset[i] for i in range(6)])}
 
 
 def model_for(tokenizer, segments=4):
     torch.manual_seed(0)
-    return VLPForPreTraining(VLPConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
-                                       max_position_embeddings=64, num_text_segments=segments)).eval()
+    return VLPForPreTraining(
+        VLPConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+            max_position_embeddings=64,
+            num_text_segments=segments,
+        )
+    ).eval()
 
 
 @pytest.mark.parametrize("mode", ["resize", "full"])
@@ -47,10 +64,14 @@ def test_gitm_loss_equals_an_independent_computation(world, tokenizer, mode):
     assert out.itm_logits is None and out.gitm_logits.shape[-1] == 5
     # By hand: mean of each segment's token states and of each cell's patch states, projected, scaled dot product,
     # the 'none' score last; cross-entropy over cells + none, mean over segments with a target.
-    hidden = model.vlp(**{k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids", "segment_ids",
-                                                  "pixel_values", "pixel_mask")})
+    hidden = model.vlp(
+        **{
+            k: inputs[k]
+            for k in ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "pixel_values", "pixel_mask")
+        }
+    )
     text = hidden.last_hidden_state[:, : hidden.text_length]
-    patches = hidden.last_hidden_state[:, hidden.text_length + 1:]
+    patches = hidden.last_hidden_state[:, hidden.text_length + 1 :]
     targets = inputs["gitm_segment_targets"]
     losses = []
     for b in range(len(targets)):

@@ -5,6 +5,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+
 from vlp.modeling_vlp.configuration_vlp import VLPConfig
 from vlp.modeling_vlp.losses_vlp import patchify, pool_cells, pool_segments
 from vlp.modeling_vlp.modeling_vlp import VLPImageEmbeddings, VLPModel
@@ -45,8 +46,14 @@ def tokenizer(world):
 
 def make_dataset(world, tokenizer, rows, cols, image_size, mode="resize", max_length=256, **group):
     return GroupedMatchingDataset(
-        world, tokenizer=tokenizer, image_processor=VLPImageProcessor(size=image_size),
-        config=GroupConfig(rows, cols, **group), mode=mode, patch_size=PATCH, max_length=max_length, seed=3,
+        world,
+        tokenizer=tokenizer,
+        image_processor=VLPImageProcessor(size=image_size),
+        config=GroupConfig(rows, cols, **group),
+        mode=mode,
+        patch_size=PATCH,
+        max_length=max_length,
+        seed=3,
     )
 
 
@@ -58,13 +65,16 @@ def truth(caption, scenes):
 # ------------------------------------------------------------------------------------------------------------- grids
 
 
-@pytest.mark.parametrize("rows, cols, size, mode, cell, canvas", [
-    (1, 2, 64, "resize", (64, 32), (64, 64)),
-    (2, 2, 64, "resize", (32, 32), (64, 64)),
-    (3, 3, 48, "resize", (16, 16), (48, 48)),
-    (1, 2, 64, "full", (64, 64), (64, 128)),
-    (3, 3, 64, "full", (64, 64), (192, 192)),
-])
+@pytest.mark.parametrize(
+    "rows, cols, size, mode, cell, canvas",
+    [
+        (1, 2, 64, "resize", (64, 32), (64, 64)),
+        (2, 2, 64, "resize", (32, 32), (64, 64)),
+        (3, 3, 48, "resize", (16, 16), (48, 48)),
+        (1, 2, 64, "full", (64, 64), (64, 128)),
+        (3, 3, 64, "full", (64, 64), (192, 192)),
+    ],
+)
 def test_check_grid_sizes(rows, cols, size, mode, cell, canvas):
     spec = check_grid(rows, cols, size, PATCH, mode)
     assert (spec.cell_height, spec.cell_width) == cell
@@ -92,9 +102,16 @@ def test_grid_that_does_not_divide_is_refused_naming_what_works():
 # ----------------------------------------------------------------------------------------------- canvas and patches
 
 
-@pytest.mark.parametrize("rows, cols, size, mode", [
-    (1, 2, 64, "resize"), (2, 2, 64, "resize"), (3, 3, 48, "resize"), (1, 2, 32, "full"), (3, 3, 32, "full"),
-])
+@pytest.mark.parametrize(
+    "rows, cols, size, mode",
+    [
+        (1, 2, 64, "resize"),
+        (2, 2, 64, "resize"),
+        (3, 3, 48, "resize"),
+        (1, 2, 32, "full"),
+        (3, 3, 32, "full"),
+    ],
+)
 def test_cell_pooling_takes_exactly_each_cells_patches(rows, cols, size, mode):
     spec = check_grid(rows, cols, size, PATCH, mode)
     # constant images of the model resolution; resize mode shrinks them into the cells
@@ -180,8 +197,9 @@ def check_group(dataset, index, group):
     scenes = [sw.Scene.from_dict(world[row]["scene"]) for row in group.cells]
     assert index in group.cells and len(set(group.cells)) == len(group.cells) == dataset.config.num_cells
     assert len(set(group.segments)) == len(group.segments)
-    for caption, target, cell, kind in zip(group.segments, group.segment_targets, group.segment_cells,
-                                           group.segment_kinds):
+    for caption, target, cell, kind in zip(
+        group.segments, group.segment_targets, group.segment_cells, group.segment_kinds
+    ):
         holds = truth(caption, scenes)
         assert holds == ([] if target == NONE else [target])  # the single cell it holds for, else none
         if kind == OWN:
@@ -240,7 +258,8 @@ def test_dropped_segments_update_targets(world, tokenizer):
         assert [t for _, t in group.dropped] == list(full.segment_targets[m:])
         dropped += len(group.dropped)
         assert sample["segment_ids"].max().item() == m and sample["gitm_segment_targets"].tolist() == list(
-            group.segment_targets)
+            group.segment_targets
+        )
         check_group(dataset, index, group)
         for _, target in group.dropped:  # a dropped segment's cell is now described by none
             if target != NONE:
@@ -280,8 +299,9 @@ def test_bad_settings_are_refused(world, tokenizer):
 @pytest.mark.parametrize("mode", ["resize", "full"])
 def test_collated_batch_runs_through_the_model_and_pools_cells(world, tokenizer, mode):
     dataset = make_dataset(world, tokenizer, 1, 2, 32, mode=mode, distractors="mixed")
-    batch = collate_grouped([dataset[i] for i in range(4)] + [{"index": 99, "skipped": "broken"}],
-                            pad_token_id=tokenizer.pad_token_id)
+    batch = collate_grouped(
+        [dataset[i] for i in range(4)] + [{"index": 99, "skipped": "broken"}], pad_token_id=tokenizer.pad_token_id
+    )
     spec = dataset.spec
     assert batch["pixel_values"].shape == (4, 3, spec.canvas_height, spec.canvas_width)
     assert batch["gitm_cell_ids"].shape == (4, spec.patch_grid[0] * spec.patch_grid[1])
@@ -292,14 +312,22 @@ def test_collated_batch_runs_through_the_model_and_pools_cells(world, tokenizer,
     assert bool(lengths.all())
     for row, sample in enumerate(batch["groups"]):
         assert (targets[row] != -100).sum().item() == len(sample.segments)
-    config = VLPConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, image_size=32, patch_size=PATCH, max_position_embeddings=64,
-                       num_text_segments=9)
+    config = VLPConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=32,
+        patch_size=PATCH,
+        max_position_embeddings=64,
+        num_text_segments=9,
+    )
     model = VLPModel(config).eval()
     keys = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "pixel_values", "pixel_mask")
     out = model(**{key: batch[key] for key in keys})
     assert out.patch_grid == spec.patch_grid
-    patches = out.last_hidden_state[:, out.text_length + 1:]
+    patches = out.last_hidden_state[:, out.text_length + 1 :]
     cells = pool_cells(patches, batch["gitm_cell_ids"], batch["gitm_num_cells"])
     segments = pool_segments(out.last_hidden_state[:, : out.text_length], batch["segment_ids"], targets.shape[1])
     assert cells.shape == (4, 2, 16) and segments.shape == (4, 2, 16)
@@ -338,11 +366,18 @@ def test_own_probability_and_counted_fallbacks(world, tokenizer, p):
 
 def test_without_holds_fn_targets_follow_construction(world, tokenizer):
     rows = world.remove_columns("scene")
-    dataset = GroupedMatchingDataset(rows, tokenizer=tokenizer, image_processor=VLPImageProcessor(size=32),
-                                     config=GroupConfig(1, 2, own_probability=0.5), patch_size=PATCH, holds_fn=None)
+    dataset = GroupedMatchingDataset(
+        rows,
+        tokenizer=tokenizer,
+        image_processor=VLPImageProcessor(size=32),
+        config=GroupConfig(1, 2, own_probability=0.5),
+        patch_size=PATCH,
+        holds_fn=None,
+    )
     for index in range(6):
         group = dataset.draw(index)
-        for caption, target, cell, kind in zip(group.segments, group.segment_targets, group.segment_cells,
-                                               group.segment_kinds):
+        for caption, target, cell, kind in zip(
+            group.segments, group.segment_targets, group.segment_cells, group.segment_kinds
+        ):
             assert target == (cell if kind == OWN else NONE)
             assert kind == EASY or caption in world[group.cells[cell]]["captions"]

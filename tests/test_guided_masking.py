@@ -22,9 +22,18 @@ PATCH = 8
 
 def guide(**kwargs):
     """A GuidedMasking with raw attention scoring unless told (the tests below build relevance by hand)."""
-    values = dict(policy="high", targets=("mlm",), seed=11, mask_token_id=MASK_ID, scoring="attention",
-                  replacement_ids=np.arange(5, 50), never_masked_ids=np.array([PAD, CLS, SEP]), patch_size=PATCH,
-                  probability=1.0, ratio=0.5)
+    values = dict(
+        policy="high",
+        targets=("mlm",),
+        seed=11,
+        mask_token_id=MASK_ID,
+        scoring="attention",
+        replacement_ids=np.arange(5, 50),
+        never_masked_ids=np.array([PAD, CLS, SEP]),
+        patch_size=PATCH,
+        probability=1.0,
+        ratio=0.5,
+    )
     values.update(kwargs)
     return GuidedMasking(**values)
 
@@ -41,11 +50,17 @@ def make_batch(lengths=(8, 6, 7), indices=None, image=16):
         word_ids[row, 1 : n - 1] = torch.arange(n - 2)
         mask[row, :n] = 1
     return {
-        "input_ids": ids.clone(), "plain_input_ids": ids, "attention_mask": mask, "token_type_ids": 0 * ids,
-        "word_ids": word_ids, "mlm_labels": torch.full_like(ids, IGNORE_INDEX),
+        "input_ids": ids.clone(),
+        "plain_input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": 0 * ids,
+        "word_ids": word_ids,
+        "mlm_labels": torch.full_like(ids, IGNORE_INDEX),
         "concept_mask": word_ids % 2 == 0,
-        "pixel_values": torch.zeros(size, 3, image, image), "pixel_mask": torch.ones(size, image, image, dtype=torch.long),
-        "index": torch.tensor(indices), "epoch": torch.zeros(size, dtype=torch.long),
+        "pixel_values": torch.zeros(size, 3, image, image),
+        "pixel_mask": torch.ones(size, image, image, dtype=torch.long),
+        "index": torch.tensor(indices),
+        "epoch": torch.zeros(size, dtype=torch.long),
         "object_patches": torch.tensor([[True, False, False, True]] * size),
     }
 
@@ -59,9 +74,9 @@ def relevance_for(batch, word_scores=None, patch_scores=None, token_rows=None):
     if word_scores is not None:
         relevance[:, 0, :length] = word_scores
     if patch_scores is not None:
-        relevance[:, 1, length + 1:] = patch_scores
+        relevance[:, 1, length + 1 :] = patch_scores
     if token_rows is not None:
-        relevance[:, 2:, length + 1:] = token_rows
+        relevance[:, 2:, length + 1 :] = token_rows
     return relevance
 
 
@@ -70,7 +85,7 @@ def test_request_asks_patches_for_words_and_words_for_patches():
     weights = guide().request(batch)
     length = batch["input_ids"].shape[1]
     assert weights.shape == (3, 2, length + 1 + 4)
-    assert (weights[:, 0, length + 1:] == 1).all() and weights[:, 0, : length + 1].sum() == 0
+    assert (weights[:, 0, length + 1 :] == 1).all() and weights[:, 0, : length + 1].sum() == 0
     words = caption_words(batch["attention_mask"].bool())
     assert torch.equal(weights[:, 1, :length].bool(), words)
     assert torch.equal(words, batch["word_ids"] >= 0), "[CLS], [SEP] and padding never ask"
@@ -133,7 +148,7 @@ def test_rows_without_relevance_fall_back_to_random_at_the_same_ratio():
     counts = (b["mlm_labels"] != IGNORE_INDEX).sum(dim=1).tolist()
     assert counts == [k] * 4
     for row in (1, 3):  # guided: the top-k words
-        assert (b["mlm_labels"][row, 11 - k: 11] != IGNORE_INDEX).all()
+        assert (b["mlm_labels"][row, 11 - k : 11] != IGNORE_INDEX).all()
     assert stats["guided_rows"] == 2 and stats["rows"] == 4
 
 
@@ -224,7 +239,7 @@ def test_object_patches_cover_the_objects_and_the_collator_passes_them_on():
     coverage = shapes_world.object_masks(scene, 64).max(axis=0)
     for r in range(4):
         for c in range(4):  # independent: the covered share of each 16 x 16 block
-            share = coverage[16 * r: 16 * r + 16, 16 * c: 16 * c + 16].mean()
+            share = coverage[16 * r : 16 * r + 16, 16 * c : 16 * c + 16].mean()
             assert flags[r, c] == (share >= 0.1)
     for obj in scene.objects:  # every object's centre patch is flagged
         assert flags[min(int(obj.y * 4), 3), min(int(obj.x * 4), 3)]

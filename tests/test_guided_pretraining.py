@@ -5,8 +5,8 @@ import os
 import sys
 
 import pytest
-
 from test_pretrain_loop import run_pretrain, train_losses
+
 from vlp.training.logging_utils import read_jsonl
 
 GUIDED = dict(objectives="mlm,itm,mim", masking_policy="high", masking_targets="mlm,mim", save_every=0)
@@ -62,25 +62,37 @@ def test_warmup_is_exactly_random_masking(tmp_path, cache_dir):
 
 
 def test_guided_masks_do_not_depend_on_the_number_of_processes(tmp_path, cache_dir):
-    common = dict(GUIDED, max_steps=6, warmup_steps=2, masking_policy="hint", joint_masking="complementary",
-                  guidance_layers="mean")
+    common = dict(
+        GUIDED,
+        max_steps=6,
+        warmup_steps=2,
+        masking_policy="hint",
+        joint_masking="complementary",
+        guidance_layers="mean",
+    )
     run_pretrain(tmp_path / "one", cache_dir, per_device_batch_size=8, **common)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "vlp.training.cli"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vlp.training.cli",
+    ]
     run_pretrain(tmp_path / "two", cache_dir, per_device_batch_size=4, launcher=torchrun, **common)
     assert_same_losses(tmp_path / "one", tmp_path / "two", tolerance=1e-4)
     # Joint masking: MLM and MIM come from one pass over the masked caption and the masked patches.
     records = train_records(tmp_path / "one")
-    assert all("mlm_mim_time_share" in r and "mim_time_share" not in r and "mlm_time_share" not in r
-               for r in records)
+    assert all("mlm_mim_time_share" in r and "mim_time_share" not in r and "mlm_time_share" not in r for r in records)
     assert all(isinstance(r["mlm_loss"], float) and isinstance(r["mim_loss"], float) for r in records)
 
 
 def test_masking_options_out_of_range_are_refused_before_work(tmp_path, cache_dir):
     result = run_pretrain(tmp_path, cache_dir, check=False, **dict(GUIDED, masking_targets="mlm,itc"))
     assert result.returncode == 2 and "masking_targets" in result.stderr
-    result = run_pretrain(tmp_path, cache_dir, check=False,
-                          **dict(GUIDED, guidance_source="itm", mixing="sample"))
+    result = run_pretrain(tmp_path, cache_dir, check=False, **dict(GUIDED, guidance_source="itm", mixing="sample"))
     assert result.returncode == 2 and "guidance_source" in result.stderr
     assert not os.path.exists(tmp_path / "metrics.jsonl")
 
@@ -104,8 +116,13 @@ def test_study_configs_parse_for_every_mix():
         for mix in study["mixes"]:
             model_args, data_args, train_args = parse_config(values={**study["base"], **mix["overrides"]})
             if "gitm" in train_args.objective_weights():  # the grid must divide the canvas into whole patch blocks
-                check_grid(data_args.gitm_rows, data_args.gitm_cols, model_args.image_size, model_args.patch_size,
-                           data_args.gitm_mode)
+                check_grid(
+                    data_args.gitm_rows,
+                    data_args.gitm_cols,
+                    model_args.image_size,
+                    model_args.patch_size,
+                    data_args.gitm_mode,
+                )
 
 
 def test_high_masks_more_object_patches_than_random_on_a_trained_model(pretrained_run, tmp_path):
@@ -116,13 +133,31 @@ def test_high_masks_more_object_patches_than_random_on_a_trained_model(pretraine
     import subprocess
 
     out = tmp_path / "masks"
-    result = subprocess.run([sys.executable, "-m", "vlp.training.cli", "masks", pretrained_run, "--out", str(out),
-                             "--num-samples", "256", "--policies", "random,high,low"],
-                            capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlp.training.cli",
+            "masks",
+            pretrained_run,
+            "--out",
+            str(out),
+            "--num-samples",
+            "256",
+            "--policies",
+            "random,high,low",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = __import__("json").load(open(out / "mask_shares.json"))["policies"]
     high = table["high"]
     assert high["object_patch_share_minus_random_low"] > 0, high
-    assert set(table) == {"random", "high", "low"} and all(0 <= row["concept_word_share"] <= 1 for row in table.values())
+    assert set(table) == {"random", "high", "low"} and all(
+        0 <= row["concept_word_share"] <= 1 for row in table.values()
+    )
     assert (out / "masks.png").stat().st_size > 10_000
     assert "high" in result.stdout and "object_patch_share" in result.stdout

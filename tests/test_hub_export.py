@@ -8,19 +8,40 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from remote_code import run_blocked
 from safetensors.torch import load_file, save_file
 
 import vlp.modeling_vlp as modeling
 import vlp.processing as processing
-from remote_code import run_blocked
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
 
-ALLOWED_TOP_LEVEL = {"torch", "transformers", "numpy", "PIL", "math", "dataclasses", "typing", "collections",
-                     "inspect", "__future__", "copy", "json", "os", "warnings", "functools", "itertools",
-                     "numbers", "re", "io", "sys", "abc", "enum"}
+ALLOWED_TOP_LEVEL = {
+    "torch",
+    "transformers",
+    "numpy",
+    "PIL",
+    "math",
+    "dataclasses",
+    "typing",
+    "collections",
+    "inspect",
+    "__future__",
+    "copy",
+    "json",
+    "os",
+    "warnings",
+    "functools",
+    "itertools",
+    "numbers",
+    "re",
+    "io",
+    "sys",
+    "abc",
+    "enum",
+}
 
 
 def _exported_paths():
@@ -48,19 +69,29 @@ def test_export_list_has_unique_names_that_import_only_each_other():
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoint")
-    tokenizer = train_wordpiece_tokenizer(["a red circle left of a blue square", "there are two green stars"] * 5,
-                                          vocab_size=80)
-    processor = VLPProcessor(image_processor=VLPImageProcessor(size={"height": 32, "width": 32}),
-                             tokenizer=tokenizer)
+    tokenizer = train_wordpiece_tokenizer(
+        ["a red circle left of a blue square", "there are two green stars"] * 5, vocab_size=80
+    )
+    processor = VLPProcessor(image_processor=VLPImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
     torch.manual_seed(0)
-    config = VLPConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=16)
+    config = VLPConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=16,
+    )
     model = VLPForPreTraining(config).eval()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)),
-              Image.fromarray(rng.integers(0, 255, (32, 32, 4), dtype=np.uint8), mode="RGBA")]
+    images = [
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 255, (32, 32, 4), dtype=np.uint8), mode="RGBA"),
+    ]
     for i, image in enumerate(images):
         image.save(folder / f"image{i}.png")
     texts = ["a red circle left of a blue square", "there are two green stars"]
@@ -70,8 +101,7 @@ def saved(tmp_path_factory):
     with torch.no_grad():
         out = model(**inputs, mlm_labels=labels, itm_labels=torch.tensor([1, 0]))
     reference = {f"input_{k}": v for k, v in inputs.items()}
-    reference.update(mlm_logits=out.mlm_logits, itm_logits=out.itm_logits, hidden=out.last_hidden_state,
-                     labels=labels)
+    reference.update(mlm_logits=out.mlm_logits, itm_logits=out.itm_logits, hidden=out.last_hidden_state, labels=labels)
     save_file({k: v.contiguous() for k, v in reference.items()}, str(folder / "reference.safetensors"))
     (folder / "texts.json").write_text(json.dumps(texts))
     return folder
@@ -130,8 +160,11 @@ def test_installed_package_loads_the_folder_with_the_auto_classes_and_no_remote_
 
     from vlp.modeling_vlp import VLPModel
 
-    processors = [VLPProcessor.from_pretrained(saved), AutoProcessor.from_pretrained(saved),
-                  AutoProcessor.from_pretrained(saved, trust_remote_code=False)]
+    processors = [
+        VLPProcessor.from_pretrained(saved),
+        AutoProcessor.from_pretrained(saved),
+        AutoProcessor.from_pretrained(saved, trust_remote_code=False),
+    ]
     for processor in processors:
         assert type(processor) is VLPProcessor and type(processor.image_processor) is VLPImageProcessor
     model = AutoModelForPreTraining.from_pretrained(saved, trust_remote_code=False).eval()

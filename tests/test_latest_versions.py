@@ -20,17 +20,29 @@ transformers[torch]==5.25.0 ; python_version >= "3.10"
 
 
 def test_lock_lines_become_canonical_names_and_versions_without_local_labels():
-    assert lv.parse_lock(LOCK) == {"accelerate": "1.16.0", "pillow": "13.0.0", "torch": "2.13.0",
-                                   "transformers": "5.25.0"}
+    assert lv.parse_lock(LOCK) == {
+        "accelerate": "1.16.0",
+        "pillow": "13.0.0",
+        "torch": "2.13.0",
+        "transformers": "5.25.0",
+    }
 
 
 def test_differences_list_newer_and_unlocked_packages_most_likely_culprit_first():
     locked = {"accelerate": "1.16.0", "pillow": "13.0.0", "torch": "2.13.0", "transformers": "5.25.0"}
-    installed = {"accelerate": "1.16.0", "pillow": "13.1.0", "torch": "2.13.0", "transformers": "5.26.0",
-                 "vlp": "0.1.0", "zzz-new-dependency": "1.0"}
-    assert lv.differences(locked, installed) == [("transformers", "5.25.0", "5.26.0"),
-                                                 ("pillow", "13.0.0", "13.1.0"),
-                                                 ("zzz-new-dependency", "-", "1.0")]
+    installed = {
+        "accelerate": "1.16.0",
+        "pillow": "13.1.0",
+        "torch": "2.13.0",
+        "transformers": "5.26.0",
+        "vlp": "0.1.0",
+        "zzz-new-dependency": "1.0",
+    }
+    assert lv.differences(locked, installed) == [
+        ("transformers", "5.25.0", "5.26.0"),
+        ("pillow", "13.0.0", "13.1.0"),
+        ("zzz-new-dependency", "-", "1.0"),
+    ]
 
 
 def test_the_culprit_is_the_one_package_whose_locked_version_passes_and_every_trial_is_undone():
@@ -54,7 +66,7 @@ def test_the_culprit_is_the_one_package_whose_locked_version_passes_and_every_tr
 
 
 def test_the_lock_in_the_repository_pins_every_requirement_of_setup_py():
-    """Every requirement the installed vlp declares (install_requires and the test/captioning extras) is locked."""
+    """Every requirement the installed vlp declares (install_requires; test, captioning and lint extras) is locked."""
     from importlib.metadata import requires
 
     from packaging.requirements import Requirement
@@ -66,11 +78,12 @@ def test_the_lock_in_the_repository_pins_every_requirement_of_setup_py():
     wanted = [
         req.name
         for req in declared
-        if req.marker is None or any(req.marker.evaluate({"extra": extra}) for extra in ("test", "captioning"))
+        if req.marker is None or any(req.marker.evaluate({"extra": extra}) for extra in ("test", "captioning", "lint"))
     ]
-    assert "transformers" in wanted and "pytest" in wanted, wanted
+    assert "transformers" in wanted and "pytest" in wanted and "ruff" in wanted, wanted
     missing = [name for name in wanted if lv.canonical(name) not in locked]
     assert not missing, f"setup.py requirements not in requirements/lock.txt (run `make lock`): {missing}"
+
 
 def test_a_failure_that_stays_with_every_locked_version_back_blames_no_release_and_undoes_the_trial():
     environment = {"transformers": "5.26.0", "markdown": "3.11.4", "extra": "1.0"}
@@ -102,7 +115,9 @@ def _run_main(tmp_path, test_body: str):
     script = os.path.join(os.path.dirname(__file__), "latest_versions.py")
     return subprocess.run(
         [sys.executable, script, "--lock", str(lock), "--", "-q", str(tmp_path / "test_one.py")],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
 
 

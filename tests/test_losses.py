@@ -11,8 +11,8 @@ import pytest
 import scipy.stats
 import torch
 import torch.nn.functional as F
-
 from launch import run as launch_run
+
 from vlp.modeling_vlp.losses_vlp import (
     clamp_logit_scale,
     contrastive_loss,
@@ -76,10 +76,10 @@ def test_itc_true_pairs_leave_the_denominators_in_the_right_orientation():
     matches = torch.eye(3, dtype=torch.bool)
     matches[1, 0] = True
     s = scale * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T  # (texts, images)
-    rows = [-s[t, t] + torch.logsumexp(s[t, [i for i in range(3) if i == t or not matches[t, i]]], 0)
-            for t in range(3)]
-    columns = [-s[i, i] + torch.logsumexp(s[[t for t in range(3) if t == i or not matches[t, i]], i], 0)
-               for i in range(3)]
+    rows = [-s[t, t] + torch.logsumexp(s[t, [i for i in range(3) if i == t or not matches[t, i]]], 0) for t in range(3)]
+    columns = [
+        -s[i, i] + torch.logsumexp(s[[t for t in range(3) if t == i or not matches[t, i]], i], 0) for i in range(3)
+    ]
     expected = (sum(rows) + sum(columns)) / 2
     summed, count = contrastive_loss(text, image, torch.tensor(scale), matches=matches)
     assert summed.item() == pytest.approx(expected.item(), rel=1e-5) and count.item() == 3
@@ -150,8 +150,14 @@ def test_the_temperature_moves_under_gradient_and_never_leaves_its_bounds():
     from vlp.modeling_vlp import VLPConfig
     from vlp.modeling_vlp.modeling_vlp import VLPContrastiveHead
 
-    config = VLPConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       contrastive_temperature=0.07, contrastive_temperature_range=(0.05, 0.1))
+    config = VLPConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        contrastive_temperature=0.07,
+        contrastive_temperature_range=(0.05, 0.1),
+    )
     head = VLPContrastiveHead(config)
     low, high = math.log(1 / 0.1), math.log(1 / 0.05)
     optimizer = torch.optim.SGD(head.parameters(), lr=0.01)
@@ -175,8 +181,16 @@ def test_itc_distributed_equals_full_batch(tmp_path):
     equal those of one process on the full batch."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # --standalone: the launcher binds its own free rendezvous port (no race on a port chosen beforehand).
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(HERE, "distributed_itc_check.py"), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        os.path.join(HERE, "distributed_itc_check.py"),
+        str(tmp_path),
+    ]
     result = launch_run(command, env=env, timeout=240)
     assert result.returncode == 0, result.stderr[-6000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
@@ -193,8 +207,9 @@ def test_itc_distributed_equals_full_batch(tmp_path):
     summed, count = contrastive_loss(text, image, params["log_scale"].exp())
     full = summed / count
     full.backward()
-    assert full.item() == pytest.approx(reference_itc(text.detach(), image.detach(), math.exp(init["log_scale"])),
-                                        rel=1e-10)
+    assert full.item() == pytest.approx(
+        reference_itc(text.detach(), image.detach(), math.exp(init["log_scale"])), rel=1e-10
+    )
 
     # loss: the per-process normalized losses average to the full loss, and the summed parts add up to it
     assert sum(r["count"].item() for r in ranks) == count.item()
@@ -217,8 +232,7 @@ def test_itc_distributed_equals_full_batch(tmp_path):
             torch.testing.assert_close(grad, params[name].grad, rtol=1e-5, atol=1e-12, msg=name)
     # each process holds world * dL/d(own features): its own rows' terms plus those other processes sent back
     torch.testing.assert_close(torch.cat([r["text_grad"] for r in ranks]) / world, text.grad, rtol=1e-5, atol=1e-12)
-    torch.testing.assert_close(torch.cat([r["image_grad"] for r in ranks]) / world, image.grad, rtol=1e-5,
-                               atol=1e-12)
+    torch.testing.assert_close(torch.cat([r["image_grad"] for r in ranks]) / world, image.grad, rtol=1e-5, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------------ hard negatives
@@ -243,17 +257,26 @@ def test_hard_negatives_never_draw_the_positive():
 
 def test_hard_negative_frequencies_match_softmax_without_excluded():
     """20000 draws per row against softmax over the allowed columns: chi-square test, p > 0.001."""
-    similarity = torch.tensor([[2.0, 0.5, -1.0, 1.0, 0.0, 3.0],
-                               [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-                               [5.0, -2.0, 1.0, 1.0, 0.5, 0.0],
-                               [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
-    exclude = torch.tensor([[True, False, False, False, False, True],   # the two most similar columns are excluded
-                            [False, True, False, False, False, False],
-                            [True, False, True, False, False, False],
-                            [False, False, False, True, True, True]])
+    similarity = torch.tensor(
+        [
+            [2.0, 0.5, -1.0, 1.0, 0.0, 3.0],
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+            [5.0, -2.0, 1.0, 1.0, 0.5, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    exclude = torch.tensor(
+        [
+            [True, False, False, False, False, True],  # the two most similar columns are excluded
+            [False, True, False, False, False, False],
+            [True, False, True, False, False, False],
+            [False, False, False, True, True, True],
+        ]
+    )
     draws = 20000
-    drawn = sample_hard_negatives(similarity.repeat(draws, 1), torch.Generator().manual_seed(1),
-                                  exclude=exclude.repeat(draws, 1)).view(draws, 4)
+    drawn = sample_hard_negatives(
+        similarity.repeat(draws, 1), torch.Generator().manual_seed(1), exclude=exclude.repeat(draws, 1)
+    ).view(draws, 4)
     probabilities = excluded_softmax(similarity.numpy().astype(np.float64), exclude.numpy())
     for row in range(4):
         observed = np.bincount(drawn[:, row].numpy(), minlength=6)
@@ -451,8 +474,9 @@ def test_mim_loss_counts_masked_patches_only(kind):
         dot = sum(a * b for a, b in zip(p, t))
         return 1 - dot / math.sqrt(sum(a * a for a in p)) / math.sqrt(sum(b * b for b in t))
 
-    expected = sum(per_patch(predictions[b, n].tolist(), targets[b, n].tolist())
-                   for b, n in zip(*masked.nonzero(as_tuple=True)))
+    expected = sum(
+        per_patch(predictions[b, n].tolist(), targets[b, n].tolist()) for b, n in zip(*masked.nonzero(as_tuple=True))
+    )
     summed, count = mim_loss(predictions, targets, masked, kind)
     assert count.item() == 4 and summed.item() == pytest.approx(expected, rel=1e-5)
     changed = predictions.clone()

@@ -299,12 +299,14 @@ def test_batch_with_per_sample_generators_does_not_depend_on_the_batch():
     scores = np.stack([sample(20, s)[0] for s in range(6)])
     valid = np.stack([sample(20, s)[1] for s in range(6)])
     own = [lambda i=i: rng(100 + i) for i in range(6)]
-    full, ratio = batch_policy_masks(scores, valid, "high", rng(7), mask_probability=0.5,
-                                     sample_rngs=[make() for make in own])
+    full, ratio = batch_policy_masks(
+        scores, valid, "high", rng(7), mask_probability=0.5, sample_rngs=[make() for make in own]
+    )
     assert ratio == sample_ratio(rng(7))
     order = [4, 1, 5]
-    part, part_ratio = batch_policy_masks(scores[order], valid[order], "high", rng(7), mask_probability=0.5,
-                                          sample_rngs=[own[i]() for i in order])
+    part, part_ratio = batch_policy_masks(
+        scores[order], valid[order], "high", rng(7), mask_probability=0.5, sample_rngs=[own[i]() for i in order]
+    )
     assert part_ratio == ratio and np.array_equal(part, full[order])
     for i in range(6):
         coin = rng(100 + i).random() < 0.5

@@ -9,8 +9,16 @@ from vlp.modeling_vlp import VLPConfig, VLPForPreTraining, VLPModel
 
 
 def tiny_config(**overrides):
-    values = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  image_size=32, patch_size=8, max_position_embeddings=16)
+    values = dict(
+        vocab_size=60,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=16,
+    )
     values.update(overrides)
     return VLPConfig(**values)
 
@@ -184,8 +192,14 @@ def test_losses_use_given_normalizers_and_weights(model):
     labels[:, 3] = ids[:, 3]
     itm = torch.tensor([1, 0, 1])
     mean = model(input_ids=ids, pixel_values=pixels, mlm_labels=labels, itm_labels=itm)
-    scaled = model(input_ids=ids, pixel_values=pixels, mlm_labels=labels, itm_labels=itm,
-                   loss_normalizers={"mlm": 6.0, "itm": 12.0}, loss_weights={"itm": 0.5})
+    scaled = model(
+        input_ids=ids,
+        pixel_values=pixels,
+        mlm_labels=labels,
+        itm_labels=itm,
+        loss_normalizers={"mlm": 6.0, "itm": 12.0},
+        loss_weights={"itm": 0.5},
+    )
     torch.testing.assert_close(scaled.mlm_loss, mean.mlm_loss * 3 / 6)
     torch.testing.assert_close(scaled.itm_loss, mean.itm_loss * 3 / 12)
     torch.testing.assert_close(scaled.loss, scaled.mlm_loss + 0.5 * scaled.itm_loss)
@@ -204,8 +218,16 @@ def all_objective_inputs(ids, pixels):
     labels[:, 2] = ids[:, 2]
     mim_mask = torch.zeros(len(ids), 16, dtype=torch.bool)
     mim_mask[:, [1, 5, 9]] = True
-    return dict(input_ids=ids, pixel_values=pixels, mlm_labels=labels, itm_labels=torch.tensor([1, 0, 1]),
-                wra_labels=torch.tensor([1, 0, 1]), mim_mask=mim_mask, itc_input_ids=ids, itc_pixel_values=pixels)
+    return dict(
+        input_ids=ids,
+        pixel_values=pixels,
+        mlm_labels=labels,
+        itm_labels=torch.tensor([1, 0, 1]),
+        wra_labels=torch.tensor([1, 0, 1]),
+        mim_mask=mim_mask,
+        itc_input_ids=ids,
+        itc_pixel_values=pixels,
+    )
 
 
 def test_gradients_reach_every_parameter_with_all_objectives():
@@ -296,8 +318,10 @@ def test_base_model_loads_from_pretraining_checkpoint(model, tmp_path):
     model.save_pretrained(tmp_path)
     base = VLPModel.from_pretrained(tmp_path).eval()
     ids, pixels = batch()
-    torch.testing.assert_close(base(input_ids=ids, pixel_values=pixels).last_hidden_state,
-                               model.vlp(input_ids=ids, pixel_values=pixels).last_hidden_state)
+    torch.testing.assert_close(
+        base(input_ids=ids, pixel_values=pixels).last_hidden_state,
+        model.vlp(input_ids=ids, pixel_values=pixels).last_hidden_state,
+    )
 
 
 def test_relevance_equals_rows_of_the_attention_map(model):
@@ -316,8 +340,9 @@ def test_relevance_equals_rows_of_the_attention_map(model):
     expected = (weights[:, :, None] * rows).sum(1) / weights.sum(1, keepdim=True)
     torch.testing.assert_close(fused.relevance, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(fused.relevance.sum(-1), torch.ones(3))
-    both = model.vlp(input_ids=ids, attention_mask=mask, pixel_values=pixels, relevance_weights=weights,
-                     relevance_layers=(0, 1))
+    both = model.vlp(
+        input_ids=ids, attention_mask=mask, pixel_values=pixels, relevance_weights=weights, relevance_layers=(0, 1)
+    )
     mean = (weights[:, :, None] * (eager.attentions[0].mean(1) + rows) / 2).sum(1) / weights.sum(1, keepdim=True)
     torch.testing.assert_close(both.relevance, mean, atol=1e-6, rtol=1e-5)
     assert fused.relevance[2, 5:7].abs().max() == 0, "padded keys receive no attention"
@@ -329,7 +354,7 @@ def test_relevance_of_several_query_sets_at_once(model):
     ids, pixels = batch()
     seq = ids.shape[1] + 17
     weights = torch.zeros(3, 3, seq)
-    weights[:, 0, ids.shape[1] + 1:] = 1.0  # the patches ask (word relevance)
+    weights[:, 0, ids.shape[1] + 1 :] = 1.0  # the patches ask (word relevance)
     weights[:, 1, 1:5] = torch.tensor([1.0, 2.0, 0.5, 1.0])  # some text tokens ask (patch relevance)
     weights[:, 2, 3] = 1.0  # one token alone: its row of the map
     out = model.vlp(input_ids=ids, pixel_values=pixels, relevance_weights=weights)

@@ -20,9 +20,24 @@ def test_the_wheel_holds_every_file_of_the_package_folders(tmp_path):
         shutil.copytree(os.path.join(ROOT, folder), source / folder, ignore=ignore)
     for name in ("setup.py", "README.md"):
         shutil.copy(os.path.join(ROOT, name), source / name)
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                             "-q", "-w", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = os.listdir(tmp_path / "dist")
     packed = set(zipfile.ZipFile(tmp_path / "dist" / wheel).namelist())

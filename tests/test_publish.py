@@ -19,12 +19,12 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from PIL import Image
+from remote_code import run_blocked
 from safetensors.torch import load_file, save_file
 
 import vlp.model_cards as cards
 import vlp.modeling_vlp as modeling
 import vlp.processing as processing
-from remote_code import run_blocked
 from vlp.modeling_vlp import VLP_AUTO_MAP, VLPConfig, VLPForPreTraining, VLPModel
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
@@ -36,8 +36,12 @@ from vlp.training.config import parse_config, to_dict
 CODE_FILES = set(modeling.EXPORTED_FILES) | set(processing.EXPORTED_FILES)
 MODEL_FILES = {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 RUN_FILES = {"run/run.yaml", "run/pretrain_config.yaml", "run/final_metrics.json", "run/metrics.jsonl"}
-CAPTIONS = ["there is a red circle", "the blue square is left of the green star", "there are two yellow hearts",
-            "a small red circle and a big blue square"]
+CAPTIONS = [
+    "there is a red circle",
+    "the blue square is left of the green star",
+    "there are two yellow hearts",
+    "a small red circle and a big blue square",
+]
 
 
 # -- a small run folder, written by hand in the layout `vlp pretrain` leaves ------------------------------------------
@@ -49,28 +53,64 @@ def write_run(folder, objectives="mlm,itm", **config_values):
     tokenizer = train_wordpiece_tokenizer(CAPTIONS * 5, vocab_size=80)
     processor = VLPProcessor(image_processor=VLPImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
     torch.manual_seed(0)
-    config = VLPConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, image_size=32, patch_size=8, max_position_embeddings=16)
+    config = VLPConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=16,
+    )
     VLPForPreTraining(config).save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    values = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
-                  patch_size=8, max_position_embeddings=16, objectives=objectives, max_steps=20,
-                  per_device_batch_size=8, output_dir=str(folder), cache_dir=os.path.join(str(folder), "cache"),
-                  num_scenes=100, val_scenes=20)
+    values = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=16,
+        objectives=objectives,
+        max_steps=20,
+        per_device_batch_size=8,
+        output_dir=str(folder),
+        cache_dir=os.path.join(str(folder), "cache"),
+        num_scenes=100,
+        val_scenes=20,
+    )
     values.update(config_values)
-    record = {"config": to_dict(parse_config(values=values)), "code_version": "0.1.0+test", "seed": 0,
-              "num_processes": 1, "torch": str(torch.__version__)}
+    record = {
+        "config": to_dict(parse_config(values=values)),
+        "code_version": "0.1.0+test",
+        "seed": 0,
+        "num_processes": 1,
+        "torch": str(torch.__version__),
+    }
     with open(os.path.join(folder, "run.yaml"), "w", encoding="utf-8") as handle:
         yaml.safe_dump(record, handle, sort_keys=False)
-    log = [{"step": 10, "split": "train", "mlm_loss": 3.0, "samples_seen": 80, "step_time": 0.5},
-           {"step": 20, "split": "train", "mlm_loss": 2.5, "samples_seen": 160, "step_time": 0.25},
-           {"step": 20, "split": "val", "itm_accuracy": 0.75}]
+    log = [
+        {"step": 10, "split": "train", "mlm_loss": 3.0, "samples_seen": 80, "step_time": 0.5},
+        {"step": 20, "split": "train", "mlm_loss": 2.5, "samples_seen": 160, "step_time": 0.25},
+        {"step": 20, "split": "val", "itm_accuracy": 0.75},
+    ]
     with open(os.path.join(folder, "metrics.jsonl"), "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in log)
-    final = {"step": 20, "mlm_loss": 2.5, "itm_loss": 0.55, "itm_accuracy": 0.75, "itm_accuracy_ci_low": 0.6312,
-             "itm_accuracy_ci_high": 0.8401, "itm_accuracy_n": 64, "colour_word_accuracy": float("nan"),
-             "colour_word_accuracy_ci_low": float("nan"), "colour_word_accuracy_ci_high": float("nan"),
-             "colour_word_accuracy_n": 0}
+    final = {
+        "step": 20,
+        "mlm_loss": 2.5,
+        "itm_loss": 0.55,
+        "itm_accuracy": 0.75,
+        "itm_accuracy_ci_low": 0.6312,
+        "itm_accuracy_ci_high": 0.8401,
+        "itm_accuracy_n": 64,
+        "colour_word_accuracy": float("nan"),
+        "colour_word_accuracy_ci_low": float("nan"),
+        "colour_word_accuracy_ci_high": float("nan"),
+        "colour_word_accuracy_n": 0,
+    }
     with open(os.path.join(folder, "final_metrics.json"), "w", encoding="utf-8") as handle:
         json.dump(final, handle)
     return str(folder)
@@ -138,8 +178,9 @@ def published(pretrained_run, tmp_path_factory):
     return folder
 
 
-def test_dry_run_of_a_pretrained_run_loads_without_the_package_and_gives_the_runs_outputs(pretrained_run, published,
-                                                                                        tmp_path):
+def test_dry_run_of_a_pretrained_run_loads_without_the_package_and_gives_the_runs_outputs(
+    pretrained_run, published, tmp_path
+):
     rng = np.random.default_rng(0)
     work = tmp_path / "work"
     work.mkdir()
@@ -184,8 +225,12 @@ def test_dry_run_of_a_pretrained_run_loads_without_the_package_and_gives_the_run
     remote = load_file(str(work / "remote.safetensors"))
     for key, value in inputs.items():
         assert torch.equal(remote[f"input_{key}"], value), key
-    for key, value in (("mlm_logits", out.mlm_logits), ("itm_logits", out.itm_logits),
-                       ("hidden", out.last_hidden_state), ("base", hidden)):
+    for key, value in (
+        ("mlm_logits", out.mlm_logits),
+        ("itm_logits", out.itm_logits),
+        ("hidden", out.last_hidden_state),
+        ("base", hidden),
+    ):
         torch.testing.assert_close(remote[key], value, rtol=0, atol=1e-6)
 
 
@@ -203,10 +248,12 @@ def test_card_of_a_pretrained_run_validates_and_reports_its_objectives_and_figur
     itm = next(r for r in results if r.metric_name.startswith("ITM accuracy"))
     assert itm.metric_value == pytest.approx(final["itm_accuracy"], abs=1e-6)
     assert _interval_in_name(itm.metric_name) == pytest.approx(
-        (final["itm_accuracy_ci_low"], final["itm_accuracy_ci_high"]), abs=1e-4)
+        (final["itm_accuracy_ci_low"], final["itm_accuracy_ci_high"]), abs=1e-4
+    )
     # the published weights are the run's, byte for byte
-    assert _digests(published)["model.safetensors"] == _digests(os.path.join(pretrained_run, "model"))[
-        "model.safetensors"]
+    assert (
+        _digests(published)["model.safetensors"] == _digests(os.path.join(pretrained_run, "model"))["model.safetensors"]
+    )
 
 
 # -- the folder, from the small run -----------------------------------------------------------------------------------
@@ -233,8 +280,9 @@ def test_dry_run_writes_exactly_the_model_processor_code_card_and_run_files(smal
     # the published config reproduces the run: it parses to the same settings, paths aside
     arguments = to_dict(parse_config(str(out / "run" / "pretrain_config.yaml")))
     original = yaml.safe_load(open(os.path.join(small_run, "run.yaml"), encoding="utf-8"))["config"]
-    assert {k: v for k, v in arguments.items() if k not in ("output_dir", "cache_dir")} == \
-        {k: v for k, v in original.items() if k not in ("output_dir", "cache_dir")}
+    assert {k: v for k, v in arguments.items() if k not in ("output_dir", "cache_dir")} == {
+        k: v for k, v in original.items() if k not in ("output_dir", "cache_dir")
+    }
 
 
 def test_card_of_the_small_run_has_sections_figures_and_budget(small_run, tmp_path):
@@ -244,8 +292,15 @@ def test_card_of_the_small_run_has_sections_figures_and_budget(small_run, tmp_pa
     metadata = check_card_metadata(text)
     assert metadata["license"] == "apache-2.0" and metadata["datasets"] == ["user/shapes"]
     assert "pipeline_tag" not in metadata  # no Hub pipeline fits the pretraining model
-    for section in ("Model description", "Pretraining objectives", "Data", "Training budget", "Evaluation",
-                    "How to use", "Intended use and limitations"):
+    for section in (
+        "Model description",
+        "Pretraining objectives",
+        "Data",
+        "Training budget",
+        "Evaluation",
+        "How to use",
+        "Intended use and limitations",
+    ):
         assert f"\n## {section}\n" in text
     assert 'AutoModelForPreTraining.from_pretrained("user/small", trust_remote_code=True)' in text
     assert 'AutoProcessor.from_pretrained("user/small", trust_remote_code=True)' in text
@@ -265,18 +320,28 @@ def test_card_of_the_small_run_has_sections_figures_and_budget(small_run, tmp_pa
 
 
 def test_public_config_drops_machine_paths_and_keeps_names():
-    config = {"output_dir": "/home/a/runs/x", "cache_dir": "/home/a/.cache", "init_from": "/home/a/ckpt/",
-              "dataset": "captions:/data/cc/train.json@/data/cc/images,/data/more.json", "seed": 3}
-    assert publish.public_config(config) == {"init_from": "ckpt", "dataset": "captions:train.json@images,more.json",
-                                             "seed": 3}
+    config = {
+        "output_dir": "/home/a/runs/x",
+        "cache_dir": "/home/a/.cache",
+        "init_from": "/home/a/ckpt/",
+        "dataset": "captions:/data/cc/train.json@/data/cc/images,/data/more.json",
+        "seed": 3,
+    }
+    assert publish.public_config(config) == {
+        "init_from": "ckpt",
+        "dataset": "captions:train.json@images,more.json",
+        "seed": 3,
+    }
     assert publish.public_config({"dataset": "shapes", "init_from": None}) == {"dataset": "shapes", "init_from": None}
 
 
 def test_training_budget_against_hand_computed_values():
     config = {"per_device_batch_size": 8, "gradient_accumulation_steps": 2, "max_steps": 30}
-    log = [{"step": 10, "split": "train", "samples_seen": 160, "step_time": 0.5},
-           {"step": 10, "split": "val", "step_time": 99.0},
-           {"step": 30, "split": "train", "samples_seen": 480, "step_time": 0.2}]
+    log = [
+        {"step": 10, "split": "train", "samples_seen": 160, "step_time": 0.5},
+        {"step": 10, "split": "val", "step_time": 99.0},
+        {"step": 30, "split": "train", "samples_seen": 480, "step_time": 0.2},
+    ]
     budget = cards.training_budget(config, {"num_processes": 2}, log)
     assert budget["global_batch"] == 32 and budget["steps"] == 30 and budget["samples_seen"] == 480
     assert budget["train_seconds"] == pytest.approx(10 * 0.5 + 20 * 0.2)
@@ -286,11 +351,13 @@ def test_training_budget_against_hand_computed_values():
 
 
 def test_model_index_keeps_only_finite_figures_with_intervals_and_groups_them():
-    figures = [cards.Figure("a", "accuracy", 0.5, 0.4, 0.6, n=10, task="fill-mask"),
-               cards.Figure("b", "accuracy", 0.7, 0.6, 0.8, task="image-text-matching"),
-               cards.Figure("c", "loss", 1.2),
-               cards.Figure("d", "accuracy", float("nan"), 0.1, 0.2),
-               cards.Figure("e", "accuracy", 0.9, 0.8, 0.95, task="fill-mask")]
+    figures = [
+        cards.Figure("a", "accuracy", 0.5, 0.4, 0.6, n=10, task="fill-mask"),
+        cards.Figure("b", "accuracy", 0.7, 0.6, 0.8, task="image-text-matching"),
+        cards.Figure("c", "loss", 1.2),
+        cards.Figure("d", "accuracy", float("nan"), 0.1, 0.2),
+        cards.Figure("e", "accuracy", 0.9, 0.8, 0.95, task="fill-mask"),
+    ]
     index = cards.model_index("m", figures)
     assert [r["task"]["type"] for r in index[0]["results"]] == ["fill-mask", "image-text-matching"]
     assert [m["value"] for m in index[0]["results"][0]["metrics"]] == [0.5, 0.9]
@@ -314,34 +381,84 @@ def _figure(value, low, high):
 
 def evaluation_results():
     """A small `vlp evaluate` results.json (checked against training/results_schema.json)."""
-    block = {"n_items": 200, "headline": "acc_r", "score": {"acc_r": _figure(0.71, 0.65, 0.77),
-                                                             "auroc": _figure(0.8, 0.75, 0.85)},
-             "floors": {"blank_image": {"acc_r": _figure(0.52, 0.45, 0.59)}},
-             "differences": {"blank_image": {"of": "acc_r", "value": 0.19, "low": 0.11, "high": 0.27,
-                                             "p_value": 0.001, "resampled": "items"}}}
-    return {"format": "vlp-evaluation-results", "format_version": 1, "model_dir": "/x", "model_path": "/x/model",
-            "code_version": "0.1.0", "created": "2025-01-01T00:00:00Z", "device": "cpu", "config": None,
-            "settings": {"seed": 0, "batch_size": 8, "n_resamples": 100, "confidence": 0.95, "occlusion": "mask",
-                         "relevance_layers": [1], "mim_probability": 0.4, "probe_C": 1.0},
-            "seeds": {"evaluation": 0}, "world_config": None, "eval_world_config": None,
-            "item_counts": {"foils": 200}, "skipped": {}, "benchmark": None,
-            "suites": {"foils": {"phenomena": {"all": block}}}, "seconds": 1.0}
+    block = {
+        "n_items": 200,
+        "headline": "acc_r",
+        "score": {"acc_r": _figure(0.71, 0.65, 0.77), "auroc": _figure(0.8, 0.75, 0.85)},
+        "floors": {"blank_image": {"acc_r": _figure(0.52, 0.45, 0.59)}},
+        "differences": {
+            "blank_image": {
+                "of": "acc_r",
+                "value": 0.19,
+                "low": 0.11,
+                "high": 0.27,
+                "p_value": 0.001,
+                "resampled": "items",
+            }
+        },
+    }
+    return {
+        "format": "vlp-evaluation-results",
+        "format_version": 1,
+        "model_dir": "/x",
+        "model_path": "/x/model",
+        "code_version": "0.1.0",
+        "created": "2025-01-01T00:00:00Z",
+        "device": "cpu",
+        "config": None,
+        "settings": {
+            "seed": 0,
+            "batch_size": 8,
+            "n_resamples": 100,
+            "confidence": 0.95,
+            "occlusion": "mask",
+            "relevance_layers": [1],
+            "mim_probability": 0.4,
+            "probe_C": 1.0,
+        },
+        "seeds": {"evaluation": 0},
+        "world_config": None,
+        "eval_world_config": None,
+        "item_counts": {"foils": 200},
+        "skipped": {},
+        "benchmark": None,
+        "suites": {"foils": {"phenomena": {"all": block}}},
+        "seconds": 1.0,
+    }
 
 
 def study_results():
     """A `vlp study` results.json of two mixes: per metric mean and interval, differences to the baseline."""
+
     def entry(mean, low, high):
         return {"per_seed": [mean], "mean": mean, "low": low, "high": high, "interval_over": "items"}
 
-    metrics = {"base": {"eval.foils.all.acc_r": entry(0.61, 0.55, 0.67), "val.itm_accuracy": entry(0.7, 0.6, 0.8)},
-               "agmm": {"eval.foils.all.acc_r": entry(0.68, 0.62, 0.74), "val.itm_accuracy": entry(0.72, 0.6, 0.8)}}
-    return {"format": "vlp-study-results", "format_version": 1, "study": "quick", "baseline": "base", "seeds": [0],
-            "primary_metrics": ["foils.acc_r"],
-            "mixes": {name: {"runs": 1, "overrides": {}, "step_flops": 1e9, "metrics": m}
-                      for name, m in metrics.items()},
-            "differences": {"agmm": {"eval.foils.all.acc_r": {"difference": 0.07, "low": 0.01, "high": 0.13,
-                                                              "p_value": 0.02, "interval_over": "items",
-                                                              "p_holm": 0.02, "significant": True}}}}
+    metrics = {
+        "base": {"eval.foils.all.acc_r": entry(0.61, 0.55, 0.67), "val.itm_accuracy": entry(0.7, 0.6, 0.8)},
+        "agmm": {"eval.foils.all.acc_r": entry(0.68, 0.62, 0.74), "val.itm_accuracy": entry(0.72, 0.6, 0.8)},
+    }
+    return {
+        "format": "vlp-study-results",
+        "format_version": 1,
+        "study": "quick",
+        "baseline": "base",
+        "seeds": [0],
+        "primary_metrics": ["foils.acc_r"],
+        "mixes": {name: {"runs": 1, "overrides": {}, "step_flops": 1e9, "metrics": m} for name, m in metrics.items()},
+        "differences": {
+            "agmm": {
+                "eval.foils.all.acc_r": {
+                    "difference": 0.07,
+                    "low": 0.01,
+                    "high": 0.13,
+                    "p_value": 0.02,
+                    "interval_over": "items",
+                    "p_holm": 0.02,
+                    "significant": True,
+                }
+            }
+        },
+    }
 
 
 def test_card_with_evaluation_results_lists_headline_figures_and_floor_differences(small_run, tmp_path):
@@ -370,21 +487,31 @@ def test_card_from_a_study_shows_the_runs_mix_and_its_difference_to_the_baseline
     publish.push(str(run), "user/agmm", dry_run=str(out), results_path=str(study / "results.json"))
     text = (out / "README.md").read_text()
     assert "mix `agmm` (baseline `base`" in text
-    assert ("| eval.foils.all.acc_r | 0.680 | [0.620, 0.740] | — | minus baseline `base` +0.070 [+0.010, +0.130], "
-            "Holm-adjusted p 0.020 |") in text
+    assert (
+        "| eval.foils.all.acc_r | 0.680 | [0.620, 0.740] | — | minus baseline `base` +0.070 [+0.010, +0.130], "
+        "Holm-adjusted p 0.020 |"
+    ) in text
     assert "val.itm_accuracy |" not in text  # primary metrics are declared: only they are shown
     _, evals = model_index_to_eval_results(check_card_metadata(text)["model-index"])
     assert [(r.metric_type, r.metric_value) for r in evals if r.dataset_type == "vlp-study"] == [("acc_r", 0.68)]
     with pytest.raises(publish.PublishError, match=r"mixes \['agmm', 'base'\].*'elsewhere'.*--mix"):
-        publish.push(str(run), "user/agmm", dry_run=str(tmp_path / "other"), results_path=str(study / "results.json"),
-                     mix="elsewhere")
+        publish.push(
+            str(run),
+            "user/agmm",
+            dry_run=str(tmp_path / "other"),
+            results_path=str(study / "results.json"),
+            mix="elsewhere",
+        )
 
 
 def test_generic_results_are_read_by_their_value_low_high_figures():
-    figures = cards.results_figures({"retrieval": {"r@1": _figure(0.4, 0.3, 0.5), "note": "x"},
-                                     "loss": _figure(1.0, None, None)})
-    assert [(f.label, f.value, f.low, f.high) for f in figures] == [("retrieval.r@1", 0.4, 0.3, 0.5),
-                                                                    ("loss", 1.0, None, None)]
+    figures = cards.results_figures(
+        {"retrieval": {"r@1": _figure(0.4, 0.3, 0.5), "note": "x"}, "loss": _figure(1.0, None, None)}
+    )
+    assert [(f.label, f.value, f.low, f.high) for f in figures] == [
+        ("retrieval.r@1", 0.4, 0.3, 0.5),
+        ("loss", 1.0, None, None),
+    ]
 
 
 # -- completing what a run lacks --------------------------------------------------------------------------------------
@@ -440,8 +567,12 @@ def test_push_creates_the_repo_then_uploads_the_dry_run_folder(small_run, tmp_pa
     assert cli.main(["push", small_run, "--repo-id", "user/small", "--private", "--token", "hf_x"]) == 0
     assert [name for name, _ in recording_api.calls] == ["init", "create_repo", "upload_folder"]
     assert recording_api.calls[0][1] == {"token": "hf_x"}
-    assert recording_api.calls[1][1] == {"repo_id": "user/small", "repo_type": "model", "private": True,
-                                         "exist_ok": True}
+    assert recording_api.calls[1][1] == {
+        "repo_id": "user/small",
+        "repo_type": "model",
+        "private": True,
+        "exist_ok": True,
+    }
     upload = recording_api.calls[2][1]
     assert upload["repo_id"] == "user/small" and upload["repo_type"] == "model"
     assert not os.path.exists(upload["folder_path"])  # the temporary folder is gone

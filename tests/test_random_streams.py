@@ -22,8 +22,10 @@ def test_every_stream_id_is_distinct():
 def test_grouped_matching_and_word_guidance_draw_different_numbers_for_the_same_sample():
     assert grouping.GITM_STREAM != guided_masking.WORD_STREAM
     seed, epoch, index = 3, 1, 17
-    draws = {stream: np.random.default_rng([seed, epoch, index, stream]).random(8)
-             for stream in (grouping.GITM_STREAM, guided_masking.WORD_STREAM, guided_masking.PATCH_STREAM)}
+    draws = {
+        stream: np.random.default_rng([seed, epoch, index, stream]).random(8)
+        for stream in (grouping.GITM_STREAM, guided_masking.WORD_STREAM, guided_masking.PATCH_STREAM)
+    }
     values = list(draws.values())
     assert not any(np.allclose(values[i], values[j]) for i in range(3) for j in range(i + 1, 3))
 
@@ -39,9 +41,14 @@ def _stream_definitions(path):
             for target in node.targets:
                 if isinstance(target, ast.Name) and target.id.endswith("_STREAM"):
                     found.append((node.lineno, target.id))
-        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "default_rng" and node.args
-                and isinstance(node.args[0], ast.List) and node.args[0].elts
-                and isinstance(node.args[0].elts[-1], ast.Constant)):
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "default_rng"
+            and node.args
+            and isinstance(node.args[0], ast.List)
+            and node.args[0].elts
+            and isinstance(node.args[0].elts[-1], ast.Constant)
+        ):
             found.append((node.lineno, f"default_rng([..., {node.args[0].elts[-1].value!r}])"))
     return found
 
@@ -53,6 +60,7 @@ def test_no_module_defines_a_stream_id_outside_the_table():
             for name in files:
                 path = os.path.join(directory, name)
                 if name.endswith(".py") and not path.endswith(os.path.join("processing", "random_streams.py")):
-                    offenders += [f"{os.path.relpath(path, ROOT)}:{line}: {what}"
-                                  for line, what in _stream_definitions(path)]
+                    offenders += [
+                        f"{os.path.relpath(path, ROOT)}:{line}: {what}" for line, what in _stream_definitions(path)
+                    ]
     assert not offenders, "stream ids belong in processing/random_streams.py:\n" + "\n".join(offenders)

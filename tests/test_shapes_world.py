@@ -177,7 +177,7 @@ def test_edges_are_antialiased_and_background_elsewhere(examples):
             x0, y0, x1, y1 = o.box(64)
             outside[max(int(y0) - 1, 0) : int(y1) + 2, max(int(x0) - 1, 0) : int(x1) + 2] = False
         assert (image[outside] == background).all()
-        for k, o in enumerate(s.objects):
+        for o in s.objects:
             x0, y0, x1, y1 = (int(v) for v in o.box(64))
             patch = image[y0 : y1 + 1, x0 : x1 + 1].astype(float)
             colour = np.array(sw.COLOUR_RGB[o.colour], dtype=float)
@@ -202,9 +202,7 @@ def test_pixels_are_the_masks_blended_over_the_background(examples):
 
 
 def test_shapes_fill_their_box_and_look_different():
-    masks = {
-        shape: sw.object_masks(scene(obj(shape, "red", "large", 0.5, 0.5)), 128)[0] for shape in sw.SHAPES
-    }
+    masks = {shape: sw.object_masks(scene(obj(shape, "red", "large", 0.5, 0.5)), 128)[0] for shape in sw.SHAPES}
     box_area = (2 * sw.SIZE_RADIUS["large"] * 128) ** 2
     for shape, mask in masks.items():
         assert 0.25 < mask.sum() / box_area < 0.9, shape
@@ -246,7 +244,9 @@ def test_every_generated_caption_holds_parses_back_and_has_its_refs(examples):
 
 def test_refs_point_at_the_described_objects():
     s = scene(
-        obj("circle", "red", "small", 0.2, 0.5), obj("square", "blue", "large", 0.7, 0.5), obj("square", "green", x=0.7, y=0.1)
+        obj("circle", "red", "small", 0.2, 0.5),
+        obj("square", "blue", "large", 0.7, 0.5),
+        obj("square", "green", x=0.7, y=0.1),
     )
     assert sw.caption_refs("the red circle is left of the blue square", s) == [None, 0, 0, None, None, None, None, 1, 1]
     assert sw.caption_refs("there are two squares", s) == [None, None, None, None]  # two referents: no single index
@@ -260,11 +260,16 @@ def test_refs_point_at_the_described_objects():
 def test_generated_captions_cover_the_surface_forms(examples):
     texts = [c.text for e in examples for c in e.clean]
     patterns = {
-        "bare": r"^an? ", "there is a": r"^there is an? ",
+        "bare": r"^an? ",
+        "there is a": r"^there is an? ",
         "predicate": r"^the [a-z ]+ is (?!left|right|above|below)\w+$",
-        "count one": r"^there is one ", "count many": r"^there are (two|three|four|five|six) ",
-        "objects": r"objects?$", "negation": r"^there is no ", "plural negation": r"^there are no ",
-        "binding": r"^(there is )?an? [a-z ]+ and an? ", "relation": r" is (left of|right of|above|below) the ",
+        "count one": r"^there is one ",
+        "count many": r"^there are (two|three|four|five|six) ",
+        "objects": r"objects?$",
+        "negation": r"^there is no ",
+        "plural negation": r"^there are no ",
+        "binding": r"^(there is )?an? [a-z ]+ and an? ",
+        "relation": r" is (left of|right of|above|below) the ",
     }
     for name, pattern in patterns.items():
         assert any(re.search(pattern, t) for t in texts), name
@@ -282,38 +287,72 @@ HAND_SCENE = scene(
     "caption, expected",
     [
         # attribute
-        ("a small red circle", True), ("a red circle", True), ("a large red circle", False), ("a blue circle", False),
-        ("there is a blue square", True), ("there is a green star", True), ("there is a small green star", True),
-        ("there is a red object", True), ("a purple object", False), ("a large object", True), ("a object", True),
-        ("the circle is red", True), ("the circle is small", True), ("the circle is large", False),
+        ("a small red circle", True),
+        ("a red circle", True),
+        ("a large red circle", False),
+        ("a blue circle", False),
+        ("there is a blue square", True),
+        ("there is a green star", True),
+        ("there is a small green star", True),
+        ("there is a red object", True),
+        ("a purple object", False),
+        ("a large object", True),
+        ("a object", True),
+        ("the circle is red", True),
+        ("the circle is small", True),
+        ("the circle is large", False),
         ("the star is green", False),  # two stars: the definite description fails
-        ("the large star is green", True), ("the small star is large", False), ("the heart is red", False),
+        ("the large star is green", True),
+        ("the small star is large", False),
+        ("the heart is red", False),
         # count (exact)
-        ("there is one red circle", True), ("there are two green stars", True), ("there are two stars", True),
-        ("there is one star", False), ("there are three stars", False), ("there are four objects", True),
-        ("there are three objects", False), ("there are two small objects", True), ("there is one large star", True),
-        ("there are two red circles", False), ("there is one heart", False),
+        ("there is one red circle", True),
+        ("there are two green stars", True),
+        ("there are two stars", True),
+        ("there is one star", False),
+        ("there are three stars", False),
+        ("there are four objects", True),
+        ("there are three objects", False),
+        ("there are two small objects", True),
+        ("there is one large star", True),
+        ("there are two red circles", False),
+        ("there is one heart", False),
         # relation
-        ("the red circle is left of the blue square", True), ("the blue square is right of the circle", True),
-        ("the red circle is right of the blue square", False), ("the circle is above the small star", True),
-        ("the small star is below the circle", True), ("the circle is above the square", False),  # same height
+        ("the red circle is left of the blue square", True),
+        ("the blue square is right of the circle", True),
+        ("the red circle is right of the blue square", False),
+        ("the circle is above the small star", True),
+        ("the small star is below the circle", True),
+        ("the circle is above the square", False),  # same height
         ("the circle is left of the small star", False),  # 0.05 apart: inside the dead zone
         ("the circle is right of the small star", False),
         ("the square is above the star", False),  # "the star" is ambiguous
-        ("the square is above the large star", True), ("the circle is left of the circle", False),
+        ("the square is above the large star", True),
+        ("the circle is left of the circle", False),
         ("the heart is left of the square", False),
         # binding
-        ("a red circle and a blue square", True), ("a blue circle and a red square", False),
-        ("there is a green star and a green star", True), ("a red circle and a red circle", False),
-        ("a small green star and a large green star", True), ("a large green star and a large green star", False),
-        ("a red circle and a blue square and a small star", True), ("a red object and a red circle", False),
+        ("a red circle and a blue square", True),
+        ("a blue circle and a red square", False),
+        ("there is a green star and a green star", True),
+        ("a red circle and a red circle", False),
+        ("a small green star and a large green star", True),
+        ("a large green star and a large green star", False),
+        ("a red circle and a blue square and a small star", True),
+        ("a red object and a red circle", False),
         # existence / negation
-        ("there is no yellow heart", True), ("there is no red circle", False), ("there are no hearts", True),
-        ("there are no green stars", False), ("there is no large circle", True), ("there is no object", False),
+        ("there is no yellow heart", True),
+        ("there is no red circle", False),
+        ("there are no hearts", True),
+        ("there are no green stars", False),
+        ("there is no large circle", True),
+        ("there is no object", False),
         # uninformative web alt-text holds everywhere
-        ("a picture", True), ("an image of some shapes", True),
+        ("a picture", True),
+        ("an image of some shapes", True),
         # normalisation
-        ("There is a Red Circle.", True), ("  a   red circle ", True), ("an red circle", True),
+        ("There is a Red Circle.", True),
+        ("  a   red circle ", True),
+        ("an red circle", True),
     ],
 )
 def test_hand_built_scene_truth(caption, expected):
@@ -348,11 +387,26 @@ def test_count_and_negation_edge_cases():
 @pytest.mark.parametrize(
     "text",
     [
-        "a purple elephant", "there are one circle", "there is two circles", "the circle is near the square",
-        "red circle", "", "a circles", "there are no circle", "the circle is left the square", "a red circle and",
-        "a small small circle", "a red small circle", "there are seven circles", "the circle is left of",
+        "a purple elephant",
+        "there are one circle",
+        "there is two circles",
+        "the circle is near the square",
+        "red circle",
+        "",
+        "a circles",
+        "there are no circle",
+        "the circle is left the square",
+        "a red circle and",
+        "a small small circle",
+        "a red small circle",
+        "there are seven circles",
+        "the circle is left of",
         "circle is red",
-        "there is no", "the is red", "a red circle or a blue square", "there are two", "the circle is red and blue",
+        "there is no",
+        "the is red",
+        "a red circle or a blue square",
+        "there are two",
+        "the circle is red and blue",
     ],
 )
 def test_text_outside_the_grammar_raises_naming_the_caption(text):
@@ -470,11 +524,11 @@ def test_caption_holds_agrees_with_brute_force_on_random_pairs():
 # ---------------------------------------------------------------------------------------------
 
 
-
 def _concepts(text):
     """The concept words of a caption, plural shape nouns made singular."""
     singular = {v: k for k, v in sw.SHAPE_PLURALS.items()}
     return [singular.get(w, w) for w in text.split() if sw.concept_category(w)]
+
 
 def test_foils_are_false_parseable_and_minimal(examples):
     rng = random.Random(7)
@@ -499,8 +553,10 @@ def test_foil_examples_and_impossible_foils():
     s = scene(obj("circle", "red", x=0.2, y=0.5), obj("square", "blue", x=0.7, y=0.5))
     assert sw.make_foil("a red circle and a blue square", s, "binding_swap") == "a blue circle and a red square"
     assert sw.make_foil("the red circle is left of the blue square", s, "relation", 3) in {
-        "the red circle is right of the blue square", "the red circle is above the blue square",
-        "the red circle is below the blue square", "the blue square is left of the red circle",
+        "the red circle is right of the blue square",
+        "the red circle is above the blue square",
+        "the red circle is below the blue square",
+        "the blue square is left of the red circle",
     }
     assert sw.make_foil("there is one red circle", s, "count", np.random.default_rng(0)).startswith("there are ")
     assert sw.make_foil("there is a red circle", s, "existence") == "there is no red circle"
@@ -548,7 +604,9 @@ def test_zipf_exponent_zero_is_uniform_and_ranking_is_fixed_by_its_seed():
     assert _chi_square(counts, uniform) < 63 + 5 * 11.2
     assert sw.pair_ranking(0) == sw.pair_ranking(0) and sw.pair_ranking(0) != sw.pair_ranking(1)
     assert sorted(sw.pair_ranking(1)) == sorted((c, s) for c in sw.COLOURS for s in sw.SHAPES)
-    top = [sw.concept_counts(sw.generate_scenes(WorldConfig(num_scenes=300, seed=s))).most_common(1)[0][0] for s in (1, 2)]
+    top = [
+        sw.concept_counts(sw.generate_scenes(WorldConfig(num_scenes=300, seed=s))).most_common(1)[0][0] for s in (1, 2)
+    ]
     assert top == [sw.pair_ranking(0)[0]] * 2  # the ranking does not move with the world seed
 
 
@@ -622,10 +680,21 @@ def test_noise_mix_selects_the_kinds():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("num_scenes", 0), ("seed", -1), ("image_size", 8), ("image_size", 64.0), ("min_objects", 0),
-        ("max_objects", 7), ("captions_per_scene", 0), ("zipf_exponent", -0.5), ("noise_rate", 1.5),
-        ("background_noise", 0.9), ("caption_kinds", ("colour",)), ("caption_kinds", ()),
-        ("held_out_pairs", [("red", "elephant")]), ("held_out_policy", "sometimes"), ("noise_mix", (1, 1)),
+        ("num_scenes", 0),
+        ("seed", -1),
+        ("image_size", 8),
+        ("image_size", 64.0),
+        ("min_objects", 0),
+        ("max_objects", 7),
+        ("captions_per_scene", 0),
+        ("zipf_exponent", -0.5),
+        ("noise_rate", 1.5),
+        ("background_noise", 0.9),
+        ("caption_kinds", ("colour",)),
+        ("caption_kinds", ()),
+        ("held_out_pairs", [("red", "elephant")]),
+        ("held_out_policy", "sometimes"),
+        ("noise_mix", (1, 1)),
         ("held_out_pairs", [(c, s) for c in sw.COLOURS for s in sw.SHAPES]),
     ],
 )
@@ -666,8 +735,15 @@ def test_build_dataset_columns_and_cache(tmp_path, monkeypatch):
     config = WorldConfig(num_scenes=24, seed=5, noise_rate=0.25, image_size=48)
     dataset = sw.build_dataset(config, cache_dir=tmp_path)
     assert dataset.column_names == [
-        "image", "captions", "clean_captions", "caption_kinds", "noise_kinds", "caption_refs", "clean_caption_refs",
-        "scene", "index",
+        "image",
+        "captions",
+        "clean_captions",
+        "caption_kinds",
+        "noise_kinds",
+        "caption_refs",
+        "clean_caption_refs",
+        "scene",
+        "index",
     ]
     assert type(dataset.features["image"]).__name__ == "Image" and len(dataset) == 24
     examples = sw.generate_examples(config)

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+
 from vlp.processing import eval_sets
 from vlp.processing import shapes_world as sw
 from vlp.processing.grouping import GroupConfig, GroupedMatchingDataset
@@ -15,8 +16,14 @@ from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.text_balance import CaptionFrequencies
 from vlp.processing.tokenization import train_wordpiece_tokenizer
 from vlp.training.data import holds_for_scene
-from vlp.training.shortcuts import (BagOfWords, features_of, foil_acc_r, gitm_segment_items, itm_pair_items,
-                                    text_only_floor)
+from vlp.training.shortcuts import (
+    BagOfWords,
+    features_of,
+    foil_acc_r,
+    gitm_segment_items,
+    itm_pair_items,
+    text_only_floor,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,18 @@ def worlds(tmp_path_factory):
 
 def test_features_are_words_and_word_pairs():
     assert features_of("There is a red circle", ngram=2) == [
-        "there", "is", "a", "red", "circle", "<s> there", "there is", "is a", "a red", "red circle", "circle </s>"]
+        "there",
+        "is",
+        "a",
+        "red",
+        "circle",
+        "<s> there",
+        "there is",
+        "is a",
+        "a red",
+        "red circle",
+        "circle </s>",
+    ]
 
 
 def test_bag_of_words_learns_a_word_rule_and_the_floor_reports_it_against_the_majority():
@@ -87,8 +105,11 @@ def test_itm_caption_alone_does_not_tell_the_label(worlds):
     assert negation.sum() > 5
     assert abs(negation[labels == 1].mean() - negation[labels == 0].mean()) < 0.02
     assert all(t in c for t, c, label in zip(texts, train["captions"], labels) if label == 1)  # own captions
-    floor = text_only_floor(texts, labels.tolist(), *itm_pair_items(
-        PretrainingDataset(held, processor, holds_fn=holds_for_scene), range(len(held))))
+    floor = text_only_floor(
+        texts,
+        labels.tolist(),
+        *itm_pair_items(PretrainingDataset(held, processor, holds_fn=holds_for_scene), range(len(held))),
+    )
     assert floor["accuracy"] <= floor["majority"] + 0.03, floor
 
 
@@ -104,8 +125,10 @@ def test_grouped_matching_segments_alone_do_not_tell_own_from_distractor(worlds)
 
     def items(rows):
         config = GroupConfig(rows=2, cols=2, own_probability=0.5, distractors="hard")
-        return gitm_segment_items(GroupedMatchingDataset(rows, processor, config, patch_size=8, image_size=32,
-                                                         max_length=64), range(len(rows)))
+        return gitm_segment_items(
+            GroupedMatchingDataset(rows, processor, config, patch_size=8, image_size=32, max_length=64),
+            range(len(rows)),
+        )
 
     floor = text_only_floor(*items(train), *items(held))
     assert floor["n_eval"] > 3000
@@ -118,8 +141,11 @@ def test_evaluation_foils_alone_do_not_tell_caption_from_foil():
     train_world = sw.WorldConfig(num_scenes=1500, seed=0, image_size=32)
 
     def pairs(world):
-        return [(item.caption, item.foil) for phenomenon in eval_sets.FOIL_PHENOMENA
-                for item in eval_sets.foil_items(world, phenomenon, 200)[0]]
+        return [
+            (item.caption, item.foil)
+            for phenomenon in eval_sets.FOIL_PHENOMENA
+            for item in eval_sets.foil_items(world, phenomenon, 200)[0]
+        ]
 
     result = foil_acc_r(pairs(train_world), pairs(eval_sets.eval_world(train_world)))
     assert result["n_eval"] == 200 * len(eval_sets.FOIL_PHENOMENA)

@@ -16,8 +16,9 @@ from collections import Counter
 import datasets
 import pytest
 import torch
-from safetensors.torch import load_file
 from launch import run as launch_run
+from safetensors.torch import load_file
+
 from vlp.processing import shapes_world
 from vlp.processing import webdataset as wds
 from vlp.processing.caption_readers import CORRUPT_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, NON_UTF8_CAPTION
@@ -27,10 +28,26 @@ from vlp.training.config import ConfigError, parse_config, parse_sources
 from vlp.training.logging_utils import read_jsonl
 
 TINY = {
-    "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-    "image_size": 32, "patch_size": 8, "vocab_size": 200, "val_scenes": 16, "per_device_batch_size": 8,
-    "eval_batches": 2, "log_every": 1, "eval_every": 0, "save_every": 4, "warmup_steps": 2, "progress_bar": False,
-    "tensorboard": False, "keep_checkpoints": 2, "shuffle_buffer": 0, "num_workers": 2, "record_samples": True,
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+    "vocab_size": 200,
+    "val_scenes": 16,
+    "per_device_batch_size": 8,
+    "eval_batches": 2,
+    "log_every": 1,
+    "eval_every": 0,
+    "save_every": 4,
+    "warmup_steps": 2,
+    "progress_bar": False,
+    "tensorboard": False,
+    "keep_checkpoints": 2,
+    "shuffle_buffer": 0,
+    "num_workers": 2,
+    "record_samples": True,
     "negative_bank": 64,
 }
 SCENES = 46  # shards of 10, 10, 10, 10 and 6: uneven workers and processes
@@ -51,8 +68,10 @@ def train_records(output_dir):
 
 def recorded(output_dir, rank=0):
     """(step, epoch, indices) of every micro-batch the process trained on."""
-    return [(r["step"], r["epoch"], r["index"])
-            for r in read_jsonl(os.path.join(output_dir, "samples", f"rank{rank}.jsonl"))]
+    return [
+        (r["step"], r["epoch"], r["index"])
+        for r in read_jsonl(os.path.join(output_dir, "samples", f"rank{rank}.jsonl"))
+    ]
 
 
 CORRUPT = 21  # the second sample of shard 00002.tar: its image bytes are replaced by garbage
@@ -78,8 +97,27 @@ def shards(tmp_path_factory):
     for the validation world."""
     root = tmp_path_factory.mktemp("streaming")
     out = root / "train"
-    assert cli.main(["data", "shards", "--from", "shapes", "--out", str(out), "--samples-per-shard", "10",
-                     "--num-scenes", str(SCENES), "--image-size", "32", "--seed", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "shards",
+                "--from",
+                "shapes",
+                "--out",
+                str(out),
+                "--samples-per-shard",
+                "10",
+                "--num-scenes",
+                str(SCENES),
+                "--image-size",
+                "32",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert [s.samples for s in wds.read_manifest(out)] == [10, 10, 10, 10, 6]
     corrupt_image(out / "00002.tar", CORRUPT - 20)
     return {"dataset": f"shards:{out}", "val_dataset": "shapes", "cache_dir": str(root / "cache")}
@@ -98,8 +136,9 @@ def test_sources_are_parsed_and_checked():
     assert (caption.kind, caption.path, caption.root) == ("captions", "/d/c.jsonl", "/img")
     assert (coco.kind, coco.root) == ("coco", "/k")  # without @ROOT, images are beside the file
     assert parse_sources("shapes")[0].kind == "shapes" and parse_sources("data/w")[0].kind == "folder"
-    _, data, _ = parse_config(values={"dataset": ["shards:/a", "shards:/b"], "val_dataset": "shapes",
-                                      "source_weights": [1, 3]})
+    _, data, _ = parse_config(
+        values={"dataset": ["shards:/a", "shards:/b"], "val_dataset": "shapes", "source_weights": [1, 3]}
+    )
     assert data.dataset == "shards:/a,shards:/b" and data.weights() == [1.0, 3.0] and data.streaming()
     with pytest.raises(ConfigError, match="val_dataset.*samples cannot be held out of shards"):
         parse_config(values={"dataset": "shards:/a"})
@@ -128,8 +167,9 @@ def test_streamed_rows_become_samples_with_negatives_from_the_bank():
     own.set_epoch(3)
     sample = own[5]
     again = own.sample_from_row(own.rows[5], 5, epoch=3)
-    assert all(torch.equal(sample[k], again[k]) if torch.is_tensor(sample[k]) else sample[k] == again[k]
-               for k in sample)
+    assert all(
+        torch.equal(sample[k], again[k]) if torch.is_tensor(sample[k]) else sample[k] == again[k] for k in sample
+    )
 
     bank = rows.select(range(20, 40)).select_columns(["captions", "scene"])
     builder = PretrainingDataset(bank.add_column("image", [None] * len(bank)), **common)
@@ -149,12 +189,19 @@ def test_streamed_rows_become_samples_with_negatives_from_the_bank():
 
 def test_streaming_run_reads_each_sample_once_per_epoch(shards, uninterrupted):
     files = set(os.listdir(uninterrupted))
-    assert {"model", "processor", "metrics.jsonl", "run.yaml", "final_metrics.json", "checkpoints",
-            "source_report.json"} <= files
+    assert {
+        "model",
+        "processor",
+        "metrics.jsonl",
+        "run.yaml",
+        "final_metrics.json",
+        "checkpoints",
+        "source_report.json",
+    } <= files
     records = train_records(uninterrupted)
     assert [r["step"] for r in records] == list(range(1, 11))
     assert all(0 <= r["data_wait_share"] <= 1 and r["lost_samples"] == 0 for r in records)
-    per_epoch = wds.ShardStream(shards["dataset"][len("shards:"):], batch_size=8, num_workers=2).batches_per_epoch
+    per_epoch = wds.ShardStream(shards["dataset"][len("shards:") :], batch_size=8, num_workers=2).batches_per_epoch
     assert per_epoch == 7  # 2 workers: shards 10 + 10 + 6 (4 batches of 8, padded) and 10 + 10 (3 batches)
     assert [r["epoch"] for r in records] == [0] * per_epoch + [1] * (10 - per_epoch)
     batches = recorded(uninterrupted)
@@ -211,13 +258,29 @@ def test_two_processes_two_workers_read_every_sample_once_and_survive_an_empty_m
     of padding only while the other trains on real samples; ITC (gathered over processes) is left out of the
     steps whose micro-batches differ in size."""
     batch = 4
-    stream = wds.ShardStream(shards["dataset"][len("shards:"):], batch_size=batch, rank=0, world_size=2,
-                             num_workers=2, seed=0)
+    stream = wds.ShardStream(
+        shards["dataset"][len("shards:") :], batch_size=batch, rank=0, world_size=2, num_workers=2, seed=0
+    )
     steps = 2 * stream.batches_per_epoch
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "vlp.training.cli"]
-    run_pretrain(tmp_path, launcher=torchrun, max_steps=steps, per_device_batch_size=batch, save_every=0,
-                 objectives="mlm,itm,itc", **shards)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vlp.training.cli",
+    ]
+    run_pretrain(
+        tmp_path,
+        launcher=torchrun,
+        max_steps=steps,
+        per_device_batch_size=batch,
+        save_every=0,
+        objectives="mlm,itm,itc",
+        **shards,
+    )
     per_rank = [recorded(tmp_path, rank) for rank in (0, 1)]
     assert [len(batches) for batches in per_rank] == [steps, steps]  # the same number of steps: no hang
     for epoch in (0, 1):
@@ -261,18 +324,22 @@ def test_caption_and_coco_sources_skip_count_and_list_bad_samples(tmp_path, shar
     # fails when decoded in the loader).
     (albef_root / "garbage.png").write_bytes(b"\x00 not an image")
     (albef_root / "cut.png").write_bytes((albef_root / albef_names[0]).read_bytes()[:60])
-    records = [{"image": "missing.png", "caption": "there is a red circle", "image_id": "gone"},
-               {"image": albef_names[1], "caption": "   ", "image_id": "blank"},
-               {"image": "garbage.png", "caption": "there is a blue star", "image_id": "bad"},
-               {"image": "cut.png", "caption": "there is a green heart", "image_id": "cut"}]
-    records += [{"image": name, "caption": world[i]["captions"][0], "image_id": f"a{i}"}
-                for i, name in enumerate(albef_names)]
+    records = [
+        {"image": "missing.png", "caption": "there is a red circle", "image_id": "gone"},
+        {"image": albef_names[1], "caption": "   ", "image_id": "blank"},
+        {"image": "garbage.png", "caption": "there is a blue star", "image_id": "bad"},
+        {"image": "cut.png", "caption": "there is a green heart", "image_id": "cut"},
+    ]
+    records += [
+        {"image": name, "caption": world[i]["captions"][0], "image_id": f"a{i}"} for i, name in enumerate(albef_names)
+    ]
     albef = tmp_path / "pretrain.json"
     albef.write_text(json.dumps(records), encoding="utf-8")
     # COCO captions layout, with one caption that is not UTF-8 (written as raw Latin-1 bytes).
     images = [{"id": 100 + i, "file_name": name, "width": 32, "height": 32} for i, name in enumerate(coco_names)]
-    annotations = [{"id": 1000 + i, "image_id": 100 + i, "caption": world[23 + i]["captions"][0]}
-                   for i in range(len(coco_names))]
+    annotations = [
+        {"id": 1000 + i, "image_id": 100 + i, "caption": world[23 + i]["captions"][0]} for i in range(len(coco_names))
+    ]
     annotations.append({"id": 9999, "image_id": 100, "caption": "CAFE_PLACEHOLDER"})
     text = json.dumps({"images": images, "annotations": annotations}).encode("utf-8")
     coco = tmp_path / "captions_train2017.json"
@@ -281,15 +348,28 @@ def test_caption_and_coco_sources_skip_count_and_list_bad_samples(tmp_path, shar
     # 24 readable rows per source, the last 4 of each validate: 40 training rows, mixed 1:1 in epochs of 40, that is
     # every row once in the 5 steps of batch 8.
     output = tmp_path / "run"
-    run_pretrain(output, max_steps=5, dataset=f"captions:{albef}@{albef_root},coco:{coco}@{coco_root}",
-                 source_weights="1,1", samples_per_epoch=40, val_scenes=8, num_workers=0,
-                 cache_dir=shards["cache_dir"])
+    run_pretrain(
+        output,
+        max_steps=5,
+        dataset=f"captions:{albef}@{albef_root},coco:{coco}@{coco_root}",
+        source_weights="1,1",
+        samples_per_epoch=40,
+        val_scenes=8,
+        num_workers=0,
+        cache_dir=shards["cache_dir"],
+    )
     with open(output / "source_report.json", encoding="utf-8") as handle:
         report = json.load(handle)
-    assert report["counts"] == {"pretrain.json": {MISSING_IMAGE: 1, EMPTY_CAPTION: 1, CORRUPT_IMAGE: 1},
-                                "captions_train2017.json": {NON_UTF8_CAPTION: 1}}
+    assert report["counts"] == {
+        "pretrain.json": {MISSING_IMAGE: 1, EMPTY_CAPTION: 1, CORRUPT_IMAGE: 1},
+        "captions_train2017.json": {NON_UTF8_CAPTION: 1},
+    }
     assert {entry["where"].rsplit(":", 1)[-1] for entry in report["entries"]} == {
-        "record 0", "record 1", "record 2", "annotation 9999"}
+        "record 0",
+        "record 1",
+        "record 2",
+        "annotation 9999",
+    }
     assert report["read"] == {"pretrain.json": 27, "captions_train2017.json": 25}
     assert report["kept"] == {"pretrain.json": 24, "captions_train2017.json": 24}
     # The truncated image passes the header check; decoding it in the loader fails: skipped, counted, listed.
@@ -309,8 +389,21 @@ def test_vlp_data_shards_from_a_caption_file(tmp_path):
     records.append({"image": "missing.png", "caption": "there is a red circle"})
     (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
     out = tmp_path / "shards"
-    assert cli.main(["data", "shards", "--from", f"captions:{tmp_path / 'c.jsonl'}@{tmp_path / 'images'}",
-                     "--out", str(out), "--samples-per-shard", "2"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "shards",
+                "--from",
+                f"captions:{tmp_path / 'c.jsonl'}@{tmp_path / 'images'}",
+                "--out",
+                str(out),
+                "--samples-per-shard",
+                "2",
+            ]
+        )
+        == 0
+    )
     rows = [row for shard in wds.read_manifest(out) for _, row in wds.read_shard(shard)]
     assert [row["captions"] for row in rows] == [world[i]["captions"][:2] for i in range(5)]
     with open(out / "skipped_samples.json", encoding="utf-8") as handle:

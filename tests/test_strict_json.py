@@ -16,10 +16,24 @@ PROJECT_FOLDERS = ("modeling_vlp", "processing", "training", "model_cards")
 
 
 def test_non_finite_numbers_become_null_and_numpy_values_plain_ones(tmp_path):
-    value = {"acc": float("nan"), "low": -math.inf, "n": np.int64(3), "x": np.float32(0.5),
-             "arr": np.array([1.0, np.nan]), "pair": (np.bool_(True), math.inf), 7: "key"}
-    assert strict_json.finite(value) == {"acc": None, "low": None, "n": 3, "x": 0.5, "arr": [1.0, None],
-                                         "pair": [True, None], "7": "key"}
+    value = {
+        "acc": float("nan"),
+        "low": -math.inf,
+        "n": np.int64(3),
+        "x": np.float32(0.5),
+        "arr": np.array([1.0, np.nan]),
+        "pair": (np.bool_(True), math.inf),
+        7: "key",
+    }
+    assert strict_json.finite(value) == {
+        "acc": None,
+        "low": None,
+        "n": 3,
+        "x": 0.5,
+        "arr": [1.0, None],
+        "pair": [True, None],
+        "7": "key",
+    }
     path = tmp_path / "out.json"
     strict_json.write_json(path, value, atomic=True, indent=1)
     assert strict_json.loads_strict(path.read_text())["acc"] is None
@@ -37,8 +51,11 @@ def _refuse(constant):
 
 
 def test_the_run_folder_of_a_pretraining_run_holds_only_strict_json(pretrained_run):
-    files = [path for pattern in ("**/*.json", "**/*.jsonl")
-             for path in glob.glob(os.path.join(pretrained_run, pattern), recursive=True)]
+    files = [
+        path
+        for pattern in ("**/*.json", "**/*.jsonl")
+        for path in glob.glob(os.path.join(pretrained_run, pattern), recursive=True)
+    ]
     names = {os.path.basename(path) for path in files}
     assert {"final_metrics.json", "metrics.jsonl", "config.json"} <= names, names
     for path in files:
@@ -61,8 +78,12 @@ def test_project_code_writes_json_only_through_strict_json():
                 continue
             tree = ast.parse(open(path, encoding="utf-8").read())
             for node in ast.walk(tree):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr in ("dump", "dumps") and isinstance(node.func.value, ast.Name)
-                        and node.func.value.id == "json"):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("dump", "dumps")
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "json"
+                ):
                     offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}")
     assert not offenders, f"use vlp.processing.strict_json: {offenders}"

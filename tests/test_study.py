@@ -10,17 +10,30 @@ import numpy as np
 import pytest
 import yaml
 
-from vlp.training.config import ConfigError
-from vlp.training.study import collect_results, load_study, run_study, step_flops, study_path
+from vlp.training.config import ConfigError, parse_config
+from vlp.training.statistics import MIN_SEEDS_FOR_CLAIMS
+from vlp.training.study import collect_results, load_study, mix_values, run_study, step_flops, study_path
 
-TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-        "image_size": 32, "patch_size": 8, "max_steps": 5}
+TINY = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 32,
+    "patch_size": 8,
+    "max_steps": 5,
+}
 
 
 def write_study(tmp_path, seeds=(0, 1), evaluation=True, finetune=False):
-    study = {"name": "toy", "baseline": "base", "seeds": list(seeds), "primary_metrics": ["foils.acc_r"],
-             "base": dict(TINY), "mixes": [{"name": "base", "overrides": {}},
-                                           {"name": "plus", "overrides": {"objectives": "mlm,itm,mim"}}]}
+    study = {
+        "name": "toy",
+        "baseline": "base",
+        "seeds": list(seeds),
+        "primary_metrics": ["foils.acc_r"],
+        "base": dict(TINY),
+        "mixes": [{"name": "base", "overrides": {}}, {"name": "plus", "overrides": {"objectives": "mlm,itm,mim"}}],
+    }
     if evaluation:
         study["evaluation"] = {"suites": ["foils"], "items_per_phenomenon": 20}
     if finetune:
@@ -46,19 +59,33 @@ class FakeRunner:
             run_dir, seed = config["output_dir"], config["seed"]
             plus = "mim" in config.get("objectives", "")
             os.makedirs(os.path.join(run_dir, "model"), exist_ok=True)
-            json.dump({"itm_accuracy": 0.6 + 0.05 * plus + 0.01 * seed, "mlm_loss": 2.0 - 0.1 * plus},
-                      open(os.path.join(run_dir, "final_metrics.json"), "w"))
+            json.dump(
+                {"itm_accuracy": 0.6 + 0.05 * plus + 0.01 * seed, "mlm_loss": 2.0 - 0.1 * plus},
+                open(os.path.join(run_dir, "final_metrics.json"), "w"),
+            )
             with open(os.path.join(run_dir, "metrics.jsonl"), "w") as handle:
                 for step in (1, 2):
-                    handle.write(json.dumps({"step": step, "split": "train", "mlm_loss": 3.0 - step,
-                                             "step_time": 0.1, "samples_seen": 8 * step}) + "\n")
+                    handle.write(
+                        json.dumps(
+                            {
+                                "step": step,
+                                "split": "train",
+                                "mlm_loss": 3.0 - step,
+                                "step_time": 0.1,
+                                "samples_seen": 8 * step,
+                            }
+                        )
+                        + "\n"
+                    )
         elif args[0] == "finetune":
             out = args[args.index("--output_dir") + 1]
             os.makedirs(out, exist_ok=True)
             variants = args[args.index("--variants") + 1].split(",")
             # wall times differ from one execution to the next, as in `vlp finetune`'s results
-            json.dump({v: {"accuracy": 0.5 + 0.1 * len(v) / 20, "train_seconds": time.perf_counter()}
-                       for v in variants}, open(os.path.join(out, "results.json"), "w"))
+            json.dump(
+                {v: {"accuracy": 0.5 + 0.1 * len(v) / 20, "train_seconds": time.perf_counter()} for v in variants},
+                open(os.path.join(out, "results.json"), "w"),
+            )
         elif args[0] == "evaluate":
             run_dir = args[1]
             plus = "/plus/" in run_dir
@@ -67,16 +94,34 @@ class FakeRunner:
             items = (rng.random(200) < 0.6 + 0.2 * plus).astype(float).tolist()
             # the comparison block of `vlp evaluate`: score figures, floors, differences and per-item values
             value = float(np.mean(items))
-            block = {"n_items": 200, "headline": "acc_r", "score": {"acc_r": {"value": value, "low": value - 0.05,
-                                                                              "high": value + 0.05}},
-                     "floors": {"text_only": {"acc_r": {"value": 0.5, "low": 0.45, "high": 0.55}}},
-                     "differences": {}, "items": {"acc_r": items}}
-            frequency = {"slope": {"score": {"value": 0.02 + 0.03 * plus, "low": 0.0, "high": 0.05 + 0.03 * plus}},
-                         "held_out": {"score": {"acc_r": {"value": 0.55, "low": 0.5, "high": 0.6}}},
-                         "buckets": [{"bucket": b, "count_low": 10.0 ** b, "count_high": 10.0 ** (b + 1),
-                                      "score": {"acc_r": {"value": 0.5 + 0.1 * b + 0.05 * plus}}} for b in (1, 2)]}
-            json.dump({"suites": {"foils": {"phenomena": {"colour": block}}, "frequency": frequency},
-                       "seconds": time.perf_counter()}, open(args[args.index("--output") + 1], "w"))
+            block = {
+                "n_items": 200,
+                "headline": "acc_r",
+                "score": {"acc_r": {"value": value, "low": value - 0.05, "high": value + 0.05}},
+                "floors": {"text_only": {"acc_r": {"value": 0.5, "low": 0.45, "high": 0.55}}},
+                "differences": {},
+                "items": {"acc_r": items},
+            }
+            frequency = {
+                "slope": {"score": {"value": 0.02 + 0.03 * plus, "low": 0.0, "high": 0.05 + 0.03 * plus}},
+                "held_out": {"score": {"acc_r": {"value": 0.55, "low": 0.5, "high": 0.6}}},
+                "buckets": [
+                    {
+                        "bucket": b,
+                        "count_low": 10.0**b,
+                        "count_high": 10.0 ** (b + 1),
+                        "score": {"acc_r": {"value": 0.5 + 0.1 * b + 0.05 * plus}},
+                    }
+                    for b in (1, 2)
+                ],
+            }
+            json.dump(
+                {
+                    "suites": {"foils": {"phenomena": {"colour": block}}, "frequency": frequency},
+                    "seconds": time.perf_counter(),
+                },
+                open(args[args.index("--output") + 1], "w"),
+            )
 
 
 def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tmp_path):
@@ -92,8 +137,9 @@ def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tm
         run_study(path, str(tmp_path / "resumed"), runner=killed)
     again = FakeRunner()
     resumed = run_study(path, str(tmp_path / "resumed"), runner=again)
-    expected = [[str(a).replace(str(tmp_path / "whole"), str(tmp_path / "resumed")) for a in call]
-                for call in whole.calls[5:]]
+    expected = [
+        [str(a).replace(str(tmp_path / "whole"), str(tmp_path / "resumed")) for a in call] for call in whole.calls[5:]
+    ]
     assert again.calls == expected, again.calls  # the killed call and what followed it; nothing redone
     first = json.load(open(tmp_path / "whole" / "results.json"))
     second = json.load(open(tmp_path / "resumed" / "results.json"))
@@ -115,8 +161,10 @@ def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(t
     # Every primary score with its floors, next to it
     assert "## Floors of the primary metrics" in report
     # base scores about 0.6, plus about 0.8, on 200 items a seed: both clear the text-only floor of 0.5
-    assert "| eval.suites.foils.phenomena.colour.score.acc_r | text_only | 0.500 [0.500, 0.500] | 0.500 [0.500, " \
-           "0.500] |" in report
+    assert (
+        "| eval.suites.foils.phenomena.colour.score.acc_r | text_only | 0.500 [0.500, 0.500] | 0.500 [0.500, "
+        "0.500] |" in report
+    )
     assert results["mixes"]["plus"]["step_flops"] > results["mixes"]["base"]["step_flops"]
 
 
@@ -185,8 +233,14 @@ def test_study_files_are_checked(tmp_path):
 
 
 def _policy_study(tmp_path, mixes):
-    study = {"name": "masks", "baseline": mixes[0]["name"], "seeds": [0], "primary_metrics": ["foils.acc_r"],
-             "base": dict(TINY, objectives="mlm,itm,mim"), "mixes": mixes}
+    study = {
+        "name": "masks",
+        "baseline": mixes[0]["name"],
+        "seeds": [0],
+        "primary_metrics": ["foils.acc_r"],
+        "base": dict(TINY, objectives="mlm,itm,mim"),
+        "mixes": mixes,
+    }
     path = tmp_path / "masks.yaml"
     path.write_text(yaml.safe_dump(study))
     return str(path)
@@ -194,16 +248,27 @@ def _policy_study(tmp_path, mixes):
 
 def test_a_study_whose_arms_would_draw_identical_masks_is_rejected_naming_them(tmp_path):
     # hint with hint_share 0 reveals nothing: it is high under another name.
-    path = _policy_study(tmp_path, [
-        {"name": "high", "overrides": {"masking_policy": "high", "masking_targets": "mlm"}},
-        {"name": "hint-off", "overrides": {"masking_policy": "hint", "masking_targets": "mlm", "hint_share": 0.0}}])
-    with pytest.raises(ConfigError, match=r"mixes 'high' and 'hint-off' would draw identical masks .*"
-                                          r"masking_policy 'high' vs 'hint', hint_share 0.1 vs 0.0"):
+    path = _policy_study(
+        tmp_path,
+        [
+            {"name": "high", "overrides": {"masking_policy": "high", "masking_targets": "mlm"}},
+            {"name": "hint-off", "overrides": {"masking_policy": "hint", "masking_targets": "mlm", "hint_share": 0.0}},
+        ],
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"mixes 'high' and 'hint-off' would draw identical masks .*"
+        r"masking_policy 'high' vs 'hint', hint_share 0.1 vs 0.0",
+    ):
         load_study(path)
     # Every unit drawn at random: high and low draw the same masks.
-    path = _policy_study(tmp_path, [
-        {"name": "high", "overrides": {"masking_policy": "high", "masking_random_share": 1.0}},
-        {"name": "low", "overrides": {"masking_policy": "low", "masking_random_share": 1.0}}])
+    path = _policy_study(
+        tmp_path,
+        [
+            {"name": "high", "overrides": {"masking_policy": "high", "masking_random_share": 1.0}},
+            {"name": "low", "overrides": {"masking_policy": "low", "masking_random_share": 1.0}},
+        ],
+    )
     with pytest.raises(ConfigError, match="mixes 'high' and 'low' would draw identical masks"):
         load_study(path)
     # Two mixes with the same overrides under two names.
@@ -211,15 +276,44 @@ def test_a_study_whose_arms_would_draw_identical_masks_is_rejected_naming_them(t
     with pytest.raises(ConfigError, match="mixes 'a' and 'b' would train alike .*hint_share 0.1 vs 0.2"):
         load_study(path)
     # hint at the default share on the world's short captions differs from high (it reveals one of two or more).
-    load_study(_policy_study(tmp_path, [
-        {"name": "high", "overrides": {"masking_policy": "high", "masking_targets": "mlm,mim"}},
-        {"name": "hint", "overrides": {"masking_policy": "hint", "masking_targets": "mlm,mim"}}]))
+    load_study(
+        _policy_study(
+            tmp_path,
+            [
+                {"name": "high", "overrides": {"masking_policy": "high", "masking_targets": "mlm,mim"}},
+                {"name": "hint", "overrides": {"masking_policy": "hint", "masking_targets": "mlm,mim"}},
+            ],
+        )
+    )
 
 
-def test_presets_load():
+def test_presets_load_with_two_seeds_or_more_and_every_mix_parses():
     for preset in ("quick", "standard", "gpu", "agmm", "gitm"):
         study = load_study(study_path(preset))
-        assert study["baseline"] in [mix["name"] for mix in study["mixes"]]
+        names = [mix["name"] for mix in study["mixes"]]
+        assert study["baseline"] in names and len(names) >= 2, preset
+        # every preset can star a difference: claims need seed-level evidence
+        assert len(study["seeds"]) >= MIN_SEEDS_FOR_CLAIMS, preset
+        assert study["primary_metrics"], preset
+        for mix in study["mixes"]:
+            _, _, train_args = parse_config(values=mix_values(study, mix, study["seeds"][0], "unused"))
+            wanted = (mix.get("overrides") or {}).get("objectives", study["base"]["objectives"])
+            assert list(train_args.objective_weights()) == wanted.split(","), (preset, mix["name"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"masks_for": "nope"}, "masks_for 'nope' is not one of the mixes"),
+        ({"evaluation": {"suites": ["foils", "foil"]}}, "evaluation suites ['foil'] unknown"),
+    ],
+)
+def test_a_study_naming_an_unknown_mix_or_suite_is_refused_at_load(tmp_path, change, message):
+    study = dict(yaml.safe_load(open(write_study(tmp_path))), **change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_study(str(path))
 
 
 def test_step_flops_counts_the_passes_of_each_objective():
@@ -231,8 +325,7 @@ def test_step_flops_counts_the_passes_of_each_objective():
     assert step_flops(dict(base, mixing="sample")) == pytest.approx(one)
     # Joint masking: MLM and MIM in one pass
     guided = dict(TINY, objectives="mlm,mim", masking_policy="high", masking_targets="mlm,mim")
-    assert step_flops(dict(guided, joint_masking="together")) == pytest.approx(
-        step_flops(guided) - one)
+    assert step_flops(dict(guided, joint_masking="together")) == pytest.approx(step_flops(guided) - one)
 
 
 def test_collect_results_on_an_empty_study_folder(tmp_path):
@@ -262,8 +355,10 @@ def test_figures_with_intervals_from_the_evaluation_are_read_as_such(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    json.dump({"suites": {"foils": {"colour": {"score": {"acc_r": {"value": 0.7, "low": 0.6, "high": 0.8}}}}}},
-              open(run / "evaluation.json", "w"))
+    json.dump(
+        {"suites": {"foils": {"colour": {"score": {"acc_r": {"value": 0.7, "low": 0.6, "high": 0.8}}}}}},
+        open(run / "evaluation.json", "w"),
+    )
     figures, items = run_figures(str(run))
     assert figures == {"eval.suites.foils.colour.score.acc_r": 0.7}
     assert items["_intervals"] == {"eval.suites.foils.colour.score.acc_r": (0.6, 0.8)}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from remote_code import run_blocked
 from safetensors.torch import load_file, save_file
 
-from remote_code import run_blocked
 from vlp.modeling_vlp import (
     VLP_AUTO_MAP,
     VLPConfig,
@@ -33,8 +33,18 @@ def one_thread():
 
 
 def tiny_config(**overrides):
-    values = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  image_size=16, patch_size=8, max_position_embeddings=16, bos_token_id=2, eos_token_id=3)
+    values = dict(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=8,
+        max_position_embeddings=16,
+        bos_token_id=2,
+        eos_token_id=3,
+    )
     values.update(overrides)
     return VLPConfig(**values)
 
@@ -69,8 +79,11 @@ def test_vqa_logits_and_loss_against_a_direct_computation():
     assert out.logits.shape == (3, len(ANSWERS))
     pooled = model.vlp(input_ids=ids, attention_mask=mask, pixel_values=pixels).pooler_output
     head = model.vqa_head
-    hidden = F.gelu(F.layer_norm(pooled @ head.dense.weight.T + head.dense.bias, (64,), head.LayerNorm.weight,
-                                 head.LayerNorm.bias, eps=1e-12))
+    hidden = F.gelu(
+        F.layer_norm(
+            pooled @ head.dense.weight.T + head.dense.bias, (64,), head.LayerNorm.weight, head.LayerNorm.bias, eps=1e-12
+        )
+    )
     torch.testing.assert_close(out.logits, hidden @ head.classifier.weight.T + head.classifier.bias)
     x, y = out.logits.double(), labels.double()
     elementwise = -(y * torch.log(torch.sigmoid(x)) + (1 - y) * torch.log(1 - torch.sigmoid(x)))
@@ -142,8 +155,10 @@ def test_random_negatives_are_uniform_and_hard_ones_follow_the_softmax():
     torch.manual_seed(0)
     similarity = torch.tensor([[0.0, 2.0, 0.0, 1.0]])
     exclude = torch.tensor([[True, False, False, False]])
-    draws = {hard: torch.stack([draw_negatives(similarity, exclude, hard)[1] for _ in range(3000)]).flatten()
-             for hard in (True, False)}
+    draws = {
+        hard: torch.stack([draw_negatives(similarity, exclude, hard)[1] for _ in range(3000)]).flatten()
+        for hard in (True, False)
+    }
     uniform = torch.bincount(draws[False], minlength=4).float() / 3000
     assert torch.allclose(uniform[1:], torch.full((3,), 1 / 3), atol=0.04) and uniform[0] == 0
     softmax = torch.softmax(torch.tensor([2.0, 0.0, 1.0]), dim=0)
@@ -195,14 +210,16 @@ def test_similarity_reranks_the_top_k_with_itm_and_keeps_itc_order_below():
 
 def test_prefix_lm_mask_by_hand():
     mask = prefix_lm_mask(text_length=3, sequence_length=5, prefix_length=1).int()
-    expected = torch.tensor([
-        # keys: t0 t1 t2 img img
-        [1, 0, 0, 1, 1],  # t0 (prefix)
-        [1, 1, 0, 1, 1],  # t1
-        [1, 1, 1, 1, 1],  # t2
-        [1, 0, 0, 1, 1],  # image CLS: image and prefix only
-        [1, 0, 0, 1, 1],
-    ])
+    expected = torch.tensor(
+        [
+            # keys: t0 t1 t2 img img
+            [1, 0, 0, 1, 1],  # t0 (prefix)
+            [1, 1, 0, 1, 1],  # t1
+            [1, 1, 1, 1, 1],  # t2
+            [1, 0, 0, 1, 1],  # image CLS: image and prefix only
+            [1, 0, 0, 1, 1],
+        ]
+    )
     assert torch.equal(mask, expected)
     assert prefix_lm_mask(3, 5, prefix_length=2).int()[3].tolist() == [1, 1, 0, 1, 1]
     with pytest.raises(ValueError, match="text_length"):
@@ -286,8 +303,9 @@ def test_self_attention_mask_all_true_changes_nothing_and_bad_shapes_are_refused
     with torch.no_grad():
         plain = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).last_hidden_state
         full = torch.ones(3, 6 + 5, 6 + 5, dtype=torch.bool)
-        masked = model(input_ids=ids, attention_mask=mask, pixel_values=pixels,
-                       self_attention_mask=full).last_hidden_state
+        masked = model(
+            input_ids=ids, attention_mask=mask, pixel_values=pixels, self_attention_mask=full
+        ).last_hidden_state
     torch.testing.assert_close(plain, masked)
     with pytest.raises(ValueError, match="self_attention_mask has shape"):
         model(input_ids=ids, pixel_values=pixels, self_attention_mask=full[:, :5, :5])
@@ -323,16 +341,23 @@ def pretraining_checkpoint(tmp_path_factory):
     return folder, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("model_class, new_prefix, kept_heads", [
-    (VLPForQuestionAnswering, "vqa_head.", ()),
-    (VLPForImageTextRetrieval, None, ("itm_head.", "contrastive.")),
-    (VLPForConditionalGeneration, None, ("mlm_head.",)),
-])
+@pytest.mark.parametrize(
+    "model_class, new_prefix, kept_heads",
+    [
+        (VLPForQuestionAnswering, "vqa_head.", ()),
+        (VLPForImageTextRetrieval, None, ("itm_head.", "contrastive.")),
+        (VLPForConditionalGeneration, None, ("mlm_head.",)),
+    ],
+)
 def test_pretraining_checkpoint_loads_with_the_encoder_kept_and_only_new_heads_initialised(
-        pretraining_checkpoint, model_class, new_prefix, kept_heads):
+    pretraining_checkpoint, model_class, new_prefix, kept_heads
+):
     folder, state = pretraining_checkpoint
-    extra = dict(id2label=dict(enumerate(ANSWERS)), label2id={a: i for i, a in enumerate(ANSWERS)}) \
-        if model_class is VLPForQuestionAnswering else {}
+    extra = (
+        dict(id2label=dict(enumerate(ANSWERS)), label2id={a: i for i, a in enumerate(ANSWERS)})
+        if model_class is VLPForQuestionAnswering
+        else {}
+    )
     model, info = model_class.from_pretrained(folder, output_loading_info=True, **extra)
     loaded = model.state_dict()
     encoder = [key for key in loaded if key.startswith("vlp.")]
@@ -347,7 +372,9 @@ def test_pretraining_checkpoint_loads_with_the_encoder_kept_and_only_new_heads_i
         assert missing == {key for key in loaded if key.startswith(new_prefix)}
         head = model.vqa_head
         assert head.classifier.weight.shape == (len(ANSWERS), 64)
-        assert 0.01 < float(head.classifier.weight.detach().std()) < 0.03  # initializer_range, not the checkpoint's +0.5
+        assert (
+            0.01 < float(head.classifier.weight.detach().std()) < 0.03
+        )  # initializer_range, not the checkpoint's +0.5
         assert torch.equal(head.LayerNorm.weight, torch.ones(64)) and not head.classifier.bias.any()
     if model_class is VLPForConditionalGeneration:
         assert model.mlm_head.decoder.weight is model.vlp.embeddings.text.word_embeddings.weight
@@ -398,8 +425,14 @@ def test_task_models_load_from_the_hub_without_the_package(pretraining_checkpoin
     print(" ".join(names), same, "vlp" in sys.modules)
     """
     printed = run_blocked(code, str(tmp_path / "work")).split()
-    assert printed[:6] == ["VLPForQuestionAnswering", "VLPForImageTextRetrieval", "VLPForConditionalGeneration",
-                           "VLPForQuestionAnswering", "VLPForConditionalGeneration", "VLPForPreTraining"]
+    assert printed[:6] == [
+        "VLPForQuestionAnswering",
+        "VLPForImageTextRetrieval",
+        "VLPForConditionalGeneration",
+        "VLPForQuestionAnswering",
+        "VLPForConditionalGeneration",
+        "VLPForPreTraining",
+    ]
     assert printed[6:8] == ["True", "False"]
     remote = load_file(str(tmp_path / "remote.safetensors"))
     for key in ("vqa", "retrieval", "caption", "generated"):

@@ -94,8 +94,9 @@ def test_sampler_refuses_a_global_batch_larger_than_the_data():
 
 
 def test_learning_rate_schedule():
-    *_, train = parse_config(None, values={"learning_rate": 1.0, "warmup_steps": 10, "max_steps": 110,
-                                           "min_lr_ratio": 0.1})
+    *_, train = parse_config(
+        None, values={"learning_rate": 1.0, "warmup_steps": 10, "max_steps": 110, "min_lr_ratio": 0.1}
+    )
     assert learning_rate_at(0, train) == pytest.approx(0.1)
     assert learning_rate_at(9, train) == pytest.approx(1.0)
     assert learning_rate_at(10, train) == pytest.approx(1.0)
@@ -135,8 +136,9 @@ def test_both_adamw_implementations_follow_the_written_out_update(optim):
     optimizer = make_optimizer(model, train)
     assert bool(optimizer.defaults.get("fused")) == (optim == "adamw_torch_fused")
     generator = torch.Generator().manual_seed(1)
-    grads = [{name: torch.randn(p.shape, generator=generator) for name, p in model.named_parameters()}
-             for _ in range(3)]
+    grads = [
+        {name: torch.randn(p.shape, generator=generator) for name, p in model.named_parameters()} for _ in range(3)
+    ]
     for grad in grads:
         for name, p in model.named_parameters():
             p.grad = grad[name].clone()
@@ -152,8 +154,9 @@ def test_fused_adamw_falls_back_where_there_is_no_kernel(monkeypatch):
     class NoFused(torch.optim.AdamW):
         def __init__(self, params, fused=None, **kwargs):
             if fused:
-                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported "
-                                   "devices")
+                raise RuntimeError(
+                    "`fused=True` requires all the params to be floating point Tensors of supported devices"
+                )
             built.append(kwargs)
             super().__init__(params, **kwargs)
 
@@ -199,14 +202,21 @@ def test_objective_inputs_pick_the_right_view():
     from vlp.training.objectives import hard_negative_inputs, objective_inputs
 
     ids = torch.tensor([[2, 7, 8, 3], [2, 9, 4, 3]])
-    batch = {"input_ids": ids, "plain_input_ids": torch.tensor([[2, 7, 8, 3], [2, 9, 10, 3]]),
-             "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-             "mlm_labels": torch.tensor([[-100] * 4, [-100, -100, 10, -100]]),
-             "itm_input_ids": torch.tensor([[2, 11, 3], [2, 9, 3]]), "itm_attention_mask": torch.ones(2, 3).long(),
-             "itm_token_type_ids": torch.zeros(2, 3).long(), "itm_labels": torch.tensor([0, 1]),
-             "mim_mask": torch.tensor([[True, False], [False, True]]),
-             "pixel_values": torch.randn(2, 3, 8, 16), "pixel_mask": torch.ones(2, 8, 16).long(),
-             "holds_matrix": torch.tensor([[True, True], [False, True]])}
+    batch = {
+        "input_ids": ids,
+        "plain_input_ids": torch.tensor([[2, 7, 8, 3], [2, 9, 10, 3]]),
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "mlm_labels": torch.tensor([[-100] * 4, [-100, -100, 10, -100]]),
+        "itm_input_ids": torch.tensor([[2, 11, 3], [2, 9, 3]]),
+        "itm_attention_mask": torch.ones(2, 3).long(),
+        "itm_token_type_ids": torch.zeros(2, 3).long(),
+        "itm_labels": torch.tensor([0, 1]),
+        "mim_mask": torch.tensor([[True, False], [False, True]]),
+        "pixel_values": torch.randn(2, 3, 8, 16),
+        "pixel_mask": torch.ones(2, 8, 16).long(),
+        "holds_matrix": torch.tensor([[True, True], [False, True]]),
+    }
     mlm = objective_inputs("mlm", batch, {})
     assert torch.equal(mlm["input_ids"], ids) and torch.equal(mlm["mlm_labels"], batch["mlm_labels"])
     itm = objective_inputs("itm", batch, {})
@@ -245,15 +255,20 @@ def test_hard_negatives_read_the_similarity_as_texts_by_images():
     text_image[torch.arange(size), (torch.arange(size) + 1) % size] = 60.0
     ids = torch.arange(size)[:, None].repeat(1, 3)  # row r's text is [r, r, r]
     pixels = torch.arange(size, dtype=torch.float32)[:, None, None, None].repeat(1, 3, 8, 8)  # image r is all r
-    batch = {"plain_input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-             "pixel_values": pixels, "itm_labels": torch.ones(size, dtype=torch.long)}
+    batch = {
+        "plain_input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "pixel_values": pixels,
+        "itm_labels": torch.ones(size, dtype=torch.long),
+    }
     for seed in range(5):
         hard = hard_negative_inputs(batch, text_image, torch.Generator().manual_seed(seed))
         text_of, image_of = hard["input_ids"][:, 0], hard["pixel_values"][:, 0, 0, 0].long()
         assert hard["itm_labels"].tolist() == [1] * size + [0] * (2 * size)
-        images, texts = image_of[size:2 * size], text_of[size:2 * size]  # each image with a drawn text
+        images, texts = image_of[size : 2 * size], text_of[size : 2 * size]  # each image with a drawn text
         assert images.tolist() == list(range(size)) and texts.tolist() == [(i - 1) % size for i in range(size)]
-        texts, images = text_of[2 * size:], image_of[2 * size:]  # each text with a drawn image
+        texts, images = text_of[2 * size :], image_of[2 * size :]  # each text with a drawn image
         assert texts.tolist() == list(range(size)) and images.tolist() == [(t + 1) % size for t in range(size)]
         # Every negative pair is one the similarity scores high: text t with image t + 1.
         assert all(text_image[t, i] == 60.0 for t, i in zip(text_of[size:].tolist(), image_of[size:].tolist()))
@@ -271,8 +286,16 @@ def test_checkpoints_store_the_tied_decoder_once_without_a_warning_and_restore_t
     from vlp.training import checkpointing
 
     torch.manual_seed(0)
-    config = VLPConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=32, image_size=16, patch_size=8, max_position_embeddings=8)
+    config = VLPConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=16,
+        patch_size=8,
+        max_position_embeddings=8,
+    )
     accelerator = Accelerator(cpu=True)
     accelerator.register_save_state_pre_hook(checkpointing.drop_tied_copies)
     model = accelerator.prepare(VLPForPreTraining(config))
@@ -293,10 +316,13 @@ def test_checkpoints_store_the_tied_decoder_once_without_a_warning_and_restore_t
     assert torch.equal(model.mlm_head.decoder.weight.detach(), saved)
 
 
-@pytest.mark.parametrize("text, where, problem", [
-    ("model:\n  hidden_size: 64\n  layers: [1, 2\ntraining:\n  max_steps: 3\n", ":4:9:", "expected ',' or ']'"),
-    ("max_steps: 3\nseed: 1: 2\n", ":2:8:", "mapping values are not allowed here"),
-])
+@pytest.mark.parametrize(
+    "text, where, problem",
+    [
+        ("model:\n  hidden_size: 64\n  layers: [1, 2\ntraining:\n  max_steps: 3\n", ":4:9:", "expected ',' or ']'"),
+        ("max_steps: 3\nseed: 1: 2\n", ":2:8:", "mapping values are not allowed here"),
+    ],
+)
 def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path, capsys, text, where, problem):
     from vlp.training.cli import main
 
@@ -336,8 +362,18 @@ def _tiny_pretraining_model(**config):
     from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
 
     torch.manual_seed(0)
-    return VLPForPreTraining(VLPConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64, image_size=16, patch_size=8, **config)).eval()
+    return VLPForPreTraining(
+        VLPConfig(
+            vocab_size=40,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=8,
+            **config,
+        )
+    ).eval()
 
 
 def test_joint_masking_is_one_pass_over_a_masked_caption_and_masked_patches():
@@ -349,11 +385,16 @@ def test_joint_masking_is_one_pass_over_a_masked_caption_and_masked_patches():
     plain = torch.tensor([[2, 7, 8, 9, 3], [2, 9, 10, 11, 3]])
     masked = plain.clone()
     masked[:, 2] = 4
-    batch = {"input_ids": masked, "plain_input_ids": plain, "attention_mask": torch.ones_like(plain),
-             "token_type_ids": torch.zeros_like(plain),
-             "mlm_labels": torch.where(masked != plain, plain, torch.full_like(plain, -100)),
-             "mim_mask": torch.tensor([[True, True, False, False], [False, True, True, False]]),
-             "pixel_values": torch.randn(2, 3, 16, 16), "pixel_mask": torch.ones(2, 16, 16).long()}
+    batch = {
+        "input_ids": masked,
+        "plain_input_ids": plain,
+        "attention_mask": torch.ones_like(plain),
+        "token_type_ids": torch.zeros_like(plain),
+        "mlm_labels": torch.where(masked != plain, plain, torch.full_like(plain, -100)),
+        "mim_mask": torch.tensor([[True, True, False, False], [False, True, True, False]]),
+        "pixel_values": torch.randn(2, 3, 16, 16),
+        "pixel_mask": torch.ones(2, 16, 16).long(),
+    }
     joint = objective_inputs(JOINT_PASS, batch, {"model": model})
     assert torch.equal(joint["input_ids"], masked) and torch.equal(joint["mim_mask"], batch["mim_mask"])
     with torch.no_grad():
@@ -379,9 +420,14 @@ def test_the_teacher_runs_only_when_mim_regresses_its_states():
             calls.append(inputs)
             raise AssertionError("the teacher ran for pixel targets")
 
-    batch = {"plain_input_ids": torch.tensor([[2, 7, 3]]), "attention_mask": torch.ones(1, 3).long(),
-             "token_type_ids": torch.zeros(1, 3).long(), "mim_mask": torch.tensor([[True, False, False, False]]),
-             "pixel_values": torch.randn(1, 3, 16, 16), "pixel_mask": torch.ones(1, 16, 16).long()}
+    batch = {
+        "plain_input_ids": torch.tensor([[2, 7, 3]]),
+        "attention_mask": torch.ones(1, 3).long(),
+        "token_type_ids": torch.zeros(1, 3).long(),
+        "mim_mask": torch.tensor([[True, False, False, False]]),
+        "pixel_values": torch.randn(1, 3, 16, 16),
+        "pixel_mask": torch.ones(1, 16, 16).long(),
+    }
     inputs = objective_inputs("mim", batch, {"model": _tiny_pretraining_model(), "teacher": Teacher()})
     assert "mim_targets" not in inputs and not calls
     teacher = _tiny_pretraining_model(mim_target="teacher")
@@ -395,12 +441,15 @@ def test_without_the_world_truth_two_rows_of_one_picture_are_no_hard_negatives()
     from vlp.training.objectives import hard_negative_exclusions, hard_negative_inputs
 
     pictures = torch.randn(2, 3, 8, 8)
-    batch = {"itm_labels": torch.ones(3, dtype=torch.long),
-             "plain_input_ids": torch.tensor([[2, 7, 3], [2, 8, 3], [2, 9, 3]]),
-             "attention_mask": torch.ones(3, 3).long(), "token_type_ids": torch.zeros(3, 3).long(),
-             "pixel_values": pictures[[0, 1, 0]], "pixel_mask": torch.ones(3, 8, 8).long()}
-    assert hard_negative_exclusions(batch).tolist() == [[True, False, True], [False, True, False],
-                                                        [True, False, True]]
+    batch = {
+        "itm_labels": torch.ones(3, dtype=torch.long),
+        "plain_input_ids": torch.tensor([[2, 7, 3], [2, 8, 3], [2, 9, 3]]),
+        "attention_mask": torch.ones(3, 3).long(),
+        "token_type_ids": torch.zeros(3, 3).long(),
+        "pixel_values": pictures[[0, 1, 0]],
+        "pixel_mask": torch.ones(3, 8, 8).long(),
+    }
+    assert hard_negative_exclusions(batch).tolist() == [[True, False, True], [False, True, False], [True, False, True]]
     text_image = torch.zeros(3, 3)
     text_image[0, 2] = text_image[2, 0] = 50.0  # the same picture looks like the best negative
     inputs = hard_negative_inputs(batch, text_image, torch.Generator().manual_seed(0))

@@ -37,11 +37,13 @@ def shard_dir(world, tmp_path_factory):
     return str(out)
 
 
-def run_rank(folder, rank, world_size=2, num_workers=2, batch_size=2, epoch=0, state=None, stop_after=None,
-             **stream_args):
+def run_rank(
+    folder, rank, world_size=2, num_workers=2, batch_size=2, epoch=0, state=None, stop_after=None, **stream_args
+):
     """Iterate one rank's loader: (batches as lists of (index, padding), the stream)."""
-    stream = wds.ShardStream(folder, batch_size=batch_size, rank=rank, world_size=world_size,
-                             num_workers=num_workers, **stream_args)
+    stream = wds.ShardStream(
+        folder, batch_size=batch_size, rank=rank, world_size=world_size, num_workers=num_workers, **stream_args
+    )
     stream.set_epoch(epoch)
     if state is not None:
         stream.load_state_dict(state)
@@ -90,7 +92,11 @@ def test_plan_pads_ranks_to_equal_batches():
     assert [s.name for s in plan[(0, 0)].shards] == ["0.tar", "4.tar", "8.tar"]
     assert [s.name for s in plan[(1, 1)].shards] == ["3.tar", "7.tar"]
     assert {key: (p.samples, p.items) for key, p in plan.items()} == {
-        (0, 0): (8, 8), (0, 1): (6, 6), (1, 0): (6, 8), (1, 1): (6, 6)}  # rank 1 gets one padding batch
+        (0, 0): (8, 8),
+        (0, 1): (6, 6),
+        (1, 0): (6, 8),
+        (1, 1): (6, 6),
+    }  # rank 1 gets one padding batch
     for rank in (0, 1):
         assert sum(plan[(rank, w)].items for w in (0, 1)) == 14
 
@@ -98,8 +104,11 @@ def test_plan_pads_ranks_to_equal_batches():
 def test_too_few_shards_refused(shard_dir, tmp_path, world):
     small = tmp_path / "small"
     wds.write_shards(world.select(range(9)), small, 3)  # 3 shards
-    with pytest.raises(ValueError, match=r"3 shard\(s\) cannot feed 2 process\(es\) x 2 dataloader worker\(s\).*"
-                                         r"at least 4 shards are needed"):
+    with pytest.raises(
+        ValueError,
+        match=r"3 shard\(s\) cannot feed 2 process\(es\) x 2 dataloader worker\(s\).*"
+        r"at least 4 shards are needed",
+    ):
         wds.ShardStream(str(small), batch_size=2, rank=0, world_size=2, num_workers=2)
     wds.ShardStream(str(small), batch_size=2, rank=0, world_size=3, num_workers=0)  # 3 x 1 is fine
 
@@ -119,8 +128,7 @@ def test_two_ranks_two_workers_read_every_sample_once_per_epoch(shard_dir):
 
 def test_order_is_deterministic_per_seed_and_epoch(shard_dir):
     def order(epoch, seed, buffer):
-        batches, _ = run_rank(shard_dir, 0, world_size=1, num_workers=0, epoch=epoch, seed=seed,
-                              shuffle_buffer=buffer)
+        batches, _ = run_rank(shard_dir, 0, world_size=1, num_workers=0, epoch=epoch, seed=seed, shuffle_buffer=buffer)
         return flat(batches)
 
     for buffer in (0, 4):
@@ -153,8 +161,17 @@ def img2dataset_shard(path, samples):
         for key, image, caption in samples:
             add(tar, f"{key}.jpg", image)
             add(tar, f"{key}.txt", caption)
-            meta = {"url": f"http://example.invalid/{key}.jpg", "caption": None, "key": key, "status": "success",
-                    "error_message": None, "width": 6, "height": 6, "original_width": 12, "original_height": 12}
+            meta = {
+                "url": f"http://example.invalid/{key}.jpg",
+                "caption": None,
+                "key": key,
+                "status": "success",
+                "error_message": None,
+                "width": 6,
+                "height": 6,
+                "original_width": 12,
+                "original_height": 12,
+            }
             add(tar, f"{key}.json", json.dumps(meta).encode())
 
 
@@ -178,17 +195,23 @@ def test_bad_samples_are_counted_listed_per_source_and_the_run_goes_on(tmp_path,
     good = jpeg_bytes()
     noisy = jpeg_bytes(size=(30, 30), noise=True)
     truncated_jpeg = noisy[: len(noisy) - 300]  # a complete header: only a full decode finds it
-    img2dataset_shard(folder / "00000.tar", [
-        ("000000000", good, b"a fine photo"),
-        ("000000001", b"\x00not an image at all", b"garbage image"),
-        ("000000002", good, b""),  # empty caption
-        ("000000003", good, b"caf\xe9 au lait"),  # Latin-1: not UTF-8
-    ])
-    img2dataset_shard(folder / "00001.tar", [
-        ("000010000", jpeg_bytes(size=(64, 64)), b"a huge photo"),  # above max_pixels
-        ("000010001", truncated_jpeg, b"cut short"),
-        ("000010002", good, b"another fine photo"),
-    ])
+    img2dataset_shard(
+        folder / "00000.tar",
+        [
+            ("000000000", good, b"a fine photo"),
+            ("000000001", b"\x00not an image at all", b"garbage image"),
+            ("000000002", good, b""),  # empty caption
+            ("000000003", good, b"caf\xe9 au lait"),  # Latin-1: not UTF-8
+        ],
+    )
+    img2dataset_shard(
+        folder / "00001.tar",
+        [
+            ("000010000", jpeg_bytes(size=(64, 64)), b"a huge photo"),  # above max_pixels
+            ("000010001", truncated_jpeg, b"cut short"),
+            ("000010002", good, b"another fine photo"),
+        ],
+    )
     img2dataset_shard(folder / "00002.tar", [(f"00002000{i}", good, b"in a shard that gets cut") for i in range(4)])
     img2dataset_shard(folder / "00003.tar", [("000030000", good, b"in a shard that disappears")])
     wds.build_manifest(folder, source="web")
@@ -201,17 +224,26 @@ def test_bad_samples_are_counted_listed_per_source_and_the_run_goes_on(tmp_path,
     def transform(row, epoch):  # decodes fully, as the pretraining transform does
         return {"index": row["index"], "epoch": epoch, "size": decode_image(row["image"]).size}
 
-    stream = wds.ShardStream([str(folder), shard_dir], batch_size=4, num_workers=0, max_pixels=1000,
-                             transform=transform)
+    stream = wds.ShardStream(
+        [str(folder), shard_dir], batch_size=4, num_workers=0, max_pixels=1000, transform=transform
+    )
     kept = []
     for batch in stream.loader():
         stream.observe(batch)
         kept += [sample["index"] for sample in batch["samples"] if "skipped" not in sample]
     web_good = {0, 6, 7, 8}  # global indices: web's 12 samples come first, then shapes' 26
     assert sorted(kept) == sorted(web_good | set(range(12, 12 + NUM_SCENES)))
-    assert stream.report.counts() == {"web": {
-        CORRUPT_IMAGE: 1, EMPTY_CAPTION: 1, NON_UTF8_CAPTION: 1, HUGE_IMAGE: 1, wds.UNREADABLE_SAMPLE: 1,
-        wds.CORRUPT_SHARD: 2, wds.SHARD_MISSING: 1}}
+    assert stream.report.counts() == {
+        "web": {
+            CORRUPT_IMAGE: 1,
+            EMPTY_CAPTION: 1,
+            NON_UTF8_CAPTION: 1,
+            HUGE_IMAGE: 1,
+            wds.UNREADABLE_SAMPLE: 1,
+            wds.CORRUPT_SHARD: 2,
+            wds.SHARD_MISSING: 1,
+        }
+    }
     by_where = {entry["where"]: entry["reason"] for entry in stream.report.entries}
     assert by_where["00000.tar:000000003"] == NON_UTF8_CAPTION
     assert by_where["00001.tar:000010001"] == wds.UNREADABLE_SAMPLE
@@ -238,11 +270,9 @@ def test_resume_without_buffer_continues_with_exactly_the_unseen_samples(shard_d
     assert sorted(read) == list(range(NUM_SCENES))
 
     with pytest.raises(ValueError, match="no cursors for rank 1"):
-        wds.ShardStream(shard_dir, batch_size=2, rank=1, world_size=2, num_workers=2, seed=3).load_state_dict(
-            states[0])
+        wds.ShardStream(shard_dir, batch_size=2, rank=1, world_size=2, num_workers=2, seed=3).load_state_dict(states[0])
     with pytest.raises(ValueError, match="cannot resume the stream mid-epoch: workers was 2 and is 1"):
-        wds.ShardStream(shard_dir, batch_size=2, rank=0, world_size=2, num_workers=0, seed=3).load_state_dict(
-            merged)
+        wds.ShardStream(shard_dir, batch_size=2, rank=0, world_size=2, num_workers=0, seed=3).load_state_dict(merged)
 
 
 def test_resume_with_a_shuffle_buffer_loses_at_most_one_buffer_per_worker(shard_dir):
@@ -283,8 +313,10 @@ def test_stream_with_a_real_collate_function(shard_dir):
     def collate(samples):
         if not samples:  # a batch of padding only
             return {"index": torch.zeros(0, dtype=torch.long)}
-        return {"index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-                "pixels": torch.stack([torch.from_numpy(np.asarray(decode_image(s["image"]))) for s in samples])}
+        return {
+            "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+            "pixels": torch.stack([torch.from_numpy(np.asarray(decode_image(s["image"]))) for s in samples]),
+        }
 
     stream = wds.ShardStream(shard_dir, batch_size=5, num_workers=2, seed=0)
     batches = list(stream.loader(collate))

@@ -1,14 +1,14 @@
 """The `vlp` command line.
 
-    vlp data shapes --out DIR --num-scenes N --seed S [...]   write the synthetic world as a datasets folder
-    vlp data shards --from SOURCE --out DIR [...]             write WebDataset shards from the world or a reader
-    vlp pretrain --config FILE [--key value ...]              pretrain (resumes from the newest checkpoint)
-    vlp masks RUN_DIR [--out DIR] [--policies ...]            what each masking policy hides: shares + PNG grid
-    vlp finetune vqa|retrieval|caption MODEL_DIR [...]        finetune a checkpoint with transformers' Trainer
-    vlp evaluate MODEL_DIR --suite NAME [...]                 the evaluation suite: foils, probes, grounding, ...
-    vlp study PRESET_OR_FILE --output_dir DIR                 pretrain several mixes, evaluate, report
-    vlp push RUN_DIR --repo-id NAME [--dry-run DIR]           publish a run's model, processor, code and card
-    vlp convert-vilt SRC DST                                  a transformers ViLT checkpoint -> VLPForPreTraining
+vlp data shapes --out DIR --num-scenes N --seed S [...]   write the synthetic world as a datasets folder
+vlp data shards --from SOURCE --out DIR [...]             write WebDataset shards from the world or a reader
+vlp pretrain --config FILE [--key value ...]              pretrain (resumes from the newest checkpoint)
+vlp masks RUN_DIR [--out DIR] [--policies ...]            what each masking policy hides: shares + PNG grid
+vlp finetune vqa|retrieval|caption MODEL_DIR [...]        finetune a checkpoint with transformers' Trainer
+vlp evaluate MODEL_DIR --suite NAME [...]                 the evaluation suite: foils, probes, grounding, ...
+vlp study PRESET_OR_FILE --output_dir DIR                 pretrain several mixes, evaluate, report
+vlp push RUN_DIR --repo-id NAME [--dry-run DIR]           publish a run's model, processor, code and card
+vlp convert-vilt SRC DST                                  a transformers ViLT checkpoint -> VLPForPreTraining
 """
 
 import argparse
@@ -19,14 +19,19 @@ from ..processing import strict_json
 
 
 def _data(argv):
-    parser = argparse.ArgumentParser(prog="vlp data", description="Write a dataset folder (datasets format) or "
-                                                                   "WebDataset shards.")
+    parser = argparse.ArgumentParser(
+        prog="vlp data", description="Write a dataset folder (datasets format) or WebDataset shards."
+    )
     sub = parser.add_subparsers(dest="kind", required=True)
     shapes = sub.add_parser("shapes", help="the synthetic shapes world")
     shapes.add_argument("--out", required=True, help="output folder")
     shards = sub.add_parser("shards", help="WebDataset tar shards (img2dataset layout + manifest.json) from a reader")
-    shards.add_argument("--from", dest="source", required=True,
-                        help="'shapes' (the world, options below), 'captions:FILE@ROOT' or 'coco:FILE@ROOT'")
+    shards.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="'shapes' (the world, options below), 'captions:FILE@ROOT' or 'coco:FILE@ROOT'",
+    )
     shards.add_argument("--out", required=True, help="output folder (shards and manifest.json)")
     shards.add_argument("--samples-per-shard", type=int, default=1000)
     shards.add_argument("--name", help="the source name in the manifest (default: the output folder's name)")
@@ -45,10 +50,17 @@ def _data(argv):
     from ..processing import shapes_world
 
     held_out = [tuple(pair.replace(":", " ").split()) for pair in args.held_out.split(",") if pair.strip()]
-    world = dict(num_scenes=args.num_scenes, seed=args.seed, image_size=args.image_size,
-                 max_objects=args.max_objects, captions_per_scene=args.captions_per_scene,
-                 zipf_exponent=args.zipf_exponent, noise_rate=args.noise_rate, background_noise=args.background_noise,
-                 held_out_pairs=held_out)
+    world = dict(
+        num_scenes=args.num_scenes,
+        seed=args.seed,
+        image_size=args.image_size,
+        max_objects=args.max_objects,
+        captions_per_scene=args.captions_per_scene,
+        zipf_exponent=args.zipf_exponent,
+        noise_rate=args.noise_rate,
+        background_noise=args.background_noise,
+        held_out_pairs=held_out,
+    )
     if args.kind == "shapes":
         shapes_world.write_shapes_dataset(args.out, **world)
         print(f"wrote {args.num_scenes} scenes to {args.out}")
@@ -61,8 +73,9 @@ def _data(argv):
         raise ConfigError(f"--samples-per-shard={args.samples_per_shard}: expected an integer >= 1")
     sources = parse_sources(args.source, "--from")
     if len(sources) != 1 or sources[0].kind not in ("shapes", "captions", "coco"):
-        raise ConfigError(f"--from={args.source!r}: expected one source, 'shapes', 'captions:FILE@ROOT' or "
-                          f"'coco:FILE@ROOT'")
+        raise ConfigError(
+            f"--from={args.source!r}: expected one source, 'shapes', 'captions:FILE@ROOT' or 'coco:FILE@ROOT'"
+        )
     name = args.name or os.path.basename(os.path.normpath(args.out))
     report = None
     if sources[0].kind == "shapes":
@@ -90,9 +103,12 @@ def _pretrain(argv):
     if "-h" in argv or "--help" in argv:
         from transformers import HfArgumentParser
 
-        parser = HfArgumentParser(ARGUMENT_CLASSES, prog="vlp pretrain [--config FILE]",
-                                  description="Pretrain VLP. Every key below can be set in the YAML file given by "
-                                              "--config and overridden on the command line as --key value.")
+        parser = HfArgumentParser(
+            ARGUMENT_CLASSES,
+            prog="vlp pretrain [--config FILE]",
+            description="Pretrain VLP. Every key below can be set in the YAML file given by "
+            "--config and overridden on the command line as --key value.",
+        )
         parser.print_help()
         return
     parser = argparse.ArgumentParser(prog="vlp pretrain")
@@ -107,9 +123,11 @@ def _pretrain(argv):
 
 def _masks(argv):
     parser = argparse.ArgumentParser(
-        prog="vlp masks", description="Mask validation samples of a pretraining run with each policy, guided by the "
+        prog="vlp masks",
+        description="Mask validation samples of a pretraining run with each policy, guided by the "
         "run's final model: concept-word and object-patch shares (with paired bootstrap intervals against random) "
-        "in mask_shares.json, and example masks in masks.png.")
+        "in mask_shares.json, and example masks in masks.png.",
+    )
     parser.add_argument("run_dir", help="a `vlp pretrain` output folder (run.yaml and model/)")
     parser.add_argument("--out", help="output folder (default: RUN_DIR/masks)")
     parser.add_argument("--policies", default="random,high,low,hint")
@@ -132,9 +150,18 @@ def _masks(argv):
     if not os.path.isfile(os.path.join(args.run_dir, "run.yaml")):
         raise ConfigError(f"{args.run_dir} has no run.yaml: expected a `vlp pretrain` output folder")
     out = args.out or os.path.join(args.run_dir, "masks")
-    table = masks_report(args.run_dir, out, policies, num_samples=args.num_samples, ratio=args.ratio,
-                         grid_rows=args.rows, word_query=args.word_relevance_from,
-                         patch_query=args.patch_relevance_from, layers=args.layers, scoring=args.scoring)
+    table = masks_report(
+        args.run_dir,
+        out,
+        policies,
+        num_samples=args.num_samples,
+        ratio=args.ratio,
+        grid_rows=args.rows,
+        word_query=args.word_relevance_from,
+        patch_query=args.patch_relevance_from,
+        layers=args.layers,
+        scoring=args.scoring,
+    )
     for policy, row in table.items():
         shares = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if key.endswith("share"))
         print(f"{policy:>6}: {shares}")
@@ -152,9 +179,16 @@ def _from_module(module):
     return run
 
 
-COMMANDS = {"data": _data, "pretrain": _pretrain, "masks": _masks, "finetune": _from_module("finetune"),
-            "evaluate": _from_module("evaluation_suite"), "study": _from_module("study"),
-            "push": _from_module("publish"), "convert-vilt": _from_module("convert_vilt")}
+COMMANDS = {
+    "data": _data,
+    "pretrain": _pretrain,
+    "masks": _masks,
+    "finetune": _from_module("finetune"),
+    "evaluate": _from_module("evaluation_suite"),
+    "study": _from_module("study"),
+    "push": _from_module("publish"),
+    "convert-vilt": _from_module("convert_vilt"),
+}
 
 
 def main(argv=None):

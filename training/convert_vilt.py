@@ -20,10 +20,25 @@ import os
 
 import torch
 
-CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-               "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-               "type_vocab_size", "modality_type_vocab_size", "initializer_range", "layer_norm_eps", "image_size",
-               "patch_size", "num_channels", "qkv_bias")
+CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "modality_type_vocab_size",
+    "initializer_range",
+    "layer_norm_eps",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "qkv_bias",
+)
 
 RENAMES = {
     "embeddings.text_embeddings.word_embeddings.weight": "vlp.embeddings.text.word_embeddings.weight",
@@ -62,8 +77,10 @@ def vlp_config_from_vilt(vilt_config):
     from ..modeling_vlp import VLPConfig
 
     if getattr(vilt_config, "max_image_length", -1) not in (-1, None):
-        raise ValueError(f"ViLT max_image_length={vilt_config.max_image_length}: VLP keeps every patch; convert a "
-                         "checkpoint configured with max_image_length=-1 (set it in its config.json)")
+        raise ValueError(
+            f"ViLT max_image_length={vilt_config.max_image_length}: VLP keeps every patch; convert a "
+            "checkpoint configured with max_image_length=-1 (set it in its config.json)"
+        )
     values = {key: getattr(vilt_config, key) for key in CONFIG_KEYS if hasattr(vilt_config, key)}
     return VLPConfig(pad_token_id=getattr(vilt_config, "pad_token_id", None) or 0, **values)
 
@@ -133,23 +150,29 @@ def convert_vilt(source, destination):
             mean, std = vilt_images.image_mean, vilt_images.image_std
         except (OSError, ValueError):
             mean, std = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-        images = VLPImageProcessor(size={"height": vlp_config.image_size, "width": vlp_config.image_size},
-                                   image_mean=mean, image_std=std)
+        images = VLPImageProcessor(
+            size={"height": vlp_config.image_size, "width": vlp_config.image_size}, image_mean=mean, image_std=std
+        )
         VLPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(destination)
     return ignored
 
 
 def cli(argv):
-    parser = argparse.ArgumentParser(prog="vlp convert-vilt", description="Convert a transformers ViLT checkpoint "
-                                     "folder (e.g. a local copy of dandelin/vilt-b32-mlm) to a VLPForPreTraining one.")
+    parser = argparse.ArgumentParser(
+        prog="vlp convert-vilt",
+        description="Convert a transformers ViLT checkpoint "
+        "folder (e.g. a local copy of dandelin/vilt-b32-mlm) to a VLPForPreTraining one.",
+    )
     parser.add_argument("source", help="folder with a ViLT config.json and weights")
     parser.add_argument("destination", help="output folder")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.source, "config.json")):
         raise SystemExit(f"vlp convert-vilt: {args.source} has no config.json: expected a ViLT checkpoint folder")
     ignored = convert_vilt(args.source, args.destination)
-    print(f"wrote {args.destination}" + (f"; ViLT weights without a VLP counterpart: {', '.join(ignored)}"
-                                         if ignored else ""))
+    print(
+        f"wrote {args.destination}"
+        + (f"; ViLT weights without a VLP counterpart: {', '.join(ignored)}" if ignored else "")
+    )
 
 
 __all__ = ["convert_state_dict", "convert_vilt", "vlp_config_from_vilt"]

@@ -131,17 +131,29 @@ class PretrainingData:
 
     def loader(self, batch_sampler, num_workers=0):
         return torch.utils.data.DataLoader(
-            EpochIndexed(self.train), batch_sampler=batch_sampler, collate_fn=self.collator,
-            num_workers=num_workers, persistent_workers=num_workers > 0,
+            EpochIndexed(self.train),
+            batch_sampler=batch_sampler,
+            collate_fn=self.collator,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
         )
 
     def stream(self, data_args, batch_size, seed, rank=0, world_size=1, gather=None):
         """This process's `ShardStream` over the training shards; batches come from `stream.loader(collator)`."""
         return wds.ShardStream(
-            list(self.shard_sources), batch_size=batch_size, rank=rank, world_size=world_size,
-            num_workers=data_args.num_workers, seed=seed, weights=data_args.weights(),
-            samples_per_epoch=data_args.samples_per_epoch or None, shuffle_buffer=data_args.shuffle_buffer,
-            max_pixels=data_args.max_pixels or None, transform=StreamSamples(self.train), gather=gather)
+            list(self.shard_sources),
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            num_workers=data_args.num_workers,
+            seed=seed,
+            weights=data_args.weights(),
+            samples_per_epoch=data_args.samples_per_epoch or None,
+            shuffle_buffer=data_args.shuffle_buffer,
+            max_pixels=data_args.max_pixels or None,
+            transform=StreamSamples(self.train),
+            gather=gather,
+        )
 
     def placeholder_batch(self):
         """A one-sample validation batch: what a process whose micro-batch is empty runs, with its loss times zero,
@@ -283,8 +295,10 @@ def split_tail(parts, val_rows):
     for (name, rows), quota in zip(parts.items(), mixture_quotas(int(val_rows), [1.0] * len(parts))):
         quota = int(quota)
         if quota >= len(rows):
-            raise ValueError(f"val_scenes={val_rows} takes {quota} validation rows from source {name!r}, which has "
-                             f"only {len(rows)} readable rows; lower val_scenes or give val_dataset")
+            raise ValueError(
+                f"val_scenes={val_rows} takes {quota} validation rows from source {name!r}, which has "
+                f"only {len(rows)} readable rows; lower val_scenes or give val_dataset"
+            )
         train[name] = rows.select(range(len(rows) - quota))
         val[name] = rows.select(range(len(rows) - quota, len(rows)))
     return train, val
@@ -358,16 +372,37 @@ def build_processor(rows, model_args, data_args):
 
 def grouped_matching(rows, processor, model_args, data_args, seed):
     """The grouped-matching view of `rows`: the world's truth judges targets when the rows have scenes."""
-    config = GroupConfig(rows=data_args.gitm_rows, cols=data_args.gitm_cols,
-                         own_probability=data_args.gitm_own_probability, distractors=data_args.gitm_distractors)
+    config = GroupConfig(
+        rows=data_args.gitm_rows,
+        cols=data_args.gitm_cols,
+        own_probability=data_args.gitm_own_probability,
+        distractors=data_args.gitm_distractors,
+    )
     kwargs = {} if "scene" in rows.column_names else {"holds_fn": None}
-    return GroupedMatchingDataset(rows, processor, config, mode=data_args.gitm_mode, patch_size=model_args.patch_size,
-                                  image_size=model_args.image_size, seed=seed, max_length=data_args.gitm_max_length,
-                                  strict=data_args.strict, **kwargs)
+    return GroupedMatchingDataset(
+        rows,
+        processor,
+        config,
+        mode=data_args.gitm_mode,
+        patch_size=model_args.patch_size,
+        image_size=model_args.image_size,
+        seed=seed,
+        max_length=data_args.gitm_max_length,
+        strict=data_args.strict,
+        **kwargs,
+    )
 
 
-def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator, objectives=("mlm", "itm"),
-                           hard_negatives=False, policy_masked=()):
+def build_pretraining_data(
+    model_args,
+    data_args,
+    seed,
+    output_dir,
+    accelerator,
+    objectives=("mlm", "itm"),
+    hard_negatives=False,
+    policy_masked=(),
+):
     """Datasets and processor for a run. The main process generates and saves; the others then load.
 
     `policy_masked`: the objectives ('mlm', 'mim') whose training masks the step draws (attention-guided masking);
@@ -378,16 +413,19 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator,
     sources = data_args.sources()
     shard_sources = tuple(source.path for source in sources if source.streaming)
     if shard_sources and "gitm" in objectives:
-        raise ValueError("grouped matching (gitm) draws other rows at random and needs map-style data; it cannot "
-                         "train on streamed shards (dataset=shards:...)")
+        raise ValueError(
+            "grouped matching (gitm) draws other rows at random and needs map-style data; it cannot "
+            "train on streamed shards (dataset=shards:...)"
+        )
     sizes = None
     with accelerator.main_process_first():
         if shard_sources:
             # The bank: captions (and scenes) of the first readable samples, for the tokenizer and ITM negatives.
             bank = wds.caption_bank(list(shard_sources), data_args.negative_bank)
             train_rows = bank.add_column("image", [None] * len(bank))
-            val_rows, _ = _rows_of(data_args.val_sources(), data_args, model_args.image_size, data_args.val_scenes,
-                                   VALIDATION_SEED_OFFSET)
+            val_rows, _ = _rows_of(
+                data_args.val_sources(), data_args, model_args.image_size, data_args.val_scenes, VALIDATION_SEED_OFFSET
+            )
             report = SkipReport()
         else:
             (train_rows, val_rows), sizes, report = _load(data_args, model_args.image_size)
@@ -403,22 +441,30 @@ def build_pretraining_data(model_args, data_args, seed, output_dir, accelerator,
     world_like = sources[0].kind in ("shards", "captions", "coco") and holds is not None
     concepts = shapes_world.concept_words() if data_args.dataset == "shapes" or world_like else None
     common = dict(processor=processor, max_length=data_args.max_length, holds_fn=holds, concept_words=concepts)
-    train = PretrainingDataset(train_rows, seed=seed, itm_probability=data_args.itm_probability,
-                               strict=data_args.strict, **common)
+    train = PretrainingDataset(
+        train_rows, seed=seed, itm_probability=data_args.itm_probability, strict=data_args.strict, **common
+    )
     if sizes is not None and data_args.weights() is not None:
         if "gitm" in objectives:
-            raise ValueError("grouped matching (gitm) indexes the rows directly and cannot train on a weighted mixture "
-                             "(source_weights); leave source_weights empty")
-        train = MixedEpochDataset(train, sizes, data_args.weights(), seed=seed,
-                                  length=data_args.samples_per_epoch or None)
+            raise ValueError(
+                "grouped matching (gitm) indexes the rows directly and cannot train on a weighted mixture "
+                "(source_weights); leave source_weights empty"
+            )
+        train = MixedEpochDataset(
+            train, sizes, data_args.weights(), seed=seed, length=data_args.samples_per_epoch or None
+        )
     val = PretrainingDataset(val_rows, seed=VALIDATION_SEED_OFFSET, itm_probability=0.5, **common)
     tokenizer = processor.tokenizer
     objects = object_patches_for_scene if "scene" in train_rows.column_names else None
-    masking = dict(mlm_probability=data_args.mlm_probability, mim_probability=data_args.mim_probability,
-                   mim_block=data_args.mim_block,
-                   mim_patch_size=model_args.patch_size if "mim" in objectives else None,
-                   # The world's truth per pair: hard negatives never draw a true pair, ITC never punishes one.
-                   holds_fn=holds if hard_negatives or "itc" in objectives else None, object_patches_fn=objects)
+    masking = dict(
+        mlm_probability=data_args.mlm_probability,
+        mim_probability=data_args.mim_probability,
+        mim_block=data_args.mim_block,
+        mim_patch_size=model_args.patch_size if "mim" in objectives else None,
+        # The world's truth per pair: hard negatives never draw a true pair, ITC never punishes one.
+        holds_fn=holds if hard_negatives or "itc" in objectives else None,
+        object_patches_fn=objects,
+    )
     train_masking = dict(masking, mlm_probability=0.0) if "mlm" in policy_masked else masking
     collator = PretrainingCollator(tokenizer, seed=seed, **train_masking)
     val_collator = PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking)

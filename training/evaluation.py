@@ -9,9 +9,9 @@ import math
 import datasets
 import torch
 
+from ..modeling_vlp.losses_vlp import gitm_classes, grouped_matching_metrics
 from ..processing import shapes_world
 from ..processing.pretraining_data import decode_image
-from ..modeling_vlp.losses_vlp import gitm_classes, grouped_matching_metrics
 from .objectives import objective_counts, objective_inputs
 
 EXTRA_OBJECTIVES = ("mim", "itc", "wra", "gitm")  # validated by their loss (and grouped matching's own figures)
@@ -37,14 +37,21 @@ def newcombe_difference(correct_a, total_a, correct_b, total_b):
     p_a, p_b = correct_a / total_a, correct_b / total_b
     (low_a, high_a), (low_b, high_b) = wilson_interval(correct_a, total_a), wilson_interval(correct_b, total_b)
     difference = p_a - p_b
-    return (difference, difference - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
-            difference + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2))
+    return (
+        difference,
+        difference - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
+        difference + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2),
+    )
 
 
 def _accuracy(prefix, correct, total):
     low, high = wilson_interval(correct, total)
-    return {prefix: correct / total if total else float("nan"), f"{prefix}_ci_low": low, f"{prefix}_ci_high": high,
-            f"{prefix}_n": total}
+    return {
+        prefix: correct / total if total else float("nan"),
+        f"{prefix}_ci_low": low,
+        f"{prefix}_ci_high": high,
+        f"{prefix}_n": total,
+    }
 
 
 def _validation_batches(data, batch_size, num_batches, rank, world_size):
@@ -81,21 +88,38 @@ def validation_sums(model, data, batch_size, num_batches, rank=0, world_size=1):
         labels = batch["mlm_labels"].to(device)
         itm = batch["itm_labels"].to(device)
         # MLM on the masked own captions; ITM on the ITM captions as written (half of them negatives).
-        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                    token_type_ids=batch["token_type_ids"].to(device), mlm_labels=labels, **images)
-        matching = model(input_ids=batch["itm_input_ids"].to(device),
-                         attention_mask=batch["itm_attention_mask"].to(device),
-                         token_type_ids=batch["itm_token_type_ids"].to(device), itm_labels=itm, **images)
+        out = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            token_type_ids=batch["token_type_ids"].to(device),
+            mlm_labels=labels,
+            **images,
+        )
+        matching = model(
+            input_ids=batch["itm_input_ids"].to(device),
+            attention_mask=batch["itm_attention_mask"].to(device),
+            token_type_ids=batch["itm_token_type_ids"].to(device),
+            itm_labels=itm,
+            **images,
+        )
         masked = labels != -100
         n_masked = int(masked.sum())
         predictions = out.mlm_logits.argmax(-1)
         hits = predictions == labels[masked]
         concept = batch["concept_mask"].to(device)[masked]
-        sums += torch.tensor([
-            float(out.mlm_loss) * n_masked, n_masked, float(hits.sum()),
-            float(concept.sum()), float((hits & concept).sum()),
-            float(matching.itm_loss) * len(itm), len(itm), float((matching.itm_logits.argmax(-1) == itm).sum()),
-        ], dtype=torch.float64)
+        sums += torch.tensor(
+            [
+                float(out.mlm_loss) * n_masked,
+                n_masked,
+                float(hits.sum()),
+                float(concept.sum()),
+                float((hits & concept).sum()),
+                float(matching.itm_loss) * len(itm),
+                len(itm),
+                float((matching.itm_logits.argmax(-1) == itm).sum()),
+            ],
+            dtype=torch.float64,
+        )
     return sums
 
 
@@ -125,15 +149,18 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
             words = caption.split()
             # Only words that name an object in the image (not "there is no red star"), so the image decides.
             # A word said twice would be given away by its other occurrence.
-            found = [w for position, w in enumerate(words) if w in word_ids and words.count(w) == 1
-                     and (refs is None or refs[number][position] is not None)]
+            found = [
+                w
+                for position, w in enumerate(words)
+                if w in word_ids and words.count(w) == 1 and (refs is None or refs[number][position] is not None)
+            ]
             if found:
                 items.append((image, caption, word_ids[found[0]]))
                 break
     candidates = torch.tensor(sorted(word_ids.values()))
     closed = opened = 0
     for start in range(0, len(items), batch_size):
-        chunk = items[start: start + batch_size]
+        chunk = items[start : start + batch_size]
         images = [image for image, _, _ in chunk]
         encoded = processor(images=images, text=[c for _, c, _ in chunk], padding=True, return_tensors="pt")
         ids = encoded["input_ids"]
@@ -142,8 +169,11 @@ def masked_word_accuracy(model, processor, rows, words, limit=256, batch_size=64
             position = int((ids[i] == target).nonzero()[0, 0])
             labels[i, position] = target
             ids[i, position] = tokenizer.mask_token_id
-        inputs = {k: v.to(device) for k, v in encoded.items() if k in ("attention_mask", "token_type_ids",
-                                                                         "pixel_values", "pixel_mask")}
+        inputs = {
+            k: v.to(device)
+            for k, v in encoded.items()
+            if k in ("attention_mask", "token_type_ids", "pixel_values", "pixel_mask")
+        }
         logits = model(input_ids=ids.to(device), mlm_labels=labels.to(device), **inputs).mlm_logits.cpu()
         targets = labels[labels != -100]
         opened += int((logits.argmax(-1) == targets).sum())
@@ -176,7 +206,7 @@ def grouped_matching_counts(model, data, batch_size, num_batches, rank=0, world_
             sums[len(fields) + 2 * position] += float(rows.sum())
             sums[len(fields) + 2 * position + 1] += float(((predicted == wanted) & rows).sum())
         scored = wanted[targets != -100]
-        sums[len(fields) + 2 * len(kinds):] += torch.bincount(scored, minlength=num_cells + 1).to(torch.float64).cpu()
+        sums[len(fields) + 2 * len(kinds) :] += torch.bincount(scored, minlength=num_cells + 1).to(torch.float64).cpu()
     return sums
 
 
@@ -194,9 +224,8 @@ def grouped_matching_figures(sums):
         hits_of[kind] = (int(hits), int(total))
         figures.update(_accuracy(f"gitm_accuracy_{kind}", int(hits), int(total)))
     difference, low, high = newcombe_difference(*hits_of["hard"], *hits_of["easy"])
-    figures.update(gitm_hard_minus_easy=difference, gitm_hard_minus_easy_ci_low=low,
-                   gitm_hard_minus_easy_ci_high=high)
-    targets = sums[7 + 2 * len(GITM_KINDS):]
+    figures.update(gitm_hard_minus_easy=difference, gitm_hard_minus_easy_ci_low=low, gitm_hard_minus_easy_ci_high=high)
+    targets = sums[7 + 2 * len(GITM_KINDS) :]
     if len(targets) >= 2 and sum(targets):
         figures["gitm_chance_uniform"] = 1 / len(targets)
         figures["gitm_chance_majority"] = max(targets) / sum(targets)
@@ -211,8 +240,14 @@ def validate(model, data, train_args, accelerator, teacher=None):
     was_training = model.training
     model.eval()
     extra = [name for name in EXTRA_OBJECTIVES if name in train_args.objective_weights()]
-    sums = validation_sums(model, data, train_args.per_device_batch_size, train_args.eval_batches,
-                           accelerator.process_index, accelerator.num_processes)
+    sums = validation_sums(
+        model,
+        data,
+        train_args.per_device_batch_size,
+        train_args.eval_batches,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
     mlm_loss, n_masked, mlm_hits, n_concept, concept_hits, itm_loss, n_pairs, itm_hits = sums
     metrics = {"mlm_loss": mlm_loss / max(1, n_masked), "itm_loss": itm_loss / max(1, n_pairs)}
@@ -220,19 +255,32 @@ def validate(model, data, train_args, accelerator, teacher=None):
     metrics.update(_accuracy("mlm_concept_accuracy", int(concept_hits), int(n_concept)))
     metrics.update(_accuracy("itm_accuracy", int(itm_hits), int(n_pairs)))
     if extra:
-        sums = objective_loss_sums(model, data, extra, train_args.per_device_batch_size, train_args.eval_batches,
-                                   accelerator.process_index, accelerator.num_processes, teacher)
+        sums = objective_loss_sums(
+            model,
+            data,
+            extra,
+            train_args.per_device_batch_size,
+            train_args.eval_batches,
+            accelerator.process_index,
+            accelerator.num_processes,
+            teacher,
+        )
         sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu().tolist()
         for position, name in enumerate(extra):
             metrics[f"{name}_loss"] = sums[2 * position] / max(1.0, sums[2 * position + 1])
     if "gitm" in extra:
-        sums = grouped_matching_counts(model, data, train_args.per_device_batch_size, train_args.eval_batches,
-                                       accelerator.process_index, accelerator.num_processes)
+        sums = grouped_matching_counts(
+            model,
+            data,
+            train_args.per_device_batch_size,
+            train_args.eval_batches,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
         metrics.update(grouped_matching_figures(accelerator.reduce(sums.to(accelerator.device), "sum").cpu().tolist()))
     if "scene" in data.val_rows.column_names:
         limit = train_args.per_device_batch_size * train_args.eval_batches
-        closed, opened, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS,
-                                                     limit)
+        closed, opened, total = masked_word_accuracy(model, data.processor, data.val_rows, shapes_world.COLOURS, limit)
         metrics.update(_accuracy("colour_word_accuracy", closed, total))
         metrics.update(_accuracy("colour_word_accuracy_open", opened, total))
     model.train(was_training)

@@ -67,8 +67,7 @@ from .statistics import (
 
 SUITES = ("foils", "winoground", "probes", "crossmodal", "grounding", "frequency", "itm", "gitm")
 #: Real benchmarks and the suite each goes through.
-BENCHMARKS = {"valse": "foils", "sugarcrepe": "foils", "aro": "foils", "winoground": "winoground",
-              "probing": "probes"}
+BENCHMARKS = {"valse": "foils", "sugarcrepe": "foils", "aro": "foils", "winoground": "winoground", "probing": "probes"}
 REPRESENTATIONS = ("cls", "text_mean", "image_mean")
 OCCLUSION_MODES = ("mask", "blank")
 CROSSMODAL_CATEGORIES = {"colour": sw.COLOURS, "shape": sw.SHAPES, "size": sw.SIZES}
@@ -79,8 +78,16 @@ RESULTS_VERSION = 1
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_schema.json")
 NUM_FREQUENCY_BUCKETS = 5
 #: The evaluation sets (processing/eval_sets.py) each suite reads.
-SUITE_SETS = {"foils": ("foils",), "winoground": ("winoground",), "probes": ("probes",), "crossmodal": ("grounding",),
-              "grounding": ("grounding",), "frequency": ("frequency", "held_out"), "itm": (), "gitm": ()}
+SUITE_SETS = {
+    "foils": ("foils",),
+    "winoground": ("winoground",),
+    "probes": ("probes",),
+    "crossmodal": ("grounding",),
+    "grounding": ("grounding",),
+    "frequency": ("frequency", "held_out"),
+    "itm": (),
+    "gitm": (),
+}
 #: The text-only floors train on items of the evaluation world's config with this seed offset (never evaluated).
 TEXT_FLOOR_SEED_OFFSET = 7919
 
@@ -105,10 +112,18 @@ class Settings:
 
     def __post_init__(self):
         _expect(isinstance(self.seed, int) and self.seed >= 0, "--seed", self.seed, "an integer >= 0")
-        _expect(isinstance(self.batch_size, int) and self.batch_size >= 1, "--batch-size", self.batch_size,
-                "an integer >= 1")
-        _expect(isinstance(self.n_resamples, int) and self.n_resamples >= 1, "--n-resamples", self.n_resamples,
-                "an integer >= 1")
+        _expect(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "--batch-size",
+            self.batch_size,
+            "an integer >= 1",
+        )
+        _expect(
+            isinstance(self.n_resamples, int) and self.n_resamples >= 1,
+            "--n-resamples",
+            self.n_resamples,
+            "an integer >= 1",
+        )
         _expect(0.0 < self.confidence < 1.0, "confidence", self.confidence, "a number in (0, 1)")
         _expect(self.occlusion in OCCLUSION_MODES, "--occlusion", self.occlusion, f"one of {OCCLUSION_MODES}")
         _expect(len(self.relevance_layers) > 0, "--relevance-layers", self.relevance_layers, "at least one layer")
@@ -152,8 +167,10 @@ def resolve_model_dir(model_dir: str) -> tuple[str, str | None]:
             if os.path.isfile(os.path.join(candidate, "run.yaml")):
                 return model_dir, candidate
         return model_dir, None
-    raise ConfigError(f"MODEL_DIR={model_dir!r}: expected a `vlp pretrain` run folder (run.yaml and model/) or a "
-                      f"saved model folder (config.json)")
+    raise ConfigError(
+        f"MODEL_DIR={model_dir!r}: expected a `vlp pretrain` run folder (run.yaml and model/) or a "
+        f"saved model folder (config.json)"
+    )
 
 
 def read_run_record(run_dir: str) -> dict:
@@ -169,16 +186,27 @@ def read_run_record(run_dir: str) -> dict:
 
 
 _WORLD_FIELDS = {f.name for f in dataclasses.fields(sw.WorldConfig)}
-_RUN_WORLD_KEYS = ("dataset", "num_scenes", "val_scenes", "world_seed", "max_objects", "zipf_exponent",
-                   "noise_rate", "background_noise", "held_out_pairs", "image_size")
+_RUN_WORLD_KEYS = (
+    "dataset",
+    "num_scenes",
+    "val_scenes",
+    "world_seed",
+    "max_objects",
+    "zipf_exponent",
+    "noise_rate",
+    "background_noise",
+    "held_out_pairs",
+    "image_size",
+)
 
 
 def world_from_dict(data: Mapping, source: str) -> sw.WorldConfig:
     """A WorldConfig from its fields (``WorldConfig.to_dict`` or a dataset's world_config.json)."""
     unknown = sorted(set(data) - _WORLD_FIELDS - {"world_version"})
     if unknown:
-        raise ConfigError(f"{source}: unknown WorldConfig field(s) {unknown}; expected names from "
-                          f"{sorted(_WORLD_FIELDS)}")
+        raise ConfigError(
+            f"{source}: unknown WorldConfig field(s) {unknown}; expected names from {sorted(_WORLD_FIELDS)}"
+        )
     values = {k: v for k, v in data.items() if k in _WORLD_FIELDS}
     for name in ("caption_kinds", "noise_mix"):
         if name in values:
@@ -203,15 +231,22 @@ def world_from_run_config(config: Mapping, source: str) -> TrainingWorld:
             world = world_from_dict(json.load(handle), path)
         val = int(config.get("val_scenes", 0))
         return TrainingWorld(world, (0, max(1, world.num_scenes - val)), path)
-    held = [tuple(part.replace(":", " ").split()) for part in str(config.get("held_out_pairs") or "").split(",")
-            if part.strip()]
+    held = [
+        tuple(part.replace(":", " ").split())
+        for part in str(config.get("held_out_pairs") or "").split(",")
+        if part.strip()
+    ]
     try:
-        world = sw.WorldConfig(num_scenes=int(config.get("num_scenes", 4000)), seed=int(config.get("world_seed", 0)),
-                               image_size=int(config.get("image_size", 64)),
-                               max_objects=int(config.get("max_objects", 3)),
-                               zipf_exponent=float(config.get("zipf_exponent", 1.0)), held_out_pairs=held,
-                               background_noise=float(config.get("background_noise", 0.0)),
-                               noise_rate=float(config.get("noise_rate", 0.0)))
+        world = sw.WorldConfig(
+            num_scenes=int(config.get("num_scenes", 4000)),
+            seed=int(config.get("world_seed", 0)),
+            image_size=int(config.get("image_size", 64)),
+            max_objects=int(config.get("max_objects", 3)),
+            zipf_exponent=float(config.get("zipf_exponent", 1.0)),
+            held_out_pairs=held,
+            background_noise=float(config.get("background_noise", 0.0)),
+            noise_rate=float(config.get("noise_rate", 0.0)),
+        )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source}: {error}") from None
     return TrainingWorld(world, (0, world.num_scenes), source)
@@ -237,8 +272,10 @@ def load_world_file(path: str) -> TrainingWorld:
         return TrainingWorld(world, (0, world.num_scenes), path)
     if set(data) & set(_RUN_WORLD_KEYS):
         return world_from_run_config(data, path)
-    raise ConfigError(f"--world-config={path!r}: expected a run.yaml (with 'config'), a run config (world_seed, "
-                      f"num_scenes, ...) or WorldConfig fields; got keys {sorted(data)[:10]}")
+    raise ConfigError(
+        f"--world-config={path!r}: expected a run.yaml (with 'config'), a run config (world_seed, "
+        f"num_scenes, ...) or WorldConfig fields; got keys {sorted(data)[:10]}"
+    )
 
 
 def load_model(model_path: str, device: str = "cpu"):
@@ -250,8 +287,9 @@ def load_model(model_path: str, device: str = "cpu"):
         model = VLPForPreTraining.from_pretrained(model_path)
         processor = VLPProcessor.from_pretrained(model_path)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"MODEL_DIR: could not load a VLP model and processor from {model_path!r} "
-                          f"({error})") from None
+        raise ConfigError(
+            f"MODEL_DIR: could not load a VLP model and processor from {model_path!r} ({error})"
+        ) from None
     return model.to(device).eval(), processor
 
 
@@ -267,8 +305,13 @@ class ImageBank:
     (x, y, w, h) box when one is given (ARO), and resized by the processor.
     """
 
-    def __init__(self, scenes: Sequence | None = None, paths: Sequence[str] | None = None,
-                 boxes: Sequence | None = None, image_size: int = 64):
+    def __init__(
+        self,
+        scenes: Sequence | None = None,
+        paths: Sequence[str] | None = None,
+        boxes: Sequence | None = None,
+        image_size: int = 64,
+    ):
         if (scenes is None) == (paths is None):
             raise ValueError("ImageBank: give scenes or paths")
         self.scenes = list(scenes) if scenes is not None else None
@@ -373,8 +416,14 @@ class Runner:
         """Model inputs on the device, and the tokenizer's encoding (for word ids) when there is text."""
         inputs, encoding = {}, None
         if words is not None:
-            encoding = self.processor.tokenizer(words, is_split_into_words=True, padding=True, truncation=True,
-                                                max_length=self.max_length, return_tensors="pt")
+            encoding = self.processor.tokenizer(
+                words,
+                is_split_into_words=True,
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             inputs.update({k: encoding[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding})
         if images is not None:
             pixels = self.processor.image_processor(images, return_tensors="pt")
@@ -398,8 +447,9 @@ def _words(texts: Sequence[str]) -> list[list[str]]:
     return [text.split() for text in texts]
 
 
-def blank_patches(pixel_values: torch.Tensor, patch_mask: torch.Tensor, patch_size: int,
-                  fill: torch.Tensor) -> torch.Tensor:
+def blank_patches(
+    pixel_values: torch.Tensor, patch_mask: torch.Tensor, patch_size: int, fill: torch.Tensor
+) -> torch.Tensor:
     """``pixel_values`` (B, C, H, W) with the pixels of the patches ``patch_mask`` (B, P) marks set to ``fill`` (C,)."""
     batch, _, height, width = pixel_values.shape
     grid = patch_mask.bool().view(batch, height // patch_size, width // patch_size)
@@ -408,8 +458,14 @@ def blank_patches(pixel_values: torch.Tensor, patch_mask: torch.Tensor, patch_si
 
 
 @torch.no_grad()
-def match_scores(runner: Runner, bank: ImageBank, image_ids: Sequence[int], texts: Sequence[str],
-                 patch_masks: np.ndarray | None = None, occlusion: str = "mask") -> np.ndarray:
+def match_scores(
+    runner: Runner,
+    bank: ImageBank,
+    image_ids: Sequence[int],
+    texts: Sequence[str],
+    patch_masks: np.ndarray | None = None,
+    occlusion: str = "mask",
+) -> np.ndarray:
     """P(match) from the ITM head for each (image, text) row, (N,). ``patch_masks`` (N, P) bool hides patches:
     with the model's mask embedding (``occlusion="mask"``) or by painting them background grey (``"blank"``)."""
     image_ids, texts = np.asarray(image_ids), list(texts)
@@ -420,8 +476,9 @@ def match_scores(runner: Runner, bank: ImageBank, image_ids: Sequence[int], text
         if patch_masks is not None:
             hidden = torch.as_tensor(np.asarray(patch_masks[rows], dtype=bool), device=runner.device)
             if occlusion == "blank":
-                inputs["pixel_values"] = blank_patches(inputs["pixel_values"], hidden, runner.patch_size,
-                                                       runner.background_pixel)
+                inputs["pixel_values"] = blank_patches(
+                    inputs["pixel_values"], hidden, runner.patch_size, runner.background_pixel
+                )
                 hidden = None
         outputs = runner.model.vlp(**inputs, bool_masked_pos=hidden)
         logits = runner.model.itm_head(outputs.pooler_output).float()
@@ -430,8 +487,9 @@ def match_scores(runner: Runner, bank: ImageBank, image_ids: Sequence[int], text
 
 
 @torch.no_grad()
-def representations(runner: Runner, bank: ImageBank | None, image_ids: Sequence[int] | None,
-                    texts: Sequence[str] | None) -> dict[str, np.ndarray]:
+def representations(
+    runner: Runner, bank: ImageBank | None, image_ids: Sequence[int] | None, texts: Sequence[str] | None
+) -> dict[str, np.ndarray]:
     """Frozen representations per layer: {"cls", "text_mean", "image_mean"} -> (N, layers + 1, D).
 
     Layer 0 is the embeddings, layer l the output of block l (before the final LayerNorm). ``cls`` is the first
@@ -453,19 +511,22 @@ def representations(runner: Runner, bank: ImageBank | None, image_ids: Sequence[
         if length:
             weights = mask[:, :length]
             found["text_mean"] = (states[:, :, :length] * weights[:, None, :, None]).sum(2) / weights.sum(1).clamp(
-                min=1)[:, None, None]
+                min=1
+            )[:, None, None]
         if images is not None:
-            weights = mask[:, length + 1:]
-            found["image_mean"] = (states[:, :, length + 1:] * weights[:, None, :, None]).sum(2) / weights.sum(
-                1).clamp(min=1)[:, None, None]
+            weights = mask[:, length + 1 :]
+            found["image_mean"] = (states[:, :, length + 1 :] * weights[:, None, :, None]).sum(2) / weights.sum(
+                1
+            ).clamp(min=1)[:, None, None]
         for name, value in found.items():
             chunks.setdefault(name, []).append(value.cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
 @torch.no_grad()
-def masked_word_predictions(runner: Runner, bank: ImageBank, image_ids: Sequence[int], masked_texts: Sequence[str],
-                            candidate_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def masked_word_predictions(
+    runner: Runner, bank: ImageBank, image_ids: Sequence[int], masked_texts: Sequence[str], candidate_ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """MLM logits over ``candidate_ids`` (N, K) and the open argmax token (N,) at the one [MASK] of each text."""
     mask_id = runner.processor.tokenizer.mask_token_id
     candidates = torch.as_tensor(list(candidate_ids), device=runner.device)
@@ -483,8 +544,14 @@ def masked_word_predictions(runner: Runner, bank: ImageBank, image_ids: Sequence
 
 
 @torch.no_grad()
-def phrase_relevance(runner: Runner, bank: ImageBank, image_ids: Sequence[int], texts: Sequence[str],
-                     spans: Sequence[tuple[int, int]], layers: Sequence[int] = (-1,)) -> np.ndarray:
+def phrase_relevance(
+    runner: Runner,
+    bank: ImageBank,
+    image_ids: Sequence[int],
+    texts: Sequence[str],
+    spans: Sequence[tuple[int, int]],
+    layers: Sequence[int] = (-1,),
+) -> np.ndarray:
     """(N, P) attention each patch receives from the tokens of the words ``spans[i]`` = [start, stop) of text i,
     heads averaged and ``layers`` averaged; rows whose phrase was truncated away are NaN."""
     out = np.full((len(texts), runner.num_patches), np.nan)
@@ -498,7 +565,7 @@ def phrase_relevance(runner: Runner, bank: ImageBank, image_ids: Sequence[int], 
                     weights[b, position] = 1.0
         keep = weights.sum(dim=1) > 0
         outputs = runner.model.vlp(**inputs, relevance_weights=weights, relevance_layers=tuple(layers))
-        patches = outputs.relevance[:, length + 1:].float().cpu().numpy()
+        patches = outputs.relevance[:, length + 1 :].float().cpu().numpy()
         block = out[rows]
         block[keep.cpu().numpy()] = patches[keep.cpu().numpy()]
         out[rows] = block
@@ -506,8 +573,9 @@ def phrase_relevance(runner: Runner, bank: ImageBank, image_ids: Sequence[int], 
 
 
 @torch.no_grad()
-def mim_losses(runner: Runner, bank: ImageBank, image_ids: Sequence[int], texts: Sequence[str] | None,
-               patch_masks: np.ndarray) -> np.ndarray:
+def mim_losses(
+    runner: Runner, bank: ImageBank, image_ids: Sequence[int], texts: Sequence[str] | None, patch_masks: np.ndarray
+) -> np.ndarray:
     """Per-item MIM loss (N,) over the patches ``patch_masks`` (N, P) hides (mask embedding), with ``texts`` as
     the text of the pass, or an image-only pass when ``texts`` is None. Pixel targets (the model's MIM head)."""
     from ..modeling_vlp.losses_vlp import mim_loss, mim_pixel_targets
@@ -519,11 +587,11 @@ def mim_losses(runner: Runner, bank: ImageBank, image_ids: Sequence[int], texts:
         inputs, _ = runner.encode(bank.get(np.asarray(image_ids)[rows]), words)
         mask = torch.as_tensor(np.asarray(patch_masks[rows], dtype=bool), device=runner.device)
         outputs = runner.model.vlp(**inputs, bool_masked_pos=mask)
-        predictions = runner.model.mim_head(outputs.last_hidden_state[:, outputs.text_length + 1:])
+        predictions = runner.model.mim_head(outputs.last_hidden_state[:, outputs.text_length + 1 :])
         targets = mim_pixel_targets(inputs["pixel_values"], config.patch_size, config.mim_norm_pix_loss)
         losses = []
         for b in range(predictions.shape[0]):  # the loss of each row alone (no forward pass in this loop)
-            summed, count = mim_loss(predictions[b:b + 1], targets[b:b + 1], mask[b:b + 1], config.mim_loss)
+            summed, count = mim_loss(predictions[b : b + 1], targets[b : b + 1], mask[b : b + 1], config.mim_loss)
             losses.append(float(summed) / max(float(count), 1.0))
         out[rows] = losses
     return out
@@ -570,18 +638,27 @@ def difference(floor_values, score_values, settings: Settings, of: str) -> dict:
     floor_values, score_values = np.asarray(floor_values, float), np.asarray(score_values, float)
     if floor_values.size == 0:
         return {"of": of, **figure(float("nan"), float("nan"), float("nan")), "p_value": None, "resampled": "items"}
-    test = paired_bootstrap_difference(floor_values, score_values, "mean", settings.n_resamples, settings.confidence,
-                                       settings.seed)
-    return {"of": of, **figure(test.interval.point, test.interval.low, test.interval.high),
-            "p_value": _number(test.p_value), "resampled": test.resampled}
+    test = paired_bootstrap_difference(
+        floor_values, score_values, "mean", settings.n_resamples, settings.confidence, settings.seed
+    )
+    return {
+        "of": of,
+        **figure(test.interval.point, test.interval.low, test.interval.high),
+        "p_value": _number(test.p_value),
+        "resampled": test.resampled,
+    }
 
 
 def unpaired_difference(a, b, settings: Settings, of: str) -> dict:
     """mean(b) - mean(a) over two independent sets of items, each resampled on its own."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.size == 0 or b.size == 0:
-        return {"of": of, **figure(float("nan"), float("nan"), float("nan")), "p_value": None,
-                "resampled": "items (each set)"}
+        return {
+            "of": of,
+            **figure(float("nan"), float("nan"), float("nan")),
+            "p_value": None,
+            "resampled": "items (each set)",
+        }
     rng = np.random.default_rng(settings.seed)
     draws_a = a[rng.integers(0, a.size, (settings.n_resamples, a.size))].mean(axis=1)
     draws_b = b[rng.integers(0, b.size, (settings.n_resamples, b.size))].mean(axis=1)
@@ -603,8 +680,12 @@ def cluster_difference(a, b, settings: Settings, of: str) -> dict:
     """mean(b) - mean(a), each given as (per-cluster sums, per-cluster item counts) over the same clusters, with a
     cluster bootstrap interval and p-value (`statistics.cluster_ratio_difference`)."""
     test = cluster_ratio_difference(a, b, settings.n_resamples, settings.confidence, settings.seed)
-    return {"of": of, **figure(test.interval.point, test.interval.low, test.interval.high),
-            "p_value": _number(test.p_value), "resampled": "groups"}
+    return {
+        "of": of,
+        **figure(test.interval.point, test.interval.low, test.interval.high),
+        "p_value": _number(test.p_value),
+        "resampled": "groups",
+    }
 
 
 def _slope_statistic(x, y):
@@ -625,16 +706,30 @@ def slope_figure(x, y, settings: Settings) -> dict:
     return figure(interval.point, interval.low, interval.high)
 
 
-def comparison(n_items: int, headline: str, score: dict, floors: dict, differences: dict,
-               items: Mapping[str, np.ndarray] | None = None, **extra) -> dict:
+def comparison(
+    n_items: int,
+    headline: str,
+    score: dict,
+    floors: dict,
+    differences: dict,
+    items: Mapping[str, np.ndarray] | None = None,
+    **extra,
+) -> dict:
     """The block every zero-shot figure is reported in: the score, its floors and score - floor; `items` holds, for
     score figures that are means over items, the per-item values in item order (what a paired comparison of two
     runs on the same items resamples)."""
-    block = {"n_items": int(n_items), "headline": headline, "score": score, "floors": floors,
-             "differences": differences, **extra}
+    block = {
+        "n_items": int(n_items),
+        "headline": headline,
+        "score": score,
+        "floors": floors,
+        "differences": differences,
+        **extra,
+    }
     if items:
-        block["items"] = {name: [round(float(v), 6) for v in np.asarray(values, dtype=float)]
-                          for name, values in items.items()}
+        block["items"] = {
+            name: [round(float(v), 6) for v in np.asarray(values, dtype=float)] for name, values in items.items()
+        }
     return block
 
 
@@ -658,11 +753,16 @@ class FoilRows:
         """From eval-set FoilItems (``foil``) or benchmark FoilItems (``foils``, a list)."""
         foils, foil_item = [], []
         for k, item in enumerate(items):
-            for foil in (item.foils if hasattr(item, "foils") else [item.foil]):
+            for foil in item.foils if hasattr(item, "foils") else [item.foil]:
                 foils.append(foil)
                 foil_item.append(k)
-        return cls(np.asarray(image_ids, dtype=np.int64), [item.caption for item in items], foils,
-                   np.asarray(foil_item, dtype=np.int64), [item.phenomenon for item in items])
+        return cls(
+            np.asarray(image_ids, dtype=np.int64),
+            [item.caption for item in items],
+            foils,
+            np.asarray(foil_item, dtype=np.int64),
+            [item.phenomenon for item in items],
+        )
 
 
 def foil_scores(runner: Runner, bank: ImageBank, rows: FoilRows, image_ids: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -685,8 +785,13 @@ FOIL_FIGURES = ("acc_r", "p_c", "p_f", "acc", "min_pc_pf", "auroc")
 def _foil_figures(captions, foils, foil_item, items, settings: Settings) -> dict:
     rows = np.isin(foil_item, items)
     result = _metric("vl_foils").compute(
-        caption_scores=captions[foil_item[rows]], foil_scores=foils[rows], item_ids=foil_item[rows].tolist(),
-        n_resamples=settings.n_resamples, confidence=settings.confidence, seed=settings.seed)
+        caption_scores=captions[foil_item[rows]],
+        foil_scores=foils[rows],
+        item_ids=foil_item[rows].tolist(),
+        n_resamples=settings.n_resamples,
+        confidence=settings.confidence,
+        seed=settings.seed,
+    )
     return metric_figures(result, FOIL_FIGURES)
 
 
@@ -704,23 +809,38 @@ def foil_blocks(conditions: Mapping[str, tuple], rows: FoilRows, settings: Setti
             continue
         figures = {name: _foil_figures(c, f, rows.foil_item, items, settings) for name, (c, f) in conditions.items()}
         floors = {name: figures[name] for name in conditions if name != "image"}
-        differences = {name: difference(per_item[name][items], per_item["image"][items], settings, "acc_r")
-                       for name in floors}
+        differences = {
+            name: difference(per_item[name][items], per_item["image"][items], settings, "acc_r") for name in floors
+        }
         foils_per_item = np.bincount(rows.foil_item, minlength=n)[items]
         per_item_acc_r = {"acc_r": per_item["image"][items]} if np.ptp(foils_per_item) == 0 else None
-        blocks[group] = comparison(items.size, "acc_r", figures["image"], floors, differences, per_item_acc_r,
-                                   n_pairs=int(np.isin(rows.foil_item, items).sum()))
+        blocks[group] = comparison(
+            items.size,
+            "acc_r",
+            figures["image"],
+            floors,
+            differences,
+            per_item_acc_r,
+            n_pairs=int(np.isin(rows.foil_item, items).sum()),
+        )
     return blocks
 
 
-def run_foils(runner: Runner, bank: ImageBank, rows: FoilRows, settings: Settings,
-              text_floor_pairs: Sequence[tuple[str, str]] | None = None) -> dict:
+def run_foils(
+    runner: Runner,
+    bank: ImageBank,
+    rows: FoilRows,
+    settings: Settings,
+    text_floor_pairs: Sequence[tuple[str, str]] | None = None,
+) -> dict:
     """The foils suite on ``rows``: the image, then the blank and mismatched floors, and with
     ``text_floor_pairs`` ((caption, foil) training pairs) the text-only floor (`text_only_foil_scores`)."""
     mismatched = rows.image_ids[derangement(len(rows.captions), _rng(settings, "foils/mismatched"))]
-    conditions = {"image": foil_scores(runner, bank, rows, rows.image_ids),
-                  "blank": foil_scores(runner, bank, rows, np.full_like(rows.image_ids, BLANK)),
-                  "mismatched": foil_scores(runner, bank, rows, mismatched)}
+    conditions = {
+        "image": foil_scores(runner, bank, rows, rows.image_ids),
+        "blank": foil_scores(runner, bank, rows, np.full_like(rows.image_ids, BLANK)),
+        "mismatched": foil_scores(runner, bank, rows, mismatched),
+    }
     if text_floor_pairs:
         conditions["text_only"] = text_only_foil_scores(text_floor_pairs, rows)
     return {"phenomena": foil_blocks(conditions, rows, settings)}
@@ -745,8 +865,11 @@ def text_floor_foil_pairs(world: sw.WorldConfig, items: Sequence) -> list[tuple[
     """(caption, foil) training pairs for the text-only floor: as many per phenomenon as ``items`` hold, drawn from
     `text_floor_world`."""
     counts = Counter(item.phenomenon for item in items)
-    return [(item.caption, item.foil) for phenomenon, n in counts.items()
-            for item in es.foil_items(text_floor_world(world), phenomenon, n)[0]]
+    return [
+        (item.caption, item.foil)
+        for phenomenon, n in counts.items()
+        for item in es.foil_items(text_floor_world(world), phenomenon, n)[0]
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -762,7 +885,7 @@ def winoground_scores(runner: Runner, bank: ImageBank, image_ids: np.ndarray, ca
     ids = np.concatenate([image_ids[:, 0], image_ids[:, 1], image_ids[:, 0], image_ids[:, 1]])
     texts = [c[0] for c in captions] * 2 + [c[1] for c in captions] * 2
     scores = match_scores(runner, bank, ids, texts)
-    return {"c0_i0": scores[:n], "c0_i1": scores[n:2 * n], "c1_i0": scores[2 * n:3 * n], "c1_i1": scores[3 * n:]}
+    return {"c0_i0": scores[:n], "c0_i1": scores[n : 2 * n], "c1_i0": scores[2 * n : 3 * n], "c1_i1": scores[3 * n :]}
 
 
 def winoground_success(s: Mapping) -> dict[str, np.ndarray]:
@@ -772,14 +895,22 @@ def winoground_success(s: Mapping) -> dict[str, np.ndarray]:
     return {"text_score": text, "image_score": image, "group_score": text & image}
 
 
-def run_winoground(runner: Runner, bank: ImageBank, image_ids: np.ndarray, captions: Sequence,
-                   groups: Sequence[str], settings: Settings) -> dict:
+def run_winoground(
+    runner: Runner,
+    bank: ImageBank,
+    image_ids: np.ndarray,
+    captions: Sequence,
+    groups: Sequence[str],
+    settings: Settings,
+) -> dict:
     """The Winoground suite: the images, then both images blanked and both taken from another item."""
     n = len(captions)
     mismatched = image_ids[derangement(n, _rng(settings, "winoground/mismatched"))]
-    conditions = {"image": winoground_scores(runner, bank, image_ids, captions),
-                  "blank": winoground_scores(runner, bank, np.full_like(image_ids, BLANK), captions),
-                  "mismatched": winoground_scores(runner, bank, mismatched, captions)}
+    conditions = {
+        "image": winoground_scores(runner, bank, image_ids, captions),
+        "blank": winoground_scores(runner, bank, np.full_like(image_ids, BLANK), captions),
+        "mismatched": winoground_scores(runner, bank, mismatched, captions),
+    }
     success = {name: winoground_success(s) for name, s in conditions.items()}
     blocks = {}
     selections = {"all": np.arange(n)}
@@ -788,15 +919,28 @@ def run_winoground(runner: Runner, bank: ImageBank, image_ids: np.ndarray, capti
     for group, items in selections.items():
         figures = {}
         for name, s in conditions.items():
-            result = _metric("winoground").compute(**{k: v[items] for k, v in s.items()},
-                                                   n_resamples=settings.n_resamples, confidence=settings.confidence,
-                                                   seed=settings.seed)
+            result = _metric("winoground").compute(
+                **{k: v[items] for k, v in s.items()},
+                n_resamples=settings.n_resamples,
+                confidence=settings.confidence,
+                seed=settings.seed,
+            )
             figures[name] = metric_figures(result, WINOGROUND_FIGURES)
         floors = {name: figures[name] for name in conditions if name != "image"}
-        differences = {name: difference(success[name]["group_score"][items], success["image"]["group_score"][items],
-                                        settings, "group_score") for name in floors}
-        blocks[group] = comparison(items.size, "group_score", figures["image"], floors, differences,
-                                   {name: success["image"][name][items] for name in WINOGROUND_FIGURES})
+        differences = {
+            name: difference(
+                success[name]["group_score"][items], success["image"]["group_score"][items], settings, "group_score"
+            )
+            for name in floors
+        }
+        blocks[group] = comparison(
+            items.size,
+            "group_score",
+            figures["image"],
+            floors,
+            differences,
+            {name: success["image"][name][items] for name in WINOGROUND_FIGURES},
+        )
     return {"phenomena": blocks}
 
 
@@ -810,34 +954,63 @@ def probe_test_mask(n: int) -> np.ndarray:
     return (np.arange(n) // 2) % 2 == 1
 
 
-def _probe_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray, floors: Mapping[str, np.ndarray],
-                 settings: Settings) -> dict:
+def _probe_block(
+    features: np.ndarray, labels: np.ndarray, test: np.ndarray, floors: Mapping[str, np.ndarray], settings: Settings
+) -> dict:
     """Probe accuracy on one representation (N, D), with each floor's features as the control (its gap)."""
     if np.unique(labels[~test]).size < 2:  # no probe can be fitted; say so instead of failing the whole run
         none = figure(float("nan"), float("nan"), float("nan"))
-        return comparison(int(test.sum()), "accuracy", {"accuracy": none, "majority_baseline": none},
-                          {name: {"accuracy": none} for name in floors},
-                          {name: {"of": "accuracy", **none, "p_value": None, "resampled": "items"} for name in floors},
-                          n_train=int((~test).sum()),
-                          note="one class among the training items: increase --items-per-phenomenon")
+        return comparison(
+            int(test.sum()),
+            "accuracy",
+            {"accuracy": none, "majority_baseline": none},
+            {name: {"accuracy": none} for name in floors},
+            {name: {"of": "accuracy", **none, "p_value": None, "resampled": "items"} for name in floors},
+            n_train=int((~test).sum()),
+            note="one class among the training items: increase --items-per-phenomenon",
+        )
     metric = _metric("linear_probe")
-    common = {"test_features": features[test], "test_labels": labels[test].tolist(),
-              "train_features": features[~test], "train_labels": labels[~test].tolist(), "C": settings.probe_C,
-              "n_resamples": settings.n_resamples, "confidence": settings.confidence, "seed": settings.seed}
+    common = {
+        "test_features": features[test],
+        "test_labels": labels[test].tolist(),
+        "train_features": features[~test],
+        "train_labels": labels[~test].tolist(),
+        "C": settings.probe_C,
+        "n_resamples": settings.n_resamples,
+        "confidence": settings.confidence,
+        "seed": settings.seed,
+    }
     if not floors:
         result = metric.compute(**common)
-        return comparison(int(test.sum()), "accuracy", metric_figures(result, ("accuracy", "majority_baseline")),
-                          {}, {}, {"accuracy": result["correct"]}, n_train=int((~test).sum()))
+        return comparison(
+            int(test.sum()),
+            "accuracy",
+            metric_figures(result, ("accuracy", "majority_baseline")),
+            {},
+            {},
+            {"accuracy": result["correct"]},
+            n_train=int((~test).sum()),
+        )
     score, floor_figures, differences = None, {}, {}
     for name, control in floors.items():
-        result = metric.compute(**common, control_train_features=control[~test],
-                                control_test_features=control[test])
+        result = metric.compute(**common, control_train_features=control[~test], control_test_features=control[test])
         score = metric_figures(result, ("accuracy", "majority_baseline"))
         floor_figures[name] = {"accuracy": metric_figures(result, ("control_accuracy",))["control_accuracy"]}
-        differences[name] = {"of": "accuracy", **metric_figures(result, ("gap",))["gap"],
-                             "p_value": _number(result["gap_p_value"]), "resampled": "items"}
-    return comparison(int(test.sum()), "accuracy", score, floor_figures, differences,
-                      {"accuracy": result["correct"]}, n_train=int((~test).sum()))
+        differences[name] = {
+            "of": "accuracy",
+            **metric_figures(result, ("gap",))["gap"],
+            "p_value": _number(result["gap_p_value"]),
+            "resampled": "items",
+        }
+    return comparison(
+        int(test.sum()),
+        "accuracy",
+        score,
+        floor_figures,
+        differences,
+        {"accuracy": result["correct"]},
+        n_train=int((~test).sum()),
+    )
 
 
 def _multilabel_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray, settings: Settings) -> dict:
@@ -850,17 +1023,26 @@ def _multilabel_block(features: np.ndarray, labels: np.ndarray, test: np.ndarray
         if np.unique(train_y).size < 2:
             correct.append((test_y == train_y[0]).astype(float))
         else:
-            correct.append(probe_correct(features[~test], train_y, features[test], test_y, settings.probe_C,
-                                         1000, settings.seed))
+            correct.append(
+                probe_correct(features[~test], train_y, features[test], test_y, settings.probe_C, 1000, settings.seed)
+            )
         majority.append((test_y == majority_label(train_y)).astype(float))
-    score = {"accuracy": mean_figure(np.mean(correct, axis=0), settings),
-             "majority_baseline": mean_figure(np.mean(majority, axis=0), settings)}
-    return comparison(int(test.sum()), "accuracy", score, {}, {}, {"accuracy": np.mean(correct, axis=0)},
-                      n_train=int((~test).sum()))
+    score = {
+        "accuracy": mean_figure(np.mean(correct, axis=0), settings),
+        "majority_baseline": mean_figure(np.mean(majority, axis=0), settings),
+    }
+    return comparison(
+        int(test.sum()), "accuracy", score, {}, {}, {"accuracy": np.mean(correct, axis=0)}, n_train=int((~test).sum())
+    )
 
 
-def probe_task(features: Mapping[str, np.ndarray], labels: np.ndarray, floors: Mapping[str, Mapping[str, np.ndarray]],
-               headline: str, settings: Settings) -> dict:
+def probe_task(
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    floors: Mapping[str, Mapping[str, np.ndarray]],
+    headline: str,
+    settings: Settings,
+) -> dict:
     """A probe task over every representation and layer; ``features[rep]`` is (N, layers + 1, D), ``floors`` maps a
     floor name to features of the same shape (the same items with a mismatched or blank image)."""
     from threadpoolctl import threadpool_limits
@@ -871,8 +1053,10 @@ def probe_task(features: Mapping[str, np.ndarray], labels: np.ndarray, floors: M
     with threadpool_limits(1, user_api="blas"):  # small fits: BLAS threads only contend (10x slower on 2 cores)
         table = _probe_table(features, labels, test, floors, settings)
     last = str(next(iter(features.values())).shape[1] - 1)
-    return {"headline": {"representation": headline, "layer": int(last), **table[headline][last]},
-            "representations": table}
+    return {
+        "headline": {"representation": headline, "layer": int(last), **table[headline][last]},
+        "representations": table,
+    }
 
 
 def _probe_table(features, labels, test, floors, settings: Settings) -> dict:
@@ -885,7 +1069,8 @@ def _probe_table(features, labels, test, floors, settings: Settings) -> dict:
                 table[rep][str(layer)] = _multilabel_block(values[:, layer], labels, test, settings)
             else:
                 table[rep][str(layer)] = _probe_block(
-                    values[:, layer], labels, test, {name: f[rep][:, layer] for name, f in floors.items()}, settings)
+                    values[:, layer], labels, test, {name: f[rep][:, layer] for name, f in floors.items()}, settings
+                )
     return table
 
 
@@ -911,16 +1096,21 @@ def run_probes(runner: Runner, sets: Mapping, settings: Settings) -> dict:
         control_ids = np.asarray([controls[(items[k].task, items[k].index)] for k in multimodal])
         texts = [items[k].caption for k in multimodal]
         features = representations(runner, bank, multimodal, texts)
-        floors = {"mismatched": representations(runner, bank, control_ids, texts),
-                  "blank": representations(runner, bank, np.full(len(multimodal), BLANK), texts)}
+        floors = {
+            "mismatched": representations(runner, bank, control_ids, texts),
+            "blank": representations(runner, bank, np.full(len(multimodal), BLANK), texts),
+        }
         position = {k: p for p, k in enumerate(multimodal)}
         for task in es.PROBE_TASKS:
             rows = np.asarray([position[k] for k in by_task.get(task, []) if k in position])
             if rows.size:
-                tasks[task] = probe_task({r: v[rows] for r, v in features.items()},
-                                         _probe_labels([items[multimodal[p]] for p in rows]),
-                                         {name: {r: v[rows] for r, v in f.items()} for name, f in floors.items()},
-                                         "text_mean", settings)
+                tasks[task] = probe_task(
+                    {r: v[rows] for r, v in features.items()},
+                    _probe_labels([items[multimodal[p]] for p in rows]),
+                    {name: {r: v[rows] for r, v in f.items()} for name, f in floors.items()},
+                    "text_mean",
+                    settings,
+                )
     for task in ("visual_count", "visual_colours"):
         rows = by_task.get(task, [])
         if rows:
@@ -940,11 +1130,15 @@ def run_benchmark_probes(runner: Runner, items: Sequence, bank: ImageBank, setti
     labels = np.asarray([str(item.target) for item in items])
     mismatched = derangement(len(items), _rng(settings, "probes/mismatched"))
     features = representations(runner, bank, ids, texts)
-    floors = {"mismatched": representations(runner, bank, mismatched, texts),
-              "blank": representations(runner, bank, np.full(len(items), BLANK), texts)}
+    floors = {
+        "mismatched": representations(runner, bank, mismatched, texts),
+        "blank": representations(runner, bank, np.full(len(items), BLANK), texts),
+    }
     task = items[0].task
-    return {"split": "item k of a task is a test item when (k // 2) % 2 == 1",
-            "tasks": {task: probe_task(features, labels, floors, "text_mean", settings)}}
+    return {
+        "split": "item k of a task is a test item when (k // 2) % 2 == 1",
+        "tasks": {task: probe_task(features, labels, floors, "text_mean", settings)},
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -970,8 +1164,9 @@ def masked_concept_items(items: Sequence, tokenizer) -> tuple[list[tuple[int, in
         words = item.caption.split()
         start, stop = item.word_span
         candidates = [(j, sw.concept_category(words[j])) for j in range(start, stop)]
-        candidates = [(j, c) for j, c in candidates
-                      if c in vocab and words[j] in vocab[c] and words.count(words[j]) == 1]
+        candidates = [
+            (j, c) for j, c in candidates if c in vocab and words[j] in vocab[c] and words.count(words[j]) == 1
+        ]
         if not candidates:
             skipped += 1
             continue
@@ -980,8 +1175,7 @@ def masked_concept_items(items: Sequence, tokenizer) -> tuple[list[tuple[int, in
     return chosen, skipped
 
 
-def run_crossmodal(runner: Runner, sets: Mapping, settings: Settings,
-                   objectives: Sequence[str] | None = None) -> dict:
+def run_crossmodal(runner: Runner, sets: Mapping, settings: Settings, objectives: Sequence[str] | None = None) -> dict:
     """Masked concept-word accuracy with the true, a blank and a mismatched image; MIM loss with and without caption
     (skipped when ``objectives``, the run's pretraining objectives, are known and lack MIM: its head is untrained)."""
     items = list(sets["grounding"])
@@ -1005,8 +1199,11 @@ def run_crossmodal(runner: Runner, sets: Mapping, settings: Settings,
         for row, category in enumerate(categories):
             allowed[row, [column[i] for i in vocab[category].values()]] = True
         image_ids = np.asarray([k for k, _, _ in chosen])
-        conditions = {"image": image_ids, "blank": np.full_like(image_ids, BLANK),
-                      "mismatched": image_ids[derangement(len(chosen), _rng(settings, "crossmodal/mismatched"))]}
+        conditions = {
+            "image": image_ids,
+            "blank": np.full_like(image_ids, BLANK),
+            "mismatched": image_ids[derangement(len(chosen), _rng(settings, "crossmodal/mismatched"))],
+        }
         correct, open_correct = {}, {}
         for name, ids in conditions.items():
             closed, opened = masked_word_predictions(runner, bank, ids, texts, candidate_ids)
@@ -1020,15 +1217,25 @@ def run_crossmodal(runner: Runner, sets: Mapping, settings: Settings,
         for group, rows in selections.items():
             if rows.size == 0:
                 continue
-            score = {"accuracy": mean_figure(correct["image"][rows], settings),
-                     "open_accuracy": mean_figure(open_correct["image"][rows], settings),
-                     "chance": mean_figure(1.0 / allowed[rows].sum(axis=1), settings)}
-            floors = {name: {"accuracy": mean_figure(correct[name][rows], settings)}
-                      for name in ("blank", "mismatched")}
-            differences = {name: difference(correct[name][rows], correct["image"][rows], settings, "accuracy")
-                           for name in floors}
-            words[group] = comparison(rows.size, "accuracy", score, floors, differences,
-                                      {"accuracy": correct["image"][rows], "open_accuracy": open_correct["image"][rows]})
+            score = {
+                "accuracy": mean_figure(correct["image"][rows], settings),
+                "open_accuracy": mean_figure(open_correct["image"][rows], settings),
+                "chance": mean_figure(1.0 / allowed[rows].sum(axis=1), settings),
+            }
+            floors = {
+                name: {"accuracy": mean_figure(correct[name][rows], settings)} for name in ("blank", "mismatched")
+            }
+            differences = {
+                name: difference(correct[name][rows], correct["image"][rows], settings, "accuracy") for name in floors
+            }
+            words[group] = comparison(
+                rows.size,
+                "accuracy",
+                score,
+                floors,
+                differences,
+                {"accuracy": correct["image"][rows], "open_accuracy": open_correct["image"][rows]},
+            )
         result["masked_word"] = words
     if objectives is not None and "mim" not in objectives:
         result["mim"] = {"skipped": f"the model was not pretrained with MIM (objectives {','.join(objectives)})"}
@@ -1061,8 +1268,9 @@ def run_mim(runner: Runner, items: Sequence, bank: ImageBank, settings: Settings
     floors = {"no_caption": {"loss": mean_figure(without, settings)}}
     # Lower is better: the difference is floor - score, positive when the caption helps reconstruct the image.
     differences = {"no_caption": difference(with_caption, without, settings, "loss (no caption - caption)")}
-    return comparison(len(items), "loss", score, floors, differences, {"loss": with_caption},
-                      mim_probability=settings.mim_probability)
+    return comparison(
+        len(items), "loss", score, floors, differences, {"loss": with_caption}, mim_probability=settings.mim_probability
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1074,12 +1282,14 @@ def pointing_hits(relevance: np.ndarray, object_patches: Sequence[Sequence[int]]
     """Per item whether the most relevant patch (first on ties) is one of its object's patches (NaN rows: False)."""
     defined = ~np.isnan(relevance).all(axis=1)
     top = np.where(np.isnan(relevance), -np.inf, relevance).argmax(axis=1)
-    return np.asarray([bool(ok) and int(t) in set(patches) for ok, t, patches in zip(defined, top, object_patches)],
-                      dtype=bool)
+    return np.asarray(
+        [bool(ok) and int(t) in set(patches) for ok, t, patches in zip(defined, top, object_patches)], dtype=bool
+    )
 
 
-def occlusion_masks(object_patches: Sequence[Sequence[int]], num_patches: int,
-                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def occlusion_masks(
+    object_patches: Sequence[Sequence[int]], num_patches: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(object masks, random masks (N, P) bool, usable (N,)): the random mask hides as many patches as the object's,
     drawn uniformly among the other patches; an item whose object covers more than half the grid is not usable."""
     n = len(object_patches)
@@ -1096,17 +1306,27 @@ def occlusion_masks(object_patches: Sequence[Sequence[int]], num_patches: int,
     return objects, randoms, usable
 
 
-def occlusion_block(base: np.ndarray, object_scores: np.ndarray, random_scores: np.ndarray,
-                    settings: Settings, mode: str) -> dict:
+def occlusion_block(
+    base: np.ndarray, object_scores: np.ndarray, random_scores: np.ndarray, settings: Settings, mode: str
+) -> dict:
     """Drops of the match probability when the object's patches, or as many random ones, are hidden."""
     object_drop, random_drop = base - object_scores, base - random_scores
-    score = {"object_drop": mean_figure(object_drop, settings),
-             "object_drop_larger": mean_figure((object_drop > random_drop).astype(float), settings)}
+    score = {
+        "object_drop": mean_figure(object_drop, settings),
+        "object_drop_larger": mean_figure((object_drop > random_drop).astype(float), settings),
+    }
     floors = {"random_patches": {"object_drop": mean_figure(random_drop, settings)}}
     differences = {"random_patches": difference(random_drop, object_drop, settings, "object_drop")}
-    return comparison(base.size, "object_drop", score, floors, differences,
-                      {"object_drop": object_drop, "object_drop_larger": (object_drop > random_drop).astype(float)},
-                      occlusion=mode, base_score=mean_figure(base, settings))
+    return comparison(
+        base.size,
+        "object_drop",
+        score,
+        floors,
+        differences,
+        {"object_drop": object_drop, "object_drop_larger": (object_drop > random_drop).astype(float)},
+        occlusion=mode,
+        base_score=mean_figure(base, settings),
+    )
 
 
 def run_grounding(runner: Runner, sets: Mapping, settings: Settings) -> dict:
@@ -1114,27 +1334,40 @@ def run_grounding(runner: Runner, sets: Mapping, settings: Settings) -> dict:
     items = [item for item in sets["grounding"] if item.patch_indices]
     skipped = len(sets["grounding"]) - len(items)
     if items and (items[0].patch_size != runner.patch_size or items[0].image_size != runner.image_size):
-        raise ValueError(f"grounding items use {items[0].image_size} px images in {items[0].patch_size} px patches; "
-                         f"the model takes {runner.image_size} px in {runner.patch_size} px patches")
+        raise ValueError(
+            f"grounding items use {items[0].image_size} px images in {items[0].patch_size} px patches; "
+            f"the model takes {runner.image_size} px in {runner.patch_size} px patches"
+        )
     bank = ImageBank(scenes=[item.scene for item in items], image_size=runner.image_size)
     ids = np.arange(len(items))
     captions = [item.caption for item in items]
     patches = [item.patch_indices for item in items]
-    relevance = phrase_relevance(runner, bank, ids, captions, [item.word_span for item in items],
-                                 settings.relevance_layers)
+    relevance = phrase_relevance(
+        runner, bank, ids, captions, [item.word_span for item in items], settings.relevance_layers
+    )
     hits = pointing_hits(relevance, patches).astype(float)
     chance = np.asarray([len(p) / runner.num_patches for p in patches])
-    pointing = comparison(len(items), "accuracy", {"accuracy": mean_figure(hits, settings)},
-                          {"chance": {"accuracy": mean_figure(chance, settings)}},
-                          {"chance": difference(chance, hits, settings, "accuracy")}, {"accuracy": hits},
-                          relevance_layers=list(settings.relevance_layers))
+    pointing = comparison(
+        len(items),
+        "accuracy",
+        {"accuracy": mean_figure(hits, settings)},
+        {"chance": {"accuracy": mean_figure(chance, settings)}},
+        {"chance": difference(chance, hits, settings, "accuracy")},
+        {"accuracy": hits},
+        relevance_layers=list(settings.relevance_layers),
+    )
     objects, randoms, usable = occlusion_masks(patches, runner.num_patches, _rng(settings, "occlusion"))
     rows = np.flatnonzero(usable)
     n = rows.size
-    scores = match_scores(runner, bank, np.concatenate([rows, rows, rows]), [captions[k] for k in rows] * 3,
-                          np.concatenate([np.zeros_like(objects[rows]), objects[rows], randoms[rows]]),
-                          settings.occlusion)
-    occlusion = occlusion_block(scores[:n], scores[n:2 * n], scores[2 * n:], settings, settings.occlusion)
+    scores = match_scores(
+        runner,
+        bank,
+        np.concatenate([rows, rows, rows]),
+        [captions[k] for k in rows] * 3,
+        np.concatenate([np.zeros_like(objects[rows]), objects[rows], randoms[rows]]),
+        settings.occlusion,
+    )
+    occlusion = occlusion_block(scores[:n], scores[n : 2 * n], scores[2 * n :], settings, settings.occlusion)
     occlusion["skipped"] = int((~usable).sum())
     return {"skipped": skipped, "pointing": pointing, "occlusion": occlusion}
 
@@ -1147,17 +1380,20 @@ def run_grounding(runner: Runner, sets: Mapping, settings: Settings) -> dict:
 def _foil_item_correct(runner: Runner, bank: ImageBank, rows: FoilRows, settings: Settings, tag: str) -> dict:
     """Per-item acc_r under the image, blank and mismatched conditions."""
     n = len(rows.captions)
-    conditions = {"image": rows.image_ids, "blank": np.full_like(rows.image_ids, BLANK),
-                  "mismatched": rows.image_ids[derangement(n, _rng(settings, f"{tag}/mismatched"))]}
-    return {name: _item_acc_r(*foil_scores(runner, bank, rows, ids), rows.foil_item, n)
-            for name, ids in conditions.items()}
+    conditions = {
+        "image": rows.image_ids,
+        "blank": np.full_like(rows.image_ids, BLANK),
+        "mismatched": rows.image_ids[derangement(n, _rng(settings, f"{tag}/mismatched"))],
+    }
+    return {
+        name: _item_acc_r(*foil_scores(runner, bank, rows, ids), rows.foil_item, n) for name, ids in conditions.items()
+    }
 
 
 def _acc_block(correct: Mapping[str, np.ndarray], rows: np.ndarray, settings: Settings, **extra) -> dict:
     score = {"acc_r": mean_figure(correct["image"][rows], settings)}
     floors = {name: {"acc_r": mean_figure(correct[name][rows], settings)} for name in ("blank", "mismatched")}
-    differences = {name: difference(correct[name][rows], correct["image"][rows], settings, "acc_r")
-                   for name in floors}
+    differences = {name: difference(correct[name][rows], correct["image"][rows], settings, "acc_r") for name in floors}
     return comparison(rows.size, "acc_r", score, floors, differences, {"acc_r": correct["image"][rows]}, **extra)
 
 
@@ -1173,12 +1409,21 @@ def run_frequency(runner: Runner, sets: Mapping, pair_counts: Mapping, settings:
     counts = np.asarray([np.nan if c is None else c for c in es.item_frequencies(seen, pair_counts)], dtype=float)
     observed = np.flatnonzero(counts >= 1)
     x = np.log10(counts[observed])
-    slope = {"n_items": int(observed.size), "x": "log10(pretraining count of the named colour-shape pair)",
-             "score": slope_figure(x, correct["image"][observed], settings),
-             "floors": {name: slope_figure(x, correct[name][observed], settings) for name in ("blank", "mismatched")},
-             "differences": {name: {"of": "acc_r slope", **slope_figure(
-                 x, correct["image"][observed] - correct[name][observed], settings), "p_value": None,
-                 "resampled": "items"} for name in ("blank", "mismatched")}}
+    slope = {
+        "n_items": int(observed.size),
+        "x": "log10(pretraining count of the named colour-shape pair)",
+        "score": slope_figure(x, correct["image"][observed], settings),
+        "floors": {name: slope_figure(x, correct[name][observed], settings) for name in ("blank", "mismatched")},
+        "differences": {
+            name: {
+                "of": "acc_r slope",
+                **slope_figure(x, correct["image"][observed] - correct[name][observed], settings),
+                "p_value": None,
+                "resampled": "items",
+            }
+            for name in ("blank", "mismatched")
+        },
+    }
     buckets = es.log_buckets(pair_counts, NUM_FREQUENCY_BUCKETS)  # held-out pairs count 0: bucket 0
     of_item = np.asarray([buckets.bucket(c) if np.isfinite(c) else -1 for c in counts])
     table = []
@@ -1187,17 +1432,29 @@ def run_frequency(runner: Runner, sets: Mapping, pair_counts: Mapping, settings:
         if members.size:
             low = 0.0 if b == 0 else buckets.edges[b - 1]
             high = 0.0 if b == 0 else buckets.edges[b]
-            table.append({"bucket": b, "count_low": float(low), "count_high": float(high),
-                          **_acc_block(correct, members, settings)})
-    result = {"n_items": len(seen), "slope": slope, "buckets": table, "bucket_edges": list(buckets.edges),
-              "held_out": None, "held_out_versus_seen": None, "held_out_pairs": [list(p) for p in
-                                                                                 sorted({q for i in held for q in
-                                                                                         es.item_pairs(i)})]}
+            table.append(
+                {
+                    "bucket": b,
+                    "count_low": float(low),
+                    "count_high": float(high),
+                    **_acc_block(correct, members, settings),
+                }
+            )
+    result = {
+        "n_items": len(seen),
+        "slope": slope,
+        "buckets": table,
+        "bucket_edges": list(buckets.edges),
+        "held_out": None,
+        "held_out_versus_seen": None,
+        "held_out_pairs": [list(p) for p in sorted({q for i in held for q in es.item_pairs(i)})],
+    }
     if held:
         held_rows = np.arange(len(seen), len(items))
         result["held_out"] = _acc_block(correct, held_rows, settings)
-        result["held_out_versus_seen"] = unpaired_difference(correct["image"][:len(seen)], correct["image"][held_rows],
-                                                             settings, "acc_r (held out - seen)")
+        result["held_out_versus_seen"] = unpaired_difference(
+            correct["image"][: len(seen)], correct["image"][held_rows], settings, "acc_r (held out - seen)"
+        )
     return result
 
 
@@ -1231,8 +1488,9 @@ def matching_pairs(world: sw.WorldConfig, n: int, runner: Runner, seed: int) -> 
     return scenes, [s["itm_caption"] for s in samples], np.asarray([s["itm_label"] for s in samples])
 
 
-def run_matching(runner: Runner, world: sw.WorldConfig, n_pairs: int, settings: Settings,
-                 objectives: Sequence[str] | None = None) -> dict:
+def run_matching(
+    runner: Runner, world: sw.WorldConfig, n_pairs: int, settings: Settings, objectives: Sequence[str] | None = None
+) -> dict:
     """Zero-shot image-text matching with the run's ITM head on ``n_pairs`` pairs of the evaluation world
     (`matching_pairs`): accuracy of P(match) > 0.5 against its floors: the same captions with a blank image, a
     classifier that never sees an image (a bag of words trained on pairs of `text_floor_world`), and always
@@ -1240,8 +1498,7 @@ def run_matching(runner: Runner, world: sw.WorldConfig, n_pairs: int, settings: 
     from .shortcuts import BagOfWords
 
     if objectives is not None and "itm" not in objectives:
-        return {"skipped": f"the model was not pretrained with image-text matching (objectives "
-                           f"{','.join(objectives)})"}
+        return {"skipped": f"the model was not pretrained with image-text matching (objectives {','.join(objectives)})"}
     scenes, captions, labels = matching_pairs(world, n_pairs, runner, settings.seed)
     if not captions:
         return {"skipped": "no readable pair"}
@@ -1256,8 +1513,15 @@ def run_matching(runner: Runner, world: sw.WorldConfig, n_pairs: int, settings: 
     floor_values = {"blank": blank, "text_only": text_only, "chance_majority": majority}
     floors = {name: {"accuracy": mean_figure(values, settings)} for name, values in floor_values.items()}
     differences = {name: difference(values, correct, settings, "accuracy") for name, values in floor_values.items()}
-    return comparison(len(captions), "accuracy", {"accuracy": mean_figure(correct, settings)}, floors,
-                      differences, {"accuracy": correct}, positives=int(labels.sum()))
+    return comparison(
+        len(captions),
+        "accuracy",
+        {"accuracy": mean_figure(correct, settings)},
+        floors,
+        differences,
+        {"accuracy": correct},
+        positives=int(labels.sum()),
+    )
 
 
 def _gitm_text_only(texts, targets, cells, world, n_groups, runner, config, grid, settings) -> np.ndarray:
@@ -1269,9 +1533,16 @@ def _gitm_text_only(texts, targets, cells, world, n_groups, runner, config, grid
     from .shortcuts import BagOfWords, gitm_segment_items
 
     rows = sw.build_dataset(dataclasses.replace(text_floor_world(world), num_scenes=n_groups))
-    train = GroupedMatchingDataset(rows, runner.processor, config, mode=grid["gitm_mode"],
-                                   patch_size=runner.patch_size, image_size=runner.image_size, seed=settings.seed,
-                                   max_length=grid["gitm_max_length"])
+    train = GroupedMatchingDataset(
+        rows,
+        runner.processor,
+        config,
+        mode=grid["gitm_mode"],
+        patch_size=runner.patch_size,
+        image_size=runner.image_size,
+        seed=settings.seed,
+        max_length=grid["gitm_max_length"],
+    )
     model = BagOfWords().fit(*gitm_segment_items(train, range(len(train))))
     if len(texts) != len(targets):
         raise RuntimeError(f"grouped matching: {len(texts)} segment texts for {len(targets)} scored segments")
@@ -1280,8 +1551,14 @@ def _gitm_text_only(texts, targets, cells, world, n_groups, runner, config, grid
     return np.where(says_none, is_none.astype(float), np.where(is_none, 0.0, 1.0 / cells))
 
 
-def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, grid: Mapping, settings: Settings,
-                         objectives: Sequence[str] | None = None) -> dict:
+def run_grouped_matching(
+    runner: Runner,
+    world: sw.WorldConfig,
+    n_groups: int,
+    grid: Mapping,
+    settings: Settings,
+    objectives: Sequence[str] | None = None,
+) -> dict:
     """Zero-shot grouped matching with the run's trained head on ``n_groups`` groups drawn from the evaluation world
     (one group per scene, the grid and distractors of ``grid``): segment accuracy overall and per kind (own caption,
     easy and hard distractor), against its floors: two chance levels (uniform over the cells and 'none'; always the
@@ -1298,11 +1575,22 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
     if not getattr(runner.model.config, "num_text_segments", 0):
         return {"skipped": "the model has no grouped-matching head (num_text_segments=0)"}
     rows = sw.build_dataset(dataclasses.replace(world, num_scenes=n_groups))
-    config = GroupConfig(rows=grid["gitm_rows"], cols=grid["gitm_cols"],
-                         own_probability=grid["gitm_own_probability"], distractors=grid["gitm_distractors"])
-    groups = GroupedMatchingDataset(rows, runner.processor, config, mode=grid["gitm_mode"],
-                                    patch_size=runner.patch_size, image_size=runner.image_size, seed=settings.seed,
-                                    max_length=grid["gitm_max_length"])
+    config = GroupConfig(
+        rows=grid["gitm_rows"],
+        cols=grid["gitm_cols"],
+        own_probability=grid["gitm_own_probability"],
+        distractors=grid["gitm_distractors"],
+    )
+    groups = GroupedMatchingDataset(
+        rows,
+        runner.processor,
+        config,
+        mode=grid["gitm_mode"],
+        patch_size=runner.patch_size,
+        image_size=runner.image_size,
+        seed=settings.seed,
+        max_length=grid["gitm_max_length"],
+    )
     groups.set_epoch(0)
     cells = groups.spec.num_cells
     correct, blank_correct, kinds, targets, group_of, exact, texts = [], [], [], [], [], [], []
@@ -1319,8 +1607,11 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
             logits = runner.model(**objective_inputs("gitm", {"gitm": batch}, {})).gitm_logits
             hits = (logits.argmax(dim=-1) == wanted) | ~scored
             # The blank-canvas floor: the same texts, every cell background grey.
-            blank = dict(batch, pixel_values=torch.ones_like(batch["pixel_values"])
-                         * runner.background_pixel.view(1, -1, 1, 1).to(batch["pixel_values"].dtype))
+            blank = dict(
+                batch,
+                pixel_values=torch.ones_like(batch["pixel_values"])
+                * runner.background_pixel.view(1, -1, 1, 1).to(batch["pixel_values"].dtype),
+            )
             blank_logits = runner.model(**objective_inputs("gitm", {"gitm": blank}, {})).gitm_logits
             blank_correct += (blank_logits.argmax(dim=-1) == wanted)[scored].float().cpu().tolist()
             rows_in_batch = torch.arange(len(exact), len(exact) + hits.shape[0], device=hits.device)
@@ -1340,28 +1631,54 @@ def run_grouped_matching(runner: Runner, world: sw.WorldConfig, n_groups: int, g
         """(sum of `values` over each group's chosen segments, their number): the segments of one group are not
         independent, so every interval resamples groups."""
         weights = np.ones(correct.size) if chosen is None else chosen.astype(float)
-        return (np.bincount(group_of, weights=values * weights, minlength=len(exact)),
-                np.bincount(group_of, weights=weights, minlength=len(exact)))
+        return (
+            np.bincount(group_of, weights=values * weights, minlength=len(exact)),
+            np.bincount(group_of, weights=weights, minlength=len(exact)),
+        )
 
     of_kind = {kind: kinds == code for kind, code in GITM_KINDS.items()}
     share = np.bincount(targets, minlength=cells + 1) / targets.size
     majority = (targets == share.argmax()).astype(float)  # what always answering the most frequent target scores
     uniform = np.full(correct.size, 1.0 / (cells + 1))
-    score = {"accuracy": cluster_mean_figure(*per_group(correct), settings),
-             **{f"accuracy_{kind}": cluster_mean_figure(*per_group(correct, chosen), settings)
-                for kind, chosen in of_kind.items()},
-             "exact_match": mean_figure(exact, settings)}
-    floor_values = {"chance_uniform": uniform, "chance_majority": majority,
-                    "blank_canvas": np.asarray(blank_correct), "text_only": text_only}
-    floors = {name: {"accuracy": cluster_mean_figure(*per_group(values), settings)}
-              for name, values in floor_values.items()}
-    differences = {name: cluster_difference(per_group(values), per_group(correct), settings, "accuracy")
-                   for name, values in floor_values.items()}
-    hard_minus_easy = cluster_difference(per_group(correct, of_kind["easy"]), per_group(correct, of_kind["hard"]),
-                                         settings, "accuracy (hard - easy distractors)")
-    return comparison(correct.size, "accuracy", score, floors, differences, {"accuracy": correct},
-                      n_groups=len(exact), grid={**grid}, hard_minus_easy=hard_minus_easy,
-                      segments_per_kind={kind: int(chosen.sum()) for kind, chosen in of_kind.items()})
+    score = {
+        "accuracy": cluster_mean_figure(*per_group(correct), settings),
+        **{
+            f"accuracy_{kind}": cluster_mean_figure(*per_group(correct, chosen), settings)
+            for kind, chosen in of_kind.items()
+        },
+        "exact_match": mean_figure(exact, settings),
+    }
+    floor_values = {
+        "chance_uniform": uniform,
+        "chance_majority": majority,
+        "blank_canvas": np.asarray(blank_correct),
+        "text_only": text_only,
+    }
+    floors = {
+        name: {"accuracy": cluster_mean_figure(*per_group(values), settings)} for name, values in floor_values.items()
+    }
+    differences = {
+        name: cluster_difference(per_group(values), per_group(correct), settings, "accuracy")
+        for name, values in floor_values.items()
+    }
+    hard_minus_easy = cluster_difference(
+        per_group(correct, of_kind["easy"]),
+        per_group(correct, of_kind["hard"]),
+        settings,
+        "accuracy (hard - easy distractors)",
+    )
+    return comparison(
+        correct.size,
+        "accuracy",
+        score,
+        floors,
+        differences,
+        {"accuracy": correct},
+        n_groups=len(exact),
+        grid={**grid},
+        hard_minus_easy=hard_minus_easy,
+        segments_per_kind={kind: int(chosen.sum()) for kind, chosen in of_kind.items()},
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -1379,9 +1696,17 @@ def eval_set_sizes(suites: Sequence[str], items_per_phenomenon: int, world: sw.W
     return sizes
 
 
-def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_counts: Mapping | None,
-                  settings: Settings, log=None, objectives: Sequence[str] | None = None,
-                  run_config: Mapping | None = None, items_per_phenomenon: int = 200) -> dict:
+def run_synthetic(
+    runner: Runner,
+    suites: Sequence[str],
+    sets: Mapping,
+    pair_counts: Mapping | None,
+    settings: Settings,
+    log=None,
+    objectives: Sequence[str] | None = None,
+    run_config: Mapping | None = None,
+    items_per_phenomenon: int = 200,
+) -> dict:
     """The chosen suites on evaluation sets of the synthetic world; {suite: results}. ``objectives``: the run's
     pretraining objectives when known (the MIM part of ``crossmodal`` needs a trained MIM head, ``gitm`` a trained
     grouped-matching head); ``run_config``: the run's config (the grid grouped matching was trained on);
@@ -1393,14 +1718,20 @@ def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_cou
             items = list(sets["foils"])
             bank = ImageBank(scenes=[item.scene for item in items], image_size=runner.image_size)
             world = world_from_dict(sets.meta["world_config"], "evaluation world")
-            results[suite] = run_foils(runner, bank, FoilRows.from_items(items, np.arange(len(items))), settings,
-                                       text_floor_foil_pairs(world, items))
+            results[suite] = run_foils(
+                runner,
+                bank,
+                FoilRows.from_items(items, np.arange(len(items))),
+                settings,
+                text_floor_foil_pairs(world, items),
+            )
         elif suite == "winoground":
             items = list(sets["winoground"])
             bank = ImageBank(scenes=[s for item in items for s in item.scenes], image_size=runner.image_size)
             ids = np.arange(2 * len(items)).reshape(-1, 2)
-            results[suite] = run_winoground(runner, bank, ids, [item.captions for item in items],
-                                            [item.phenomenon for item in items], settings)
+            results[suite] = run_winoground(
+                runner, bank, ids, [item.captions for item in items], [item.phenomenon for item in items], settings
+            )
         elif suite == "probes":
             results[suite] = run_probes(runner, sets, settings)
         elif suite == "crossmodal":
@@ -1411,12 +1742,19 @@ def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_cou
             results[suite] = run_frequency(runner, sets, pair_counts or {}, settings)
         elif suite == "itm":
             world = world_from_dict(sets.meta["world_config"], "evaluation world")
-            results[suite] = run_matching(runner, world, GITM_GROUPS_PER_ITEM * items_per_phenomenon, settings,
-                                          objectives)
+            results[suite] = run_matching(
+                runner, world, GITM_GROUPS_PER_ITEM * items_per_phenomenon, settings, objectives
+            )
         elif suite == "gitm":
             world = world_from_dict(sets.meta["world_config"], "evaluation world")
-            results[suite] = run_grouped_matching(runner, world, GITM_GROUPS_PER_ITEM * items_per_phenomenon,
-                                                  gitm_settings(run_config), settings, objectives)
+            results[suite] = run_grouped_matching(
+                runner,
+                world,
+                GITM_GROUPS_PER_ITEM * items_per_phenomenon,
+                gitm_settings(run_config),
+                settings,
+                objectives,
+            )
         else:
             raise ConfigError(f"--suite={suite!r}: expected one of {SUITES} or 'all'")
         if log:
@@ -1424,8 +1762,13 @@ def run_synthetic(runner: Runner, suites: Sequence[str], sets: Mapping, pair_cou
     return results
 
 
-READERS = {"valse": readers.read_valse, "sugarcrepe": readers.read_sugarcrepe, "aro": readers.read_aro,
-           "winoground": readers.read_winoground, "probing": readers.read_probing_csv}
+READERS = {
+    "valse": readers.read_valse,
+    "sugarcrepe": readers.read_sugarcrepe,
+    "aro": readers.read_aro,
+    "winoground": readers.read_winoground,
+    "probing": readers.read_probing_csv,
+}
 
 
 def read_benchmark(name: str, path: str, image_dir: str) -> tuple[list, list[dict], int]:
@@ -1464,8 +1807,16 @@ def run_benchmark(runner: Runner, name: str, items: Sequence, settings: Settings
         index = {p: k for k, p in enumerate(paths)}
         bank = ImageBank(paths=paths, image_size=runner.image_size)
         ids = np.asarray([[index[p] for p in item.image_paths] for item in items])
-        return {suite: run_winoground(runner, bank, ids, [tuple(item.captions) for item in items],
-                                      [item.collapsed_tag or item.tag for item in items], settings)}
+        return {
+            suite: run_winoground(
+                runner,
+                bank,
+                ids,
+                [tuple(item.captions) for item in items],
+                [item.collapsed_tag or item.tag for item in items],
+                settings,
+            )
+        }
     boxes = [tuple(item.meta["bbox"]) if "bbox" in item.meta else None for item in items]
     bank = ImageBank(paths=[item.image_path for item in items], boxes=boxes, image_size=runner.image_size)
     if suite == "probes":
@@ -1488,11 +1839,15 @@ def load_schema() -> dict:
         return json.load(handle)
 
 
-_TYPES = {"object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
-          "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
-          "null": lambda v: v is None,
-          "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+_TYPES = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+}
 
 
 def validate_json(instance, schema: Mapping, root: Mapping | None = None, path: str = "$") -> list[str]:
@@ -1568,11 +1923,22 @@ def _summary_rows(results: Mapping) -> list[tuple]:
         score = block["score"].get(name) or next(iter(block["score"].values()))
         floors = list(block["floors"]) or [None]
         for k, floor in enumerate(floors):
-            floor_fig = None if floor is None else (block["floors"][floor].get(name)
-                                                    or next(iter(block["floors"][floor].values())))
-            rows.append((suite if k == 0 else "", item if k == 0 else "", name if k == 0 else "",
-                         _fmt(score) if k == 0 else "", floor or "-", _fmt(floor_fig) if floor else "-",
-                         _fmt(block["differences"].get(floor), signed=True) if floor else "-"))
+            floor_fig = (
+                None
+                if floor is None
+                else (block["floors"][floor].get(name) or next(iter(block["floors"][floor].values())))
+            )
+            rows.append(
+                (
+                    suite if k == 0 else "",
+                    item if k == 0 else "",
+                    name if k == 0 else "",
+                    _fmt(score) if k == 0 else "",
+                    floor or "-",
+                    _fmt(floor_fig) if floor else "-",
+                    _fmt(block["differences"].get(floor), signed=True) if floor else "-",
+                )
+            )
 
     suites = results.get("suites", {})
     for suite in ("foils", "winoground"):
@@ -1592,19 +1958,30 @@ def _summary_rows(results: Mapping) -> list[tuple]:
     frequency = suites.get("frequency", {})
     if frequency:
         slope = frequency["slope"]
-        add("frequency", "slope per decade", {"headline": "acc_r", "score": {"acc_r": slope["score"]},
-                                              "floors": {k: {"acc_r": v} for k, v in slope["floors"].items()},
-                                              "differences": slope["differences"]})
+        add(
+            "frequency",
+            "slope per decade",
+            {
+                "headline": "acc_r",
+                "score": {"acc_r": slope["score"]},
+                "floors": {k: {"acc_r": v} for k, v in slope["floors"].items()},
+                "differences": slope["differences"],
+            },
+        )
         for bucket in frequency["buckets"]:
-            add("frequency", f"bucket {bucket['bucket']} ({bucket['count_low']:.0f}-{bucket['count_high']:.0f})",
-                bucket)
+            add(
+                "frequency", f"bucket {bucket['bucket']} ({bucket['count_low']:.0f}-{bucket['count_high']:.0f})", bucket
+            )
         add("frequency", "held-out pairs", frequency.get("held_out"))
     add("itm", "matched or not", suites.get("itm"))
     gitm = suites.get("gitm", {})
     if "score" in gitm:
         add("gitm", f"{gitm['grid']['gitm_rows']}x{gitm['grid']['gitm_cols']} {gitm['grid']['gitm_mode']}", gitm)
-        add("gitm", "hard - easy distractors", {"headline": "accuracy", "score": {"accuracy": gitm["hard_minus_easy"]},
-                                                "floors": {}, "differences": {}})
+        add(
+            "gitm",
+            "hard - easy distractors",
+            {"headline": "accuracy", "score": {"accuracy": gitm["hard_minus_easy"]}, "floors": {}, "differences": {}},
+        )
     return rows
 
 
@@ -1620,8 +1997,10 @@ def summary_table(results: Mapping) -> str:
     lines.append("items: " + ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int)))
     benchmark = results.get("benchmark")
     if benchmark:
-        lines.append(f"benchmark {benchmark['name']}: {benchmark['n_items']} of {benchmark['n_records']} records "
-                     f"evaluated, {benchmark['n_skipped']} skipped {benchmark['skipped_by_reason']}")
+        lines.append(
+            f"benchmark {benchmark['name']}: {benchmark['n_items']} of {benchmark['n_records']} records "
+            f"evaluated, {benchmark['n_skipped']} skipped {benchmark['skipped_by_reason']}"
+        )
     return "\n".join(lines)
 
 
@@ -1657,19 +2036,35 @@ def expand_suites(suites: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def evaluate(model_dir: str, suites: Sequence[str] = ("all",), output: str | None = None,
-             items_per_phenomenon: int = 200, settings: Settings = Settings(), world_config: str | None = None,
-             eval_sets_file: str | None = None, benchmark: str | None = None, benchmark_file: str | None = None,
-             image_dir: str | None = None, device: str | None = None, log=print) -> dict:
+def evaluate(
+    model_dir: str,
+    suites: Sequence[str] = ("all",),
+    output: str | None = None,
+    items_per_phenomenon: int = 200,
+    settings: Settings = Settings(),
+    world_config: str | None = None,
+    eval_sets_file: str | None = None,
+    benchmark: str | None = None,
+    benchmark_file: str | None = None,
+    image_dir: str | None = None,
+    device: str | None = None,
+    log=print,
+) -> dict:
     """Run the suites (or a real benchmark) on the model in ``model_dir``; write ``output`` and return the results."""
-    _expect(isinstance(items_per_phenomenon, int) and items_per_phenomenon >= 4, "--items-per-phenomenon",
-            items_per_phenomenon, "an integer >= 4 (a quick run a few hundred, a full run thousands)")
+    _expect(
+        isinstance(items_per_phenomenon, int) and items_per_phenomenon >= 4,
+        "--items-per-phenomenon",
+        items_per_phenomenon,
+        "an integer >= 4 (a quick run a few hundred, a full run thousands)",
+    )
     chosen = expand_suites(suites)  # checked before any work
     if benchmark and benchmark not in BENCHMARKS:
         raise ConfigError(f"--benchmark={benchmark!r}: expected one of {tuple(BENCHMARKS)}")
     if benchmark and tuple(suites) != ("all",) and chosen != [BENCHMARKS[benchmark]]:
-        raise ConfigError(f"--suite={','.join(suites)}: --benchmark {benchmark} runs the "
-                          f"{BENCHMARKS[benchmark]!r} suite; leave --suite out or give that one")
+        raise ConfigError(
+            f"--suite={','.join(suites)}: --benchmark {benchmark} runs the "
+            f"{BENCHMARKS[benchmark]!r} suite; leave --suite out or give that one"
+        )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path, run_dir = resolve_model_dir(model_dir)
     record = read_run_record(run_dir) if run_dir else None
@@ -1684,25 +2079,45 @@ def evaluate(model_dir: str, suites: Sequence[str] = ("all",), output: str | Non
     elif record:
         world = world_from_run_config(record["config"], os.path.join(run_dir, "run.yaml"))
     else:
-        raise ConfigError(f"--world-config: {model_dir!r} has no run.yaml inside or beside it; give "
-                          f"--world-config FILE (a run.yaml, a run config or WorldConfig fields)")
+        raise ConfigError(
+            f"--world-config: {model_dir!r} has no run.yaml inside or beside it; give "
+            f"--world-config FILE (a run.yaml, a run config or WorldConfig fields)"
+        )
     model, processor = load_model(model_path, device)
     runner = Runner(model, processor, device, settings.batch_size)
     started = time.perf_counter()
-    results = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "model_dir": os.path.abspath(model_dir),
-               "model_path": os.path.abspath(model_path), "code_version": _code_version(),
-               "model_code_version": record.get("code_version") if record else None,
-               "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-               "device": device, "config": record["config"] if record else None, "settings": settings.to_dict(),
-               "seeds": {"evaluation": settings.seed}, "world_config": None, "eval_world_config": None,
-               "item_counts": {}, "skipped": {}, "benchmark": None, "suites": {}}
+    results = {
+        "format": RESULTS_FORMAT,
+        "format_version": RESULTS_VERSION,
+        "model_dir": os.path.abspath(model_dir),
+        "model_path": os.path.abspath(model_path),
+        "code_version": _code_version(),
+        "model_code_version": record.get("code_version") if record else None,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "device": device,
+        "config": record["config"] if record else None,
+        "settings": settings.to_dict(),
+        "seeds": {"evaluation": settings.seed},
+        "world_config": None,
+        "eval_world_config": None,
+        "item_counts": {},
+        "skipped": {},
+        "benchmark": None,
+        "suites": {},
+    }
     if benchmark:
         items, skipped, records = read_benchmark(benchmark, benchmark_file, image_dir)
         reasons = Counter(entry["reason"].split(":")[0] for entry in skipped)
-        results["benchmark"] = {"name": benchmark, "file": os.path.abspath(benchmark_file),
-                                "image_dir": os.path.abspath(image_dir), "n_records": records, "n_items": len(items),
-                                "n_skipped": len(skipped), "skipped_by_reason": dict(reasons),
-                                "skipped": skipped[:100]}
+        results["benchmark"] = {
+            "name": benchmark,
+            "file": os.path.abspath(benchmark_file),
+            "image_dir": os.path.abspath(image_dir),
+            "n_records": records,
+            "n_items": len(items),
+            "n_skipped": len(skipped),
+            "skipped_by_reason": dict(reasons),
+            "skipped": skipped[:100],
+        }
         for entry in skipped[:5]:
             log(f"skipped {entry['id']}: {entry['reason']}")
         results["item_counts"] = {BENCHMARKS[benchmark]: len(items)}
@@ -1714,29 +2129,48 @@ def evaluate(model_dir: str, suites: Sequence[str] = ("all",), output: str | Non
             except (OSError, ValueError) as error:
                 raise ConfigError(f"--eval-sets={eval_sets_file!r}: {error}") from None
             if sets.meta.get("patch_size") != runner.patch_size or sets.meta.get("image_size") != runner.image_size:
-                raise ConfigError(f"--eval-sets={eval_sets_file!r}: built for {sets.meta.get('image_size')} px images "
-                                  f"in {sets.meta.get('patch_size')} px patches; the model takes "
-                                  f"{runner.image_size} px in {runner.patch_size} px patches")
+                raise ConfigError(
+                    f"--eval-sets={eval_sets_file!r}: built for {sets.meta.get('image_size')} px images "
+                    f"in {sets.meta.get('patch_size')} px patches; the model takes "
+                    f"{runner.image_size} px in {runner.patch_size} px patches"
+                )
             for suite in chosen:
                 for name in SUITE_SETS[suite][:1]:  # held-out items are optional
                     if not sets.get(name):
-                        raise ConfigError(f"--eval-sets={eval_sets_file!r}: holds no {name!r} items, which the "
-                                          f"{suite} suite needs")
+                        raise ConfigError(
+                            f"--eval-sets={eval_sets_file!r}: holds no {name!r} items, which the {suite} suite needs"
+                        )
         else:
             sizes = eval_set_sizes(chosen, items_per_phenomenon, world.config)
-            sets = es.build_eval_sets(world.config, sizes, image_size=runner.image_size,
-                                      patch_size=runner.patch_size)
+            sets = es.build_eval_sets(world.config, sizes, image_size=runner.image_size, patch_size=runner.patch_size)
         pair_counts = world.pair_counts() if "frequency" in chosen else None
-        results["world_config"] = {"source": world.source, "training_scenes": list(world.training_scenes),
-                                   **world.config.to_dict()}
+        results["world_config"] = {
+            "source": world.source,
+            "training_scenes": list(world.training_scenes),
+            **world.config.to_dict(),
+        }
         results["eval_world_config"] = sets.meta.get("world_config")
-        results["seeds"].update({"world": world.config.seed, "eval_world": (sets.meta.get("world_config") or {})
-                                 .get("seed"), "eval_seed_offset": sets.meta.get("seed_offset")})
+        results["seeds"].update(
+            {
+                "world": world.config.seed,
+                "eval_world": (sets.meta.get("world_config") or {}).get("seed"),
+                "eval_seed_offset": sets.meta.get("seed_offset"),
+            }
+        )
         results["item_counts"] = {name: len(items) for name, items in sets.items()}
         results["skipped"] = dict(sets.skipped)
         results["settings"]["items_per_phenomenon"] = items_per_phenomenon
-        results["suites"] = run_synthetic(runner, chosen, sets, pair_counts, settings, log, run_objectives(record),
-                                          record["config"] if record else None, items_per_phenomenon)
+        results["suites"] = run_synthetic(
+            runner,
+            chosen,
+            sets,
+            pair_counts,
+            settings,
+            log,
+            run_objectives(record),
+            record["config"] if record else None,
+            items_per_phenomenon,
+        )
     results["seconds"] = round(time.perf_counter() - started, 2)
     results = json_ready(results)
     errors = validate_json(results, load_schema())
@@ -1753,31 +2187,52 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlp evaluate",
         description="Run the evaluation suite on a pretrained model: zero-shot foils, Winoground pairs, probes, "
-                    "cross-modal use, grounding and concept frequency on the synthetic world (or a real benchmark), "
-                    "each beside its language-bias floor. Writes results.json and prints a summary.")
+        "cross-modal use, grounding and concept frequency on the synthetic world (or a real benchmark), "
+        "each beside its language-bias floor. Writes results.json and prints a summary.",
+    )
     parser.add_argument("model_dir", help="a `vlp pretrain` run folder (run.yaml, model/) or a saved model folder")
-    parser.add_argument("--suite", default="all",
-                        help=f"comma-separated suites from {', '.join(SUITES)}, or 'all' (default)")
+    parser.add_argument(
+        "--suite", default="all", help=f"comma-separated suites from {', '.join(SUITES)}, or 'all' (default)"
+    )
     parser.add_argument("--output", required=True, help="where to write results.json")
-    parser.add_argument("--items-per-phenomenon", type=int, default=200,
-                        help="items per foil phenomenon / Winoground phenomenon / probe task, grounding items; "
-                             "frequency items per pair are a 64th of it (default 200; a full run thousands)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the bootstrap, mismatched images, occlusion and MIM draws and probes; the items "
-                             "themselves come from the world's seed, identical for every model")
-    parser.add_argument("--world-config", help="the pretraining world: a run.yaml, a run config or WorldConfig "
-                                               "fields (default: run.yaml of MODEL_DIR or beside it)")
+    parser.add_argument(
+        "--items-per-phenomenon",
+        type=int,
+        default=200,
+        help="items per foil phenomenon / Winoground phenomenon / probe task, grounding items; "
+        "frequency items per pair are a 64th of it (default 200; a full run thousands)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap, mismatched images, occlusion and MIM draws and probes; the items "
+        "themselves come from the world's seed, identical for every model",
+    )
+    parser.add_argument(
+        "--world-config",
+        help="the pretraining world: a run.yaml, a run config or WorldConfig "
+        "fields (default: run.yaml of MODEL_DIR or beside it)",
+    )
     parser.add_argument("--eval-sets", help="evaluation sets saved with eval_sets.save_eval_sets (instead of drawing)")
     parser.add_argument("--benchmark", help=f"a real benchmark instead of the synthetic world: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--benchmark-file", help="the benchmark's file (VALSE/SugarCrepe/ARO json, Winoground "
-                                                 "examples.jsonl, probing csv)")
+    parser.add_argument(
+        "--benchmark-file",
+        help="the benchmark's file (VALSE/SugarCrepe/ARO json, Winoground examples.jsonl, probing csv)",
+    )
     parser.add_argument("--image-dir", help="the folder of the benchmark's images")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default 64)")
     parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--occlusion", default="mask", help="hide patches with the model's 'mask' embedding "
-                                                            "(default) or 'blank' pixels (background grey)")
-    parser.add_argument("--relevance-layers", default="-1",
-                        help="layers whose attention points (comma-separated; default -1, the last; averaged)")
+    parser.add_argument(
+        "--occlusion",
+        default="mask",
+        help="hide patches with the model's 'mask' embedding (default) or 'blank' pixels (background grey)",
+    )
+    parser.add_argument(
+        "--relevance-layers",
+        default="-1",
+        help="layers whose attention points (comma-separated; default -1, the last; averaged)",
+    )
     parser.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     return parser
 
@@ -1799,20 +2254,52 @@ def cli(argv: Sequence[str]) -> dict:
     if not args.benchmark and (args.benchmark_file or args.image_dir):
         raise ConfigError("--benchmark-file/--image-dir: expected --benchmark NAME beside them")
     suites = tuple(part.strip() for part in args.suite.split(",") if part.strip()) or ("all",)
-    settings = Settings(seed=args.seed, batch_size=args.batch_size, n_resamples=args.n_resamples,
-                        occlusion=args.occlusion, relevance_layers=_int_list(args.relevance_layers,
-                                                                             "--relevance-layers"))
+    settings = Settings(
+        seed=args.seed,
+        batch_size=args.batch_size,
+        n_resamples=args.n_resamples,
+        occlusion=args.occlusion,
+        relevance_layers=_int_list(args.relevance_layers, "--relevance-layers"),
+    )
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
 
-    results = evaluate(args.model_dir, suites, args.output, args.items_per_phenomenon, settings, args.world_config,
-                       args.eval_sets, args.benchmark, args.benchmark_file, args.image_dir, args.device, log)
+    results = evaluate(
+        args.model_dir,
+        suites,
+        args.output,
+        args.items_per_phenomenon,
+        settings,
+        args.world_config,
+        args.eval_sets,
+        args.benchmark,
+        args.benchmark_file,
+        args.image_dir,
+        args.device,
+        log,
+    )
     print(summary_table(results))
     print(f"\nwrote {args.output} ({results['seconds']:.0f} s)")
     return results
 
 
-__all__ = ["BENCHMARKS", "SUITES", "FoilRows", "ImageBank", "Runner", "Settings", "cli", "derangement", "evaluate",
-           "match_scores", "occlusion_masks", "pointing_hits", "representations", "run_benchmark", "run_synthetic",
-           "summary_table", "validate_json"]
+__all__ = [
+    "BENCHMARKS",
+    "SUITES",
+    "FoilRows",
+    "ImageBank",
+    "Runner",
+    "Settings",
+    "cli",
+    "derangement",
+    "evaluate",
+    "match_scores",
+    "occlusion_masks",
+    "pointing_hits",
+    "representations",
+    "run_benchmark",
+    "run_synthetic",
+    "summary_table",
+    "validate_json",
+]

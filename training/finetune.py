@@ -88,8 +88,11 @@ class FinetuneSettings:
     def __post_init__(self):
         checks = (
             ("epochs", self.epochs > 0, "> 0"),
-            ("max_steps", isinstance(self.max_steps, int) and (self.max_steps == -1 or self.max_steps > 0),
-             "-1 (use epochs) or a positive integer"),
+            (
+                "max_steps",
+                isinstance(self.max_steps, int) and (self.max_steps == -1 or self.max_steps > 0),
+                "-1 (use epochs) or a positive integer",
+            ),
             ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
             ("eval_batch_size", isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "an integer >= 1"),
             ("learning_rate", self.learning_rate > 0, "> 0"),
@@ -97,8 +100,11 @@ class FinetuneSettings:
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "[0, 1)"),
             ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
             ("head_lr_multiplier", self.head_lr_multiplier > 0, "> 0"),
-            ("max_length", self.max_length is None or (isinstance(self.max_length, int) and self.max_length >= 2),
-             "None or an integer >= 2"),
+            (
+                "max_length",
+                self.max_length is None or (isinstance(self.max_length, int) and self.max_length >= 2),
+                "None or an integer >= 2",
+            ),
             ("logging_steps", isinstance(self.logging_steps, int) and self.logging_steps >= 1, "an integer >= 1"),
         )
         for key, ok, allowed in checks:
@@ -164,10 +170,16 @@ def head_optimizer(model, settings):
         decay = parameter.ndim >= 2 and "LayerNorm" not in name and "layernorm" not in name
         groups.setdefault((head, decay), []).append(parameter)
     return torch.optim.AdamW(
-        [{"params": params, "weight_decay": settings.weight_decay if decay else 0.0,
-          "lr": settings.learning_rate * (settings.head_lr_multiplier if head else 1.0)}
-         for (head, decay), params in groups.items()],
-        lr=settings.learning_rate)
+        [
+            {
+                "params": params,
+                "weight_decay": settings.weight_decay if decay else 0.0,
+                "lr": settings.learning_rate * (settings.head_lr_multiplier if head else 1.0),
+            }
+            for (head, decay), params in groups.items()
+        ],
+        lr=settings.learning_rate,
+    )
 
 
 class TemperatureClampCallback(TrainerCallback):
@@ -181,13 +193,21 @@ class TemperatureClampCallback(TrainerCallback):
 def _train(model, output_dir, settings, train_dataset, collator, **overrides):
     """Finetune with a plain Trainer; returns (trainer, {train_loss, train_seconds, train_steps})."""
     optimizers = (head_optimizer(model, settings), None) if settings.head_lr_multiplier != 1 else (None, None)
-    trainer = Trainer(model=model, args=training_arguments(output_dir, settings, **overrides),
-                      train_dataset=train_dataset, data_collator=collator, optimizers=optimizers,
-                      callbacks=[TemperatureClampCallback()])
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(output_dir, settings, **overrides),
+        train_dataset=train_dataset,
+        data_collator=collator,
+        optimizers=optimizers,
+        callbacks=[TemperatureClampCallback()],
+    )
     start = time.perf_counter()
     result = trainer.train()
-    return trainer, {"train_loss": float(result.training_loss), "train_seconds": time.perf_counter() - start,
-                     "train_steps": int(result.global_step)}
+    return trainer, {
+        "train_loss": float(result.training_loss),
+        "train_seconds": time.perf_counter() - start,
+        "train_steps": int(result.global_step),
+    }
 
 
 def _load(model_class, model_dir, variant, seed, **config_updates):
@@ -226,8 +246,10 @@ def load_processor(model_dir, image_size=None):
     if image_size is not None:
         patch_size = VLPForQuestionAnswering.config_class.from_pretrained(model_dir).patch_size
         if not isinstance(image_size, int) or image_size < patch_size or image_size % patch_size:
-            raise ConfigError(f"image_size={image_size!r} is out of range: expected a positive multiple of the "
-                              f"model's patch_size={patch_size}")
+            raise ConfigError(
+                f"image_size={image_size!r} is out of range: expected a positive multiple of the "
+                f"model's patch_size={patch_size}"
+            )
         processor.image_processor.size = {"height": image_size, "width": image_size}
     return processor
 
@@ -250,8 +272,9 @@ def _check_variants(variants, allowed):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def synthetic_vqa_splits(num_train_pairs, num_eval_pairs, image_size=64, seed=0, max_objects=3,
-                         families=QUESTION_FAMILIES):
+def synthetic_vqa_splits(
+    num_train_pairs, num_eval_pairs, image_size=64, seed=0, max_objects=3, families=QUESTION_FAMILIES
+):
     """Training and evaluation sets of synthetic VQA (separately seeded splits, complementary pairs)."""
     common = dict(seed=seed, image_size=image_size, max_objects=max_objects, families=tuple(families))
     train = build_synthetic_vqa_dataset(SyntheticVQAConfig(num_pairs=num_train_pairs, split="train", **common))
@@ -292,9 +315,13 @@ class VQAMetrics:
         if len(predictions) != len(self.references):
             raise ValueError(f"{len(predictions)} predictions for {len(self.references)} evaluation questions")
         pairs = self.pair_ids if self.pair_ids is not None and any(p >= 0 for p in self.pair_ids) else None
-        result = self.metric.compute(predictions=predictions, references=self.references,
-                                     question_types=self.question_types, answer_types=self.answer_types,
-                                     pair_ids=pairs)
+        result = self.metric.compute(
+            predictions=predictions,
+            references=self.references,
+            question_types=self.question_types,
+            answer_types=self.answer_types,
+            pair_ids=pairs,
+        )
         if not keep_scores:
             result.pop("scores", None)
         return result
@@ -340,7 +367,8 @@ def finetune_vqa(
     Rows (`downstream_readers.VQA_ROW_KEYS`) default to synthetic VQA at the processor's image size: `num_train_pairs`
     and `num_eval_pairs` complementary pairs of the question `families`. The answer vocabulary holds the training
     answers given at least `min_answer_count` times (over all annotators). `image_size` finetunes and evaluates at
-    another resolution than the checkpoint's processor (see `load_processor`). Returns the results written to output_dir/results.json:
+    another resolution than the checkpoint's processor (see `load_processor`). Returns the results written to
+    output_dir/results.json:
     per variant the accuracy with its 95 % interval, complementary-pair accuracy, per question and answer type;
     and the pretrained model's gain over each baseline with a paired bootstrap interval (`gain_over_question_only`,
     `gain_over_random_init`).
@@ -350,8 +378,9 @@ def finetune_vqa(
     model_dir = resolve_model_dir(model_dir)
     processor = load_processor(model_dir, image_size)
     if train_rows is None or eval_rows is None:
-        synthetic_train, synthetic_eval = synthetic_vqa_splits(num_train_pairs, num_eval_pairs, _image_size(processor),
-                                                               data_seed, max_objects, families)
+        synthetic_train, synthetic_eval = synthetic_vqa_splits(
+            num_train_pairs, num_eval_pairs, _image_size(processor), data_seed, max_objects, families
+        )
         train_rows = synthetic_train if train_rows is None else train_rows
         eval_rows = synthetic_eval if eval_rows is None else eval_rows
         data_name = data_name or "synthetic"
@@ -359,8 +388,7 @@ def finetune_vqa(
     metrics = VQAMetrics(eval_rows, id2label)
     runs, scores, floors = {}, {}, {}
     for variant in variants:
-        model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label,
-                      label2id=label2id)
+        model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label, label2id=label2id)
         blank = variant == "question_only"
         collator = VQACollator(processor, label2id, settings.max_length, blank_image=blank)
         trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_rows, collator)
@@ -368,8 +396,12 @@ def finetune_vqa(
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         figures = metrics.full(logits, keep_scores=True)
         scores[variant] = np.asarray(figures.pop("scores"), dtype=np.float64)
-        runs[variant] = {**figures, **info, "eval_loss": float(prediction.metrics["test_loss"]),
-                         "accuracy_items": [round(float(v), 6) for v in scores[variant]]}
+        runs[variant] = {
+            **figures,
+            **info,
+            "eval_loss": float(prediction.metrics["test_loss"]),
+            "accuracy_items": [round(float(v), 6) for v in scores[variant]],
+        }
         if variant == "pretrained":
             # The image floor: the same finetuned model, every evaluation image blanked.
             trainer.data_collator = VQACollator(processor, label2id, settings.max_length, blank_image=True)
@@ -431,8 +463,13 @@ def question_only_logits(train_rows, eval_rows, label2id):
 
 def world_rows(num_scenes, image_size=64, seed=0, max_objects=3, captions_per_scene=4):
     """Shapes-world rows (image, captions, scene, ...) generated in memory."""
-    config = shapes_world.WorldConfig(num_scenes=num_scenes, seed=seed, image_size=image_size,
-                                      max_objects=max_objects, captions_per_scene=captions_per_scene)
+    config = shapes_world.WorldConfig(
+        num_scenes=num_scenes,
+        seed=seed,
+        image_size=image_size,
+        max_objects=max_objects,
+        captions_per_scene=captions_per_scene,
+    )
     return shapes_world.build_dataset(config)
 
 
@@ -443,16 +480,29 @@ def _world_splits(image_size, num_train, num_eval, seed, max_objects, captions_p
     return train, evaluation
 
 
-def _caption_rows(processor, train_rows, eval_rows, data_name, num_train_scenes, num_eval_scenes, data_seed,
-                  max_objects, captions_per_scene):
+def _caption_rows(
+    processor,
+    train_rows,
+    eval_rows,
+    data_name,
+    num_train_scenes,
+    num_eval_scenes,
+    data_seed,
+    max_objects,
+    captions_per_scene,
+):
     """(train rows, evaluation rows, data name): the given rows, with the shapes world at the processor's image size
     standing in for whichever split is not given."""
     if train_rows is not None and eval_rows is not None:
         return train_rows, eval_rows, data_name
-    train, evaluation = _world_splits(_image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects,
-                                      captions_per_scene)
-    return (train if train_rows is None else train_rows, evaluation if eval_rows is None else eval_rows,
-            data_name or "synthetic")
+    train, evaluation = _world_splits(
+        _image_size(processor), num_train_scenes, num_eval_scenes, data_seed, max_objects, captions_per_scene
+    )
+    return (
+        train if train_rows is None else train_rows,
+        evaluation if eval_rows is None else eval_rows,
+        data_name or "synthetic",
+    )
 
 
 @torch.no_grad()
@@ -460,15 +510,23 @@ def retrieval_scores(model, processor, pairs: CaptionPairs, top_k=None, batch_si
     """`VLPForImageTextRetrieval.similarity` over the gallery of `pairs` (its rows' images, every caption)."""
     model.eval()
     rows = pairs.rows
-    images = [image_batch(processor, [rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-              for start in range(0, len(rows), batch_size)]
+    images = [
+        image_batch(processor, [rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        for start in range(0, len(rows), batch_size)
+    ]
     pixel_values = torch.cat([b["pixel_values"] for b in images]).to(model.device)
     pixel_mask = torch.cat([b["pixel_mask"] for b in images]).to(model.device)
-    texts = processor.tokenizer(pairs.texts(), padding=True, truncation=max_length is not None,
-                                max_length=max_length, return_tensors="pt")
-    return model.similarity(texts["input_ids"].to(model.device), pixel_values,
-                            attention_mask=texts["attention_mask"].to(model.device), pixel_mask=pixel_mask,
-                            top_k=top_k, batch_size=batch_size)
+    texts = processor.tokenizer(
+        pairs.texts(), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
+    )
+    return model.similarity(
+        texts["input_ids"].to(model.device),
+        pixel_values,
+        attention_mask=texts["attention_mask"].to(model.device),
+        pixel_mask=pixel_mask,
+        top_k=top_k,
+        batch_size=batch_size,
+    )
 
 
 def recall_figures(scores, owners):
@@ -518,8 +576,17 @@ def finetune_retrieval(
     variants = _check_variants(variants, RETRIEVAL_VARIANTS)
     model_dir = resolve_model_dir(model_dir)
     processor = load_processor(model_dir, image_size)
-    train_rows, eval_rows, data_name = _caption_rows(processor, train_rows, eval_rows, data_name, num_train_scenes,
-                                                     num_eval_scenes, data_seed, max_objects, captions_per_scene)
+    train_rows, eval_rows, data_name = _caption_rows(
+        processor,
+        train_rows,
+        eval_rows,
+        data_name,
+        num_train_scenes,
+        num_eval_scenes,
+        data_seed,
+        max_objects,
+        captions_per_scene,
+    )
     train_pairs = CaptionPairs(train_rows)
     gallery = CaptionPairs(eval_rows, max_captions=max_eval_captions)
     runs = {}
@@ -580,8 +647,9 @@ def generate_captions(model, processor, rows, blank_image=False, num_beams=1, ba
 
 def caption_figures(predictions, references, tokenize=True, meteor=True):
     """BLEU-4, METEOR, CIDEr-D (pycocoevalcap through `caption_metrics`), per-image scores left out."""
-    result = load_metric("caption_metrics").compute(predictions=predictions, references=references,
-                                                    tokenize=tokenize, meteor=meteor)
+    result = load_metric("caption_metrics").compute(
+        predictions=predictions, references=references, tokenize=tokenize, meteor=meteor
+    )
     return {key: value for key, value in result.items() if not key.endswith("_scores")}
 
 
@@ -617,13 +685,26 @@ def finetune_caption(
     variants = _check_variants(variants, CAPTION_VARIANTS)
     model_dir = resolve_model_dir(model_dir)
     processor = load_processor(model_dir, image_size)
-    train_rows, eval_rows, data_name = _caption_rows(processor, train_rows, eval_rows, data_name, num_train_scenes,
-                                                     num_eval_scenes, data_seed, max_objects, captions_per_scene)
+    train_rows, eval_rows, data_name = _caption_rows(
+        processor,
+        train_rows,
+        eval_rows,
+        data_name,
+        num_train_scenes,
+        num_eval_scenes,
+        data_seed,
+        max_objects,
+        captions_per_scene,
+    )
     train_pairs = CaptionPairs(train_rows)
     references = [list(c) for c in _column(eval_rows, "captions")]
     frequent = Counter(train_pairs.texts()).most_common(1)[0][0]
-    runs = {"most_frequent": {**caption_figures([frequent] * len(references), references, tokenize, meteor),
-                              "caption": frequent}}
+    runs = {
+        "most_frequent": {
+            **caption_figures([frequent] * len(references), references, tokenize, meteor),
+            "caption": frequent,
+        }
+    }
     for variant in variants:
         model = _load(VLPForConditionalGeneration, model_dir, variant, settings.seed)
         setup_generation(model, processor.tokenizer, max_new_tokens)
@@ -631,8 +712,11 @@ def finetune_caption(
         collator = CaptionCollator(processor, settings.max_length, blank_image=blank)
         trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_pairs, collator)
         predictions = generate_captions(model, processor, eval_rows, blank, num_beams, settings.eval_batch_size)
-        runs[variant] = {**caption_figures(predictions, references, tokenize, meteor), **info,
-                         "examples": predictions[:num_examples]}
+        runs[variant] = {
+            **caption_figures(predictions, references, tokenize, meteor),
+            **info,
+            "examples": predictions[:num_examples],
+        }
         if save_model and variant == "pretrained":
             _save(model, processor, output_dir)
     results = {
@@ -656,29 +740,42 @@ def finetune_caption(
 
 def _parser():
     parser = argparse.ArgumentParser(
-        prog="vlp finetune", description="Finetune a VLP checkpoint with transformers' Trainer and report the task's "
+        prog="vlp finetune",
+        description="Finetune a VLP checkpoint with transformers' Trainer and report the task's "
         "metrics beside baselines (random initialisation; question-only for VQA; blank-image and most-frequent "
-        "caption for captioning) in OUTPUT_DIR/results.json.")
+        "caption for captioning) in OUTPUT_DIR/results.json.",
+    )
     parser.add_argument("task", choices=("vqa", "retrieval", "caption"))
     parser.add_argument("model_dir", help="a checkpoint folder (config.json), or a `vlp pretrain` run folder")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--data", default="synthetic", help="synthetic (default); vqa2 (vqa); karpathy (retrieval, "
-                                                             "caption)")
+    parser.add_argument(
+        "--data", default="synthetic", help="synthetic (default); vqa2 (vqa); karpathy (retrieval, caption)"
+    )
     parser.add_argument("--variants", default=None, help="comma-separated; default: all of the task's variants")
     floats = ("epochs", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "head_lr_multiplier")
     for field_name in asdict(FinetuneSettings()):
         defaults = ", ".join(f"{task} {asdict(values)[field_name]}" for task, values in TASK_SETTINGS.items())
-        parser.add_argument(f"--{field_name}", type=float if field_name in floats else int, default=None,
-                            help=f"default: {defaults}")
+        parser.add_argument(
+            f"--{field_name}", type=float if field_name in floats else int, default=None, help=f"default: {defaults}"
+        )
     synthetic = parser.add_argument_group("synthetic data")
-    synthetic.add_argument("--num_train", type=int, default=None,
-                           help="training pairs (vqa, default 1000) or scenes (retrieval, caption, default 2000)")
-    synthetic.add_argument("--num_eval", type=int, default=None,
-                           help="evaluation pairs (vqa, default 250) or scenes (default 100)")
+    synthetic.add_argument(
+        "--num_train",
+        type=int,
+        default=None,
+        help="training pairs (vqa, default 1000) or scenes (retrieval, caption, default 2000)",
+    )
+    synthetic.add_argument(
+        "--num_eval", type=int, default=None, help="evaluation pairs (vqa, default 250) or scenes (default 100)"
+    )
     synthetic.add_argument("--data_seed", type=int, default=0)
     synthetic.add_argument("--max_objects", type=int, default=3)
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="finetune and evaluate at this image side (default: the checkpoint processor's)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="finetune and evaluate at this image side (default: the checkpoint processor's)",
+    )
     vqa = parser.add_argument_group("vqa")
     vqa.add_argument("--min_answer_count", type=int, default=9)
     vqa.add_argument("--families", default=",".join(QUESTION_FAMILIES), help="synthetic question families")
@@ -706,13 +803,25 @@ def _require(args, names, data):
 
 
 def _vqa2_rows(args):
-    _require(args, ("train_questions", "train_annotations", "train_image_dir", "eval_questions",
-                    "eval_annotations", "eval_image_dir"), "vqa2")
+    _require(
+        args,
+        (
+            "train_questions",
+            "train_annotations",
+            "train_image_dir",
+            "eval_questions",
+            "eval_annotations",
+            "eval_image_dir",
+        ),
+        "vqa2",
+    )
     features = vqa_features()
     train = read_vqa_v2(args.train_questions, args.train_annotations, args.train_image_dir)
     evaluation = read_vqa_v2(args.eval_questions, args.eval_annotations, args.eval_image_dir, args.eval_pairs)
-    return (datasets.Dataset.from_list(train, features=features),
-            datasets.Dataset.from_list(evaluation, features=features))
+    return (
+        datasets.Dataset.from_list(train, features=features),
+        datasets.Dataset.from_list(evaluation, features=features),
+    )
 
 
 def _karpathy_rows(args):
@@ -729,38 +838,70 @@ def cli(argv: Sequence[str]):
     args = _parser().parse_args(list(argv))
     given = {name: getattr(args, name) for name in asdict(FinetuneSettings()) if getattr(args, name) is not None}
     settings = FinetuneSettings(**{**asdict(TASK_SETTINGS[args.task]), **given})
-    allowed = {"vqa": ("synthetic", "vqa2"), "retrieval": ("synthetic", "karpathy"),
-               "caption": ("synthetic", "karpathy")}[args.task]
+    allowed = {
+        "vqa": ("synthetic", "vqa2"),
+        "retrieval": ("synthetic", "karpathy"),
+        "caption": ("synthetic", "karpathy"),
+    }[args.task]
     if args.data not in allowed:
         raise ConfigError(f"--data {args.data!r} for {args.task}: expected one of {allowed}")
-    common = dict(settings=settings, data_seed=args.data_seed, max_objects=args.max_objects, data_name=args.data,
-                  image_size=args.image_size)
+    common = dict(
+        settings=settings,
+        data_seed=args.data_seed,
+        max_objects=args.max_objects,
+        data_name=args.data,
+        image_size=args.image_size,
+    )
     if args.variants is not None:
         common["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     train_rows = eval_rows = None
     if args.task == "vqa":
         if args.data == "vqa2":
             train_rows, eval_rows = _vqa2_rows(args)
-        sizes = {key: value for key, value in (("num_train_pairs", args.num_train), ("num_eval_pairs", args.num_eval))
-                 if value is not None}
+        sizes = {
+            key: value
+            for key, value in (("num_train_pairs", args.num_train), ("num_eval_pairs", args.num_eval))
+            if value is not None
+        }
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())
         unknown = [f for f in families if f not in QUESTION_FAMILIES]
         if unknown or not families:
             raise ConfigError(f"--families {unknown or 'none given'}: expected names from {QUESTION_FAMILIES}")
-        results = finetune_vqa(args.model_dir, args.output_dir, train_rows, eval_rows, families=families,
-                               min_answer_count=args.min_answer_count, **sizes, **common)
+        results = finetune_vqa(
+            args.model_dir,
+            args.output_dir,
+            train_rows,
+            eval_rows,
+            families=families,
+            min_answer_count=args.min_answer_count,
+            **sizes,
+            **common,
+        )
     else:
         if args.data == "karpathy":
             train_rows, eval_rows = _karpathy_rows(args)
-        sizes = {key: value for key, value in (("num_train_scenes", args.num_train),
-                                               ("num_eval_scenes", args.num_eval)) if value is not None}
+        sizes = {
+            key: value
+            for key, value in (("num_train_scenes", args.num_train), ("num_eval_scenes", args.num_eval))
+            if value is not None
+        }
         if args.task == "retrieval":
-            results = finetune_retrieval(args.model_dir, args.output_dir, train_rows, eval_rows, top_k=args.top_k,
-                                         **sizes, **common)
+            results = finetune_retrieval(
+                args.model_dir, args.output_dir, train_rows, eval_rows, top_k=args.top_k, **sizes, **common
+            )
         else:
-            results = finetune_caption(args.model_dir, args.output_dir, train_rows, eval_rows,
-                                       num_beams=args.num_beams, max_new_tokens=args.max_new_tokens,
-                                       tokenize=not args.no_java, meteor=not args.no_java, **sizes, **common)
+            results = finetune_caption(
+                args.model_dir,
+                args.output_dir,
+                train_rows,
+                eval_rows,
+                num_beams=args.num_beams,
+                max_new_tokens=args.max_new_tokens,
+                tokenize=not args.no_java,
+                meteor=not args.no_java,
+                **sizes,
+                **common,
+            )
     print(strict_json.dumps(_summary(results), indent=2))
     print(f"wrote {os.path.join(args.output_dir, RESULTS_FILE)}")
     return results
@@ -768,7 +909,9 @@ def cli(argv: Sequence[str]):
 
 def _summary(results):
     """The headline figures of each variant, for the terminal."""
-    keys = {"vqa": ("accuracy", "accuracy_low", "accuracy_high", "pair_accuracy"),
-            "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"),
-            "caption": ("bleu_4", "meteor", "cider_d")}[results["task"]]
+    keys = {
+        "vqa": ("accuracy", "accuracy_low", "accuracy_high", "pair_accuracy"),
+        "retrieval": ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"),
+        "caption": ("bleu_4", "meteor", "cider_d"),
+    }[results["task"]]
     return {variant: {key: run[key] for key in keys if key in run} for variant, run in results["runs"].items()}

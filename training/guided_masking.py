@@ -73,17 +73,29 @@ class GuidedMasking:
         if not args.masking_policy:
             return None
         special = np.array(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-        structural = [i for i in (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id)
-                      if i is not None]
+        structural = [
+            i for i in (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id) if i is not None
+        ]
         return cls(
-            policy=args.masking_policy, targets=args.masking_target_list(), source=args.guidance_source,
-            layers=args.guidance_layers, word_query=args.word_relevance_from, patch_query=args.patch_relevance_from,
-            joint=args.joint_masking, scoring=args.relevance_scoring, ratio=args.masking_ratio or None,
-            ratio_range=(args.masking_ratio_min, args.masking_ratio_max), probability=args.masking_probability,
-            random_share=args.masking_random_share, hint_share=args.hint_share,
-            warmup_steps=args.guidance_warmup_steps, seed=args.seed, mask_token_id=int(tokenizer.mask_token_id),
+            policy=args.masking_policy,
+            targets=args.masking_target_list(),
+            source=args.guidance_source,
+            layers=args.guidance_layers,
+            word_query=args.word_relevance_from,
+            patch_query=args.patch_relevance_from,
+            joint=args.joint_masking,
+            scoring=args.relevance_scoring,
+            ratio=args.masking_ratio or None,
+            ratio_range=(args.masking_ratio_min, args.masking_ratio_max),
+            probability=args.masking_probability,
+            random_share=args.masking_random_share,
+            hint_share=args.hint_share,
+            warmup_steps=args.guidance_warmup_steps,
+            seed=args.seed,
+            mask_token_id=int(tokenizer.mask_token_id),
             replacement_ids=np.setdiff1d(np.arange(len(tokenizer), dtype=np.int64), special),
-            never_masked_ids=np.array(structural, dtype=np.int64), patch_size=patch_size,
+            never_masked_ids=np.array(structural, dtype=np.int64),
+            patch_size=patch_size,
         )
 
     # -- what the guidance pass is asked for --------------------------------------------------------------------------
@@ -116,7 +128,7 @@ class GuidedMasking:
         sets = start + (length if self.joint != "independent" else 0)
         weights = torch.zeros(batch, sets, total, device=text_mask.device)
         if self.word_query == "patches":
-            weights[:, 0, length + 1:] = patches.float()
+            weights[:, 0, length + 1 :] = patches.float()
         else:
             weights[:, 0, 0] = 1.0
         if self.patch_query == "text":
@@ -126,7 +138,7 @@ class GuidedMasking:
         if self.scoring == "lift":
             weights[:, 2, :length] = text_mask.float()
             weights[:, 2, length] = 1.0
-            weights[:, 2, length + 1:] = patches.float()
+            weights[:, 2, length + 1 :] = patches.float()
         if sets > start:
             positions = torch.arange(length, device=text_mask.device)
             weights[:, start + positions, positions] = words.float()
@@ -171,10 +183,10 @@ class GuidedMasking:
             pass_length = relevance.shape[-1] - 1 - batch_patches(batch, self.patch_size)
             words, patches = (np.round(x, RELEVANCE_DECIMALS) for x in self.scores(relevance))
             word_scores = _fit(words[:, :pass_length], batch["input_ids"].shape[1])
-            patch_scores = patches[:, pass_length + 1:]
+            patch_scores = patches[:, pass_length + 1 :]
             start = self._token_sets_start()
             if relevance.shape[1] > start:
-                rows = np.round(relevance[:, start:, pass_length + 1:], RELEVANCE_DECIMALS)
+                rows = np.round(relevance[:, start:, pass_length + 1 :], RELEVANCE_DECIMALS)
                 token_patches = _fit(rows.transpose(0, 2, 1), batch["input_ids"].shape[1]).transpose(0, 2, 1)
         stats = {"guided_rows": float(guided.sum()), "rows": float(size)}
         word_masks = None
@@ -192,12 +204,19 @@ class GuidedMasking:
         plain = batch["plain_input_ids"].cpu().numpy()
         valid = (word_ids >= 0) & ~np.isin(plain, self.never_masked_ids)
         masks = np.zeros(word_ids.shape, dtype=bool)
-        kwargs = dict(ratio=ratio, mask_probability=self.probability, random_share=self.random_share,
-                      hint_share=self.hint_share)
+        kwargs = dict(
+            ratio=ratio, mask_probability=self.probability, random_share=self.random_share, hint_share=self.hint_share
+        )
         for rows, policy, row_scores in self._groups(guided, scores, word_ids.shape):
             masks[rows], _ = batch_policy_masks(
-                row_scores, valid[rows], policy, None, word_ids=word_ids[rows],
-                sample_rngs=self._rngs(batch, WORD_STREAM, rows), **kwargs)
+                row_scores,
+                valid[rows],
+                policy,
+                None,
+                word_ids=word_ids[rows],
+                sample_rngs=self._rngs(batch, WORD_STREAM, rows),
+                **kwargs,
+            )
         return masks
 
     def _groups(self, guided, scores, shape):
@@ -220,8 +239,9 @@ class GuidedMasking:
         for row, rng in enumerate(self._rngs(batch, WORD_REPLACE_STREAM, range(len(plain)))):
             n = int(lengths[row])
             if masks[row].any():
-                masked_ids[row, :n], labels[row, :n] = mask_tokens(plain[row, :n], masks[row, :n],
-                                                                   self.mask_token_id, self.replacement_ids, rng)
+                masked_ids[row, :n], labels[row, :n] = mask_tokens(
+                    plain[row, :n], masks[row, :n], self.mask_token_id, self.replacement_ids, rng
+                )
         device = batch["input_ids"].device
         batch["input_ids"] = torch.from_numpy(masked_ids).to(device)
         batch["mlm_labels"] = torch.from_numpy(labels).to(device)
@@ -230,11 +250,16 @@ class GuidedMasking:
         valid = patch_validity(batch["pixel_values"], batch.get("pixel_mask"), self.patch_size).cpu().numpy()
         if self.joint == "independent" or word_masks is None:
             masks = np.zeros(valid.shape, dtype=bool)
-            kwargs = dict(ratio=ratio, mask_probability=self.probability, random_share=self.random_share,
-                          hint_share=self.hint_share)
+            kwargs = dict(
+                ratio=ratio,
+                mask_probability=self.probability,
+                random_share=self.random_share,
+                hint_share=self.hint_share,
+            )
             for rows, policy, row_scores in self._groups(guided, scores, valid.shape):
-                masks[rows], _ = batch_policy_masks(row_scores, valid[rows], policy, None,
-                                                    sample_rngs=self._rngs(batch, PATCH_STREAM, rows), **kwargs)
+                masks[rows], _ = batch_policy_masks(
+                    row_scores, valid[rows], policy, None, sample_rngs=self._rngs(batch, PATCH_STREAM, rows), **kwargs
+                )
             return masks
         # Joint modes: the samples whose words were masked; patches ranked by what the masked words point at
         # (`together`) or by what the visible words point at and the masked ones do not (`complementary`).
@@ -247,13 +272,23 @@ class GuidedMasking:
                 rows_of = token_patches[guided_index[row]]  # (L, P)
                 hidden, shown = word_masks[row], words[row] & ~word_masks[row]
                 pointed = rows_of[hidden].mean(axis=0)
-                row_scores = pointed if self.joint == "together" else (
-                    (rows_of[shown].mean(axis=0) if shown.any() else 0.0) - pointed)
+                row_scores = (
+                    pointed
+                    if self.joint == "together"
+                    else ((rows_of[shown].mean(axis=0) if shown.any() else 0.0) - pointed)
+                )
                 policy = self.policy
             else:
                 row_scores, policy = np.zeros(valid.shape[1]), "random"
-            masks[row] = policy_mask(row_scores, valid[row], ratio, policy, rngs[row],
-                                     hint_share=self.hint_share, random_share=self.random_share)
+            masks[row] = policy_mask(
+                row_scores,
+                valid[row],
+                ratio,
+                policy,
+                rngs[row],
+                hint_share=self.hint_share,
+                random_share=self.random_share,
+            )
         return masks
 
 
@@ -312,13 +347,15 @@ def share_metrics(totals):
     """Shares from summed diagnostics: concept_word_share (of masked words), object_patch_share (of masked patches),
     their base rates over all words / patches, and guided_share (rows whose masks came from relevance)."""
     out = {}
-    pairs = (("concept_word_share", "masked_concept_words", "masked_words"),
-             ("concept_word_base", "caption_concept_words", "caption_words"),
-             ("object_patch_share", "masked_object_patches", "masked_patches"),
-             ("object_patch_base", "object_patches", "patches"),
-             ("guided_share", "guided_rows", "rows"),
-             ("masked_word_share", "masked_words", "caption_words"),
-             ("masked_patch_share", "masked_patches", "patches"))
+    pairs = (
+        ("concept_word_share", "masked_concept_words", "masked_words"),
+        ("concept_word_base", "caption_concept_words", "caption_words"),
+        ("object_patch_share", "masked_object_patches", "masked_patches"),
+        ("object_patch_base", "object_patches", "patches"),
+        ("guided_share", "guided_rows", "rows"),
+        ("masked_word_share", "masked_words", "caption_words"),
+        ("masked_patch_share", "masked_patches", "patches"),
+    )
     for name, top, bottom in pairs:
         if top in totals and totals.get(bottom, 0) > 0:
             out[name] = totals[top] / totals[bottom]
@@ -333,8 +370,11 @@ def guidance_relevance(model, inputs, guide):
     was_training = encoder.training
     encoder.eval()
     try:
-        out = encoder(**inputs, relevance_weights=guide.request(inputs),
-                      relevance_layers=guide.relevance_layers(encoder.config.num_hidden_layers))
+        out = encoder(
+            **inputs,
+            relevance_weights=guide.request(inputs),
+            relevance_layers=guide.relevance_layers(encoder.config.num_hidden_layers),
+        )
     finally:
         encoder.train(was_training)
     return out.relevance
@@ -342,8 +382,15 @@ def guidance_relevance(model, inputs, guide):
 
 # The keys that decide only how a policy draws its masks; arms of a study that differ in nothing else are compared by
 # the masks they would draw (`mask_fingerprint`).
-POLICY_KEYS = ("masking_policy", "masking_ratio", "masking_ratio_min", "masking_ratio_max", "masking_probability",
-               "masking_random_share", "hint_share")
+POLICY_KEYS = (
+    "masking_policy",
+    "masking_ratio",
+    "masking_ratio_min",
+    "masking_ratio_max",
+    "masking_probability",
+    "masking_random_share",
+    "hint_share",
+)
 MASKING_TARGET_CODES = {"mlm": 1, "mim": 2}
 
 
@@ -367,11 +414,28 @@ def mask_fingerprint(args, unit_counts, draws=64):
             if rng.random() >= args.masking_probability:
                 bits.append(np.zeros(n, dtype=bool))
                 continue
-            bits.append(policy_mask(scores, np.ones(n, dtype=bool), ratio, args.masking_policy, rng,
-                                    hint_share=args.hint_share, random_share=args.masking_random_share))
+            bits.append(
+                policy_mask(
+                    scores,
+                    np.ones(n, dtype=bool),
+                    ratio,
+                    args.masking_policy,
+                    rng,
+                    hint_share=args.hint_share,
+                    random_share=args.masking_random_share,
+                )
+            )
         out[target] = np.packbits(np.concatenate(bits)).tobytes()
     return out
 
 
-__all__ = ["POLICY_KEYS", "GuidedMasking", "caption_words", "guidance_relevance", "mask_diagnostics",
-           "mask_fingerprint", "patch_validity", "share_metrics"]
+__all__ = [
+    "POLICY_KEYS",
+    "GuidedMasking",
+    "caption_words",
+    "guidance_relevance",
+    "mask_diagnostics",
+    "mask_fingerprint",
+    "patch_validity",
+    "share_metrics",
+]

@@ -23,15 +23,31 @@ from .objectives import objective_inputs
 COUNTS = ("masked_concept_words", "masked_words", "masked_object_patches", "masked_patches")
 
 
-def policy_counts(model, batches, tokenizer, policies=POLICIES, targets=("mlm", "mim"), ratio=0.3,
-                  source="model", word_query="patches", patch_query="text", layers="last", seed=0,
-                  scoring="lift"):
+def policy_counts(
+    model,
+    batches,
+    tokenizer,
+    policies=POLICIES,
+    targets=("mlm", "mim"),
+    ratio=0.3,
+    source="model",
+    word_query="patches",
+    patch_query="text",
+    layers="last",
+    seed=0,
+    scoring="lift",
+):
     """Per-sample counts (N,) of masked words, masked concept words, masked patches and masked object patches for
     each policy, and the masked batches of the first batch (for pictures). Every sample is masked (probability 1)."""
     encoder = model.vlp if hasattr(model, "vlp") else model
-    guides = {policy: GuidedMasking.from_args(_Args(policy, targets, source, word_query, patch_query, layers, ratio,
-                                                    seed, scoring), tokenizer, encoder.config.patch_size)
-              for policy in policies}
+    guides = {
+        policy: GuidedMasking.from_args(
+            _Args(policy, targets, source, word_query, patch_query, layers, ratio, seed, scoring),
+            tokenizer,
+            encoder.config.patch_size,
+        )
+        for policy in policies
+    }
     counts = {policy: {key: [] for key in COUNTS} for policy in policies}
     examples = {}
     for number, batch in enumerate(batches):
@@ -69,8 +85,10 @@ def share_table(counts, baseline="random", n_resamples=2000, confidence=0.95, se
     table = {}
     for policy, c in counts.items():
         row = {}
-        for share, top, bottom in (("concept_word_share", "masked_concept_words", "masked_words"),
-                                   ("object_patch_share", "masked_object_patches", "masked_patches")):
+        for share, top, bottom in (
+            ("concept_word_share", "masked_concept_words", "masked_words"),
+            ("object_patch_share", "masked_object_patches", "masked_patches"),
+        ):
             if top not in c:
                 continue
             row[share] = float(c[top].sum() / max(c[bottom].sum(), 1))
@@ -154,8 +172,20 @@ class _Args:
         return self._targets
 
 
-def masks_report(run_dir, out_dir, policies=POLICIES, num_samples=512, batch_size=64, ratio=0.3, grid_rows=6,
-                 word_query="patches", patch_query="text", layers="last", seed=0, scoring="lift"):
+def masks_report(
+    run_dir,
+    out_dir,
+    policies=POLICIES,
+    num_samples=512,
+    batch_size=64,
+    ratio=0.3,
+    grid_rows=6,
+    word_query="patches",
+    patch_query="text",
+    layers="last",
+    seed=0,
+    scoring="lift",
+):
     """Measures every policy's shares on the run's validation world with guidance from its final model; writes
     mask_shares.json and masks.png into `out_dir`; returns the table."""
     import yaml
@@ -167,27 +197,56 @@ def masks_report(run_dir, out_dir, policies=POLICIES, num_samples=512, batch_siz
 
     with open(os.path.join(run_dir, "run.yaml"), encoding="utf-8") as handle:
         config = yaml.safe_load(handle)["config"]
-    model_args, data_args, train_args = parse_config(values={k: v for k, v in config.items()
-                                                             if not k.startswith(("masking_", "guidance_"))})
+    model_args, data_args, train_args = parse_config(
+        values={k: v for k, v in config.items() if not k.startswith(("masking_", "guidance_"))}
+    )
     model = VLPForPreTraining.from_pretrained(os.path.join(run_dir, "model")).eval()
     data = build_pretraining_data(model_args, data_args, seed, run_dir, Accelerator(cpu=True), ("mlm", "itm", "mim"))
     collator = data.val_collator
     collator.mlm_probability = 0.0
     collator.mim_patch_size = model.config.patch_size
     size = min(num_samples, len(data.val))
-    batches = [collator([data.val[i] for i in range(start, min(start + batch_size, size))])
-               for start in range(0, size, batch_size)]
-    counts, examples = policy_counts(model, batches, data.processor.tokenizer, tuple(policies), ratio=ratio,
-                                     word_query=word_query, patch_query=patch_query, layers=layers, seed=seed,
-                                     scoring=scoring)
+    batches = [
+        collator([data.val[i] for i in range(start, min(start + batch_size, size))])
+        for start in range(0, size, batch_size)
+    ]
+    counts, examples = policy_counts(
+        model,
+        batches,
+        data.processor.tokenizer,
+        tuple(policies),
+        ratio=ratio,
+        word_query=word_query,
+        patch_query=patch_query,
+        layers=layers,
+        seed=seed,
+        scoring=scoring,
+    )
     table = share_table(counts)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "mask_shares.json"), "w", encoding="utf-8") as handle:
-        strict_json.dump({"ratio": ratio, "word_relevance_from": word_query, "patch_relevance_from": patch_query,
-                   "guidance_layers": layers, "relevance_scoring": scoring, "policies": table}, handle, indent=2)
+        strict_json.dump(
+            {
+                "ratio": ratio,
+                "word_relevance_from": word_query,
+                "patch_relevance_from": patch_query,
+                "guidance_layers": layers,
+                "relevance_scoring": scoring,
+                "policies": table,
+            },
+            handle,
+            indent=2,
+        )
     processor = data.processor.image_processor
-    write_mask_grid(os.path.join(out_dir, "masks.png"), examples, data.processor.tokenizer, processor.image_mean,
-                    processor.image_std, model.config.patch_size, rows=grid_rows)
+    write_mask_grid(
+        os.path.join(out_dir, "masks.png"),
+        examples,
+        data.processor.tokenizer,
+        processor.image_mean,
+        processor.image_std,
+        model.config.patch_size,
+        rows=grid_rows,
+    )
     return table
 
 

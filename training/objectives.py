@@ -31,13 +31,25 @@ IMAGE_KEYS = ("pixel_values", "pixel_mask")
 # ITC runs first in a step, so that hard ITM negatives can reuse its similarities.
 OBJECTIVE_ORDER = ("itc", "mlm", "itm", "wra", "mim", "gitm")
 JOINT_PASS = "mlm+mim"  # MLM and MIM in one pass over a caption and image both masked (joint masking)
-GITM_KEYS = ("input_ids", "attention_mask", "token_type_ids", "segment_ids", "pixel_values", "pixel_mask",
-             "gitm_segment_targets", "gitm_cell_ids", "gitm_cell_mask")
+GITM_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "segment_ids",
+    "pixel_values",
+    "pixel_mask",
+    "gitm_segment_targets",
+    "gitm_cell_ids",
+    "gitm_cell_mask",
+)
 
 
 def _text(batch, prefix=""):
-    return {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
-            "token_type_ids": batch[f"{prefix}token_type_ids"]}
+    return {
+        "input_ids": batch[f"{prefix}input_ids"],
+        "attention_mask": batch[f"{prefix}attention_mask"],
+        "token_type_ids": batch[f"{prefix}token_type_ids"],
+    }
 
 
 def _images(batch, rows=None):
@@ -46,16 +58,20 @@ def _images(batch, rows=None):
 
 def _plain_text(batch):
     """The rows' own captions, unmasked."""
-    return {"input_ids": batch["plain_input_ids"], "attention_mask": batch["attention_mask"],
-            "token_type_ids": batch["token_type_ids"]}
+    return {
+        "input_ids": batch["plain_input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "token_type_ids": batch["token_type_ids"],
+    }
 
 
 @torch.no_grad()
 def text_image_similarity(model, batch):
     """ITC similarities of the batch's matched pairs without gradients, (texts, images): entry [t, i] scores text t
     against image i, as `itc_similarity` of the model's output (hard negatives when ITC is not trained)."""
-    text, image = model.contrastive_features(batch["plain_input_ids"], batch["attention_mask"],
-                                             batch["pixel_values"], batch.get("pixel_mask"))
+    text, image = model.contrastive_features(
+        batch["plain_input_ids"], batch["attention_mask"], batch["pixel_values"], batch.get("pixel_mask")
+    )
     return model.contrastive.logit_scale() * text @ image.T
 
 
@@ -95,8 +111,10 @@ def hard_negative_inputs(batch, text_image, generator):
     """
     size = len(batch["itm_labels"])
     if tuple(text_image.shape) != (size, size):
-        raise ValueError(f"hard negatives need the ({size}, {size}) texts x images similarity of the micro-batch; "
-                         f"got shape {tuple(text_image.shape)}")
+        raise ValueError(
+            f"hard negatives need the ({size}, {size}) texts x images similarity of the micro-batch; "
+            f"got shape {tuple(text_image.shape)}"
+        )
     exclude = hard_negative_exclusions(batch, text_image.device)  # (images, texts)
     image_text = text_image.T
     own = torch.arange(size, device=text_image.device)
@@ -122,7 +140,7 @@ def _mim_targets(batch, context):
         return {}
     with torch.no_grad():
         out = teacher.vlp(**_plain_text(batch), **_images(batch))
-    return {"mim_targets": out.last_hidden_state[:, out.text_length + 1:]}
+    return {"mim_targets": out.last_hidden_state[:, out.text_length + 1 :]}
 
 
 def joint_passes(passes):
@@ -163,13 +181,22 @@ def objective_inputs(name, batch, context):
     if name == "mim":
         return {**_plain_text(batch), **_images(batch), "mim_mask": batch["mim_mask"], **_mim_targets(batch, context)}
     if name == JOINT_PASS:  # joint masking: masked caption and masked patches in one pass, both losses from it
-        return {**_text(batch), **_images(batch), "mlm_labels": batch["mlm_labels"], "mim_mask": batch["mim_mask"],
-                **_mim_targets(batch, context)}
+        return {
+            **_text(batch),
+            **_images(batch),
+            "mlm_labels": batch["mlm_labels"],
+            "mim_mask": batch["mim_mask"],
+            **_mim_targets(batch, context),
+        }
     if name == "gitm":  # its own batch: canvases of several images, texts of several caption segments
         return {key: batch["gitm"][key] for key in GITM_KEYS}
     if name == "itc":
-        inputs = {"itc_input_ids": batch["plain_input_ids"], "itc_attention_mask": batch["attention_mask"],
-                  "itc_pixel_values": batch["pixel_values"], "itc_pixel_mask": batch.get("pixel_mask")}
+        inputs = {
+            "itc_input_ids": batch["plain_input_ids"],
+            "itc_attention_mask": batch["attention_mask"],
+            "itc_pixel_values": batch["pixel_values"],
+            "itc_pixel_mask": batch.get("pixel_mask"),
+        }
         if context.get("gather") is not None:  # several processes: the truth over the gathered batch
             inputs["itc_matches"] = gathered_matches(batch, context.get("holds_fn"), context["gather"])
         elif batch.get("holds_matrix") is not None:  # (images, texts) -> (texts, images): true pairs are no negatives
@@ -206,5 +233,3 @@ def objective_counts(batches, objectives, device, hard_negatives=False):
         else:
             counts.append(sum(len(b["itm_labels"]) for b in batches))
     return torch.tensor(counts, dtype=torch.float64, device=device)
-
-

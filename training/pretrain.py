@@ -36,8 +36,15 @@ from .data import build_pretraining_data, write_source_report
 from .evaluation import validate
 from .guided_masking import GuidedMasking, guidance_relevance, mask_diagnostics, share_metrics
 from .logging_utils import MetricLogger, truncate_jsonl
-from .objectives import (JOINT_PASS, OBJECTIVE_ORDER, joint_passes, objective_counts, objective_inputs,
-                         pass_objectives, step_objectives)
+from .objectives import (
+    JOINT_PASS,
+    OBJECTIVE_ORDER,
+    joint_passes,
+    objective_counts,
+    objective_inputs,
+    pass_objectives,
+    step_objectives,
+)
 from .sampler import GlobalBatchSampler
 
 # Fault injection for tests. Step indices count completed optimizer steps (the step with index k is logged as k + 1).
@@ -118,9 +125,20 @@ def _has_distribution(name):
 
 
 # ModelArguments that are VLPConfig keys of the same name (the vocabulary comes from the tokenizer).
-MODEL_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size",
-                     "patch_size", "max_position_embeddings", "hidden_dropout_prob", "attention_probs_dropout_prob",
-                     "mim_target", "mim_loss", "contrastive_temperature")
+MODEL_CONFIG_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "image_size",
+    "patch_size",
+    "max_position_embeddings",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "mim_target",
+    "mim_loss",
+    "contrastive_temperature",
+)
 
 
 def build_model(model_args, tokenizer, seed, data_args=None, objectives=()):
@@ -133,8 +151,10 @@ def build_model(model_args, tokenizer, seed, data_args=None, objectives=()):
         return VLPForPreTraining.from_pretrained(model_args.init_from)
     set_seed(seed)
     sizes = {key: getattr(model_args, key) for key in MODEL_CONFIG_KEYS}
-    sizes["contrastive_temperature_range"] = (model_args.contrastive_min_temperature,
-                                              model_args.contrastive_max_temperature)
+    sizes["contrastive_temperature_range"] = (
+        model_args.contrastive_min_temperature,
+        model_args.contrastive_max_temperature,
+    )
     if "gitm" in objectives and data_args is not None:
         sizes["num_text_segments"] = data_args.gitm_rows * data_args.gitm_cols
         sizes["max_position_embeddings"] = max(sizes["max_position_embeddings"], data_args.gitm_max_length)
@@ -184,8 +204,16 @@ def pretrain(model_args, data_args, train_args):
         os.makedirs(output_dir, exist_ok=True)
 
     policy_targets = train_args.masking_target_list() if train_args.masking_policy else ()
-    data = build_pretraining_data(model_args, data_args, train_args.seed, output_dir, accelerator, tuple(weights),
-                                  train_args.itm_negatives == "hard", policy_masked=policy_targets)
+    data = build_pretraining_data(
+        model_args,
+        data_args,
+        train_args.seed,
+        output_dir,
+        accelerator,
+        tuple(weights),
+        train_args.itm_negatives == "hard",
+        policy_masked=policy_targets,
+    )
     if fsdp:
         _check_fsdp_validation(len(data.val), train_args, accelerator.num_processes)
     model = build_model(model_args, data.processor.tokenizer, train_args.seed, data_args, tuple(weights))
@@ -206,8 +234,14 @@ def pretrain(model_args, data_args, train_args):
         accelerator.register_for_checkpointing(teacher)
     stream = None
     if data.streaming:
-        stream = data.stream(data_args, train_args.per_device_batch_size, train_args.seed, accelerator.process_index,
-                             accelerator.num_processes, gather_object if accelerator.num_processes > 1 else None)
+        stream = data.stream(
+            data_args,
+            train_args.per_device_batch_size,
+            train_args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+            gather_object if accelerator.num_processes > 1 else None,
+        )
         # Registered last, after the loop state and the teacher, so that their checkpoint files keep their numbers.
         accelerator.register_for_checkpointing(stream)
 
@@ -221,26 +255,35 @@ def pretrain(model_args, data_args, train_args):
             write_source_report(os.path.join(output_dir, "source_report.json"), data.source_report)
             for source, count in sorted(data.source_report.read.items()):
                 skipped = data.source_report.counts().get(source, {})
-                accelerator.print(f"source {source}: read {count}, kept {data.source_report.kept[source]}, skipped "
-                                  f"{sum(skipped.values())} {skipped or ''}")
+                accelerator.print(
+                    f"source {source}: read {count}, kept {data.source_report.kept[source]}, skipped "
+                    f"{sum(skipped.values())} {skipped or ''}"
+                )
     logger = MetricLogger(output_dir, enabled=main, tensorboard=train_args.tensorboard, resume_step=resume_step)
     if main and resume_step is not None:  # samples skipped after the checkpoint are met again, and listed again
         truncate_jsonl(os.path.join(output_dir, "skipped_samples.jsonl"), resume_step)
-    recorder = _sample_recorder(output_dir, accelerator.process_index, resume_step) if data_args.record_samples \
-        else None
+    recorder = (
+        _sample_recorder(output_dir, accelerator.process_index, resume_step) if data_args.record_samples else None
+    )
 
     if stream is not None:
         batches = stream_batches(stream, data.collator)
         sampler = None
         # Samples a shuffle buffer held when the checkpoint was written are lost on resume (counted, never repeated).
-        lost_samples = int(accelerator.reduce(torch.tensor([stream.lost_total], device=accelerator.device),
-                                              reduction="sum").item())
+        lost_samples = int(
+            accelerator.reduce(torch.tensor([stream.lost_total], device=accelerator.device), reduction="sum").item()
+        )
         if lost_samples:
             accelerator.print(f"resumed stream: {lost_samples} sample(s) held in shuffle buffers were lost")
     else:
         sampler = GlobalBatchSampler(
-            len(data.train), train_args.per_device_batch_size, train_args.seed, accelerator.process_index,
-            accelerator.num_processes, train_args.gradient_accumulation_steps, start_step=state.step,
+            len(data.train),
+            train_args.per_device_batch_size,
+            train_args.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+            train_args.gradient_accumulation_steps,
+            start_step=state.step,
             max_steps=train_args.max_steps,
         )
         loader = data.loader(sampler, data_args.num_workers)
@@ -248,8 +291,13 @@ def pretrain(model_args, data_args, train_args):
     placeholder = None
     fault_step = int(os.environ.get(FAULT_ENV, "-1"))
     nonfinite_steps = {int(s) for s in os.environ.get(NONFINITE_ENV, "").split(",") if s.strip()}
-    progress = tqdm(total=train_args.max_steps, initial=state.step, disable=not (main and train_args.progress_bar),
-                    desc="pretrain", dynamic_ncols=True)
+    progress = tqdm(
+        total=train_args.max_steps,
+        initial=state.step,
+        disable=not (main and train_args.progress_bar),
+        desc="pretrain",
+        dynamic_ncols=True,
+    )
     timing = {"data": 0.0, "compute": 0.0, "steps": 0}
     window = {}
     final_metrics = {}
@@ -279,8 +327,10 @@ def pretrain(model_args, data_args, train_args):
         if any(empty):
             if placeholder is None:
                 placeholder = data.placeholder_batch()
-            micro_batches = [_to_device(copy.deepcopy(placeholder), accelerator.device) if blank else b
-                             for b, blank in zip(micro_batches, empty)]
+            micro_batches = [
+                _to_device(copy.deepcopy(placeholder), accelerator.device) if blank else b
+                for b, blank in zip(micro_batches, empty)
+            ]
         real_batches = [b for b, blank in zip(micro_batches, empty) if not blank]
 
         objectives = step_objectives(weights, train_args.mixing, train_args.seed, step)
@@ -298,8 +348,9 @@ def pretrain(model_args, data_args, train_args):
                 relevance = None
                 guidance_started = time.perf_counter()
                 if guide.needs_guidance(step):
-                    relevance = guidance_relevance(teacher if guide.source == "ema" else unwrapped,
-                                                   objective_inputs("guidance", batch, {}), guide)
+                    relevance = guidance_relevance(
+                        teacher if guide.source == "ema" else unwrapped, objective_inputs("guidance", batch, {}), guide
+                    )
                 applied = guide.apply(batch, step, relevance)
                 if not blank:
                     _add(diagnostics, applied)
@@ -312,11 +363,12 @@ def pretrain(model_args, data_args, train_args):
         counted = [name for name in names if name not in deferred]
         local_counts = objective_counts(real_batches, counted, accelerator.device, hard)
         size_slots = torch.zeros(len(sizes) * accelerator.num_processes, dtype=torch.float64)
-        size_slots[accelerator.process_index::accelerator.num_processes] = torch.tensor(sizes, dtype=torch.float64)
-        local_counts = torch.cat([local_counts, local_counts.new_tensor([len(skipped), real]),
-                                  size_slots.to(local_counts.device)])
+        size_slots[accelerator.process_index :: accelerator.num_processes] = torch.tensor(sizes, dtype=torch.float64)
+        local_counts = torch.cat(
+            [local_counts, local_counts.new_tensor([len(skipped), real]), size_slots.to(local_counts.device)]
+        )
         global_counts = accelerator.reduce(local_counts, reduction="sum")
-        global_sizes = global_counts[len(counted) + 2:].view(len(sizes), accelerator.num_processes)
+        global_sizes = global_counts[len(counted) + 2 :].view(len(sizes), accelerator.num_processes)
         if global_counts[len(counted)] > 0:
             _record_skipped(skipped, state, output_dir, step + 1, accelerator)
         real_samples = int(global_counts[len(counted) + 1])
@@ -328,18 +380,31 @@ def pretrain(model_args, data_args, train_args):
         if "itc" in objectives and accelerator.num_processes > 1:
             window.setdefault("itc_skipped_share", []).append(float(bool(dropped)))
         loss_sums = torch.zeros(len(names), dtype=torch.float64, device=accelerator.device)
-        passes = [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
-                  if name in objectives and name not in deferred and name not in dropped]
+        passes = [
+            (index, name)
+            for index in range(len(micro_batches))
+            for name in OBJECTIVE_ORDER
+            if name in objectives and name not in deferred and name not in dropped
+        ]
         first_deferred = len(passes)
-        passes += [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER
-                   if name in deferred]
+        passes += [(index, name) for index in range(len(micro_batches)) for name in OBJECTIVE_ORDER if name in deferred]
         if guide is not None and guide.joint != "independent" and {"mlm", "mim"} <= set(objectives):
             passes = joint_passes(passes)
-            first_deferred = next((n for n, (_, name) in enumerate(passes) if name in deferred
-                                   or name == JOINT_PASS and "mlm" in deferred), len(passes))
+            first_deferred = next(
+                (
+                    n
+                    for n, (_, name) in enumerate(passes)
+                    if name in deferred or name == JOINT_PASS and "mlm" in deferred
+                ),
+                len(passes),
+            )
         generator = torch.Generator(device="cpu").manual_seed(
-            int(np.random.default_rng([train_args.seed, step, accelerator.process_index, HARD_NEGATIVE_STREAM])
-                .integers(2**62)))
+            int(
+                np.random.default_rng(
+                    [train_args.seed, step, accelerator.process_index, HARD_NEGATIVE_STREAM]
+                ).integers(2**62)
+            )
+        )
         context = {"model": unwrapped, "teacher": teacher, "hard_negatives": hard, "generator": generator}
         if accelerator.num_processes > 1:  # ITC's truth over the gathered batch
             context.update(gather=gather_object, holds_fn=data.holds_fn)
@@ -353,9 +418,11 @@ def pretrain(model_args, data_args, train_args):
                     if not empty[i]:
                         _add(diagnostics, applied)
                 deferred_counts = accelerator.reduce(
-                    objective_counts(real_batches, deferred, accelerator.device, hard), reduction="sum")
-                normalizers.update({n: max(float(c), 1.0) / accelerator.num_processes
-                                    for n, c in zip(deferred, deferred_counts)})
+                    objective_counts(real_batches, deferred, accelerator.device, hard), reduction="sum"
+                )
+                normalizers.update(
+                    {n: max(float(c), 1.0) / accelerator.num_processes for n, c in zip(deferred, deferred_counts)}
+                )
             if name == "itc" or number == 0 or passes[number - 1][0] != index:
                 context["similarity"] = None
             inputs = objective_inputs(name, batch, context)
@@ -399,8 +466,9 @@ def pretrain(model_args, data_args, train_args):
             optimizer.step()
             unwrapped.clamp_temperature_()  # in place, after the step (CLIP): the gradient still reaches the bounds
             if teacher is not None:
-                ema_update(teacher.parameters(), _full_parameters(accelerator.unwrap_model(model)),
-                           train_args.teacher_momentum)
+                ema_update(
+                    teacher.parameters(), _full_parameters(accelerator.unwrap_model(model)), train_args.teacher_momentum
+                )
             state.consecutive_nonfinite = 0
         else:
             grad_norm = torch.tensor(float("nan"))
@@ -440,8 +508,9 @@ def pretrain(model_args, data_args, train_args):
             if stream is not None:
                 record.update(epoch=stream.epoch, lost_samples=lost_samples)
             total_time = max(1e-9, timing["data"] + timing["compute"])
-            record.update({f"{key[:-5]}_time_share": value / total_time for key, value in timing.items()
-                           if key.endswith("_time")})
+            record.update(
+                {f"{key[:-5]}_time_share": value / total_time for key, value in timing.items() if key.endswith("_time")}
+            )
             logger.log(state.step, "train", record)
             progress.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("_loss")})
             window = {}
@@ -461,8 +530,9 @@ def pretrain(model_args, data_args, train_args):
     # (after the process group is gone).
     close_batches(batches)
     if stream is not None:
-        reports = gather_object([stream.report.to_dict()]) if accelerator.num_processes > 1 \
-            else [stream.report.to_dict()]
+        reports = (
+            gather_object([stream.report.to_dict()]) if accelerator.num_processes > 1 else [stream.report.to_dict()]
+        )
         if main:
             report = data.source_report
             for entry in reports:
@@ -475,8 +545,9 @@ def pretrain(model_args, data_args, train_args):
         # The gathered dict holds tied weights twice (as separate tensors); save_pretrained stores the source only.
         tied = getattr(accelerator.unwrap_model(model), "_tied_weights_keys", None) or {}
         if isinstance(tied, dict):
-            full_state = {name: value for name, value in full_state.items()
-                          if not (name in tied and tied[name] in full_state)}
+            full_state = {
+                name: value for name, value in full_state.items() if not (name in tied and tied[name] in full_state)
+            }
         for name in scalar_parameters:
             full_state[name] = full_state[name].reshape(())
     if main:
@@ -538,10 +609,12 @@ def _sample_recorder(output_dir, rank, resume_step):
         with open(path, "a", encoding="utf-8") as handle:
             for batch in micro_batches:
                 indices = [int(i) for i in batch["index"]] + [int(i) for i, _ in batch.get("skipped", [])]
-                epochs = sorted({int(p[0]) for p in batch.get("stream_positions", ())}
-                                or {int(e) for e in batch["epoch"]})
-                handle.write(strict_json.dumps({"step": step, "epoch": epochs[0] if epochs else None,
-                                         "index": indices}) + "\n")
+                epochs = sorted(
+                    {int(p[0]) for p in batch.get("stream_positions", ())} or {int(e) for e in batch["epoch"]}
+                )
+                handle.write(
+                    strict_json.dumps({"step": step, "epoch": epochs[0] if epochs else None, "index": indices}) + "\n"
+                )
 
     return record
 
@@ -554,8 +627,11 @@ def vector_scalar_parameters(model):
     for module_name, module in model.named_modules():
         for name, parameter in list(module.named_parameters(recurse=False)):
             if parameter.ndim == 0:
-                setattr(module, name, torch.nn.Parameter(parameter.detach().reshape(1),
-                                                         requires_grad=parameter.requires_grad))
+                setattr(
+                    module,
+                    name,
+                    torch.nn.Parameter(parameter.detach().reshape(1), requires_grad=parameter.requires_grad),
+                )
                 names.append(f"{module_name}.{name}" if module_name else name)
     return names
 
@@ -568,12 +644,15 @@ def _full_parameters(model):
 
 def _check_fsdp_validation(num_val, train_args, num_processes):
     """Under FSDP every forward pass is collective: validation batches must split evenly over the processes."""
-    batches = -(-min(num_val, train_args.per_device_batch_size * train_args.eval_batches)
-                // train_args.per_device_batch_size)
+    batches = -(
+        -min(num_val, train_args.per_device_batch_size * train_args.eval_batches) // train_args.per_device_batch_size
+    )
     if batches % num_processes:
-        raise ValueError(f"FSDP: validation runs {batches} batches of {train_args.per_device_batch_size} over "
-                         f"{num_processes} processes; every process must run as many forward passes, so choose "
-                         f"eval_batches (and enough validation samples) for a multiple of {num_processes} batches")
+        raise ValueError(
+            f"FSDP: validation runs {batches} batches of {train_args.per_device_batch_size} over "
+            f"{num_processes} processes; every process must run as many forward passes, so choose "
+            f"eval_batches (and enough validation samples) for a multiple of {num_processes} batches"
+        )
 
 
 def matched_relevance(relevance, inputs, batch, hard):
@@ -595,8 +674,10 @@ def _add(totals, values):
 
 
 def _to_device(batch, device):
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else _to_device(v, device) if isinstance(v, dict) else v
-            for k, v in batch.items()}
+    return {
+        k: v.to(device) if isinstance(v, torch.Tensor) else _to_device(v, device) if isinstance(v, dict) else v
+        for k, v in batch.items()
+    }
 
 
 def _record_skipped(skipped, state, output_dir, step, accelerator):

@@ -61,9 +61,11 @@ def check_repo_id(repo_id):
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        raise PublishError(f"--repo-id {repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' "
-                           f"(letters, digits, '-', '_', '.'; at most 96 characters; no '--' or '..'; not starting or "
-                           f"ending with '-' or '.'); {error}") from None
+        raise PublishError(
+            f"--repo-id {repo_id!r} is not a valid Hub repo id: expected 'name' or 'namespace/name' "
+            f"(letters, digits, '-', '_', '.'; at most 96 characters; no '--' or '..'; not starting or "
+            f"ending with '-' or '.'); {error}"
+        ) from None
     if not repo_id:
         raise PublishError("--repo-id is empty: expected 'name' or 'namespace/name'")
     return repo_id
@@ -102,8 +104,10 @@ def _weights(model_dir):
         return {WEIGHTS: single}
     pickles = [n for n in os.listdir(model_dir) if n.endswith(PICKLE_SUFFIXES)]
     found = f"; found only pickled weights {pickles}, which are not published" if pickles else ""
-    raise PublishError(f"{model_dir} has no {WEIGHTS} (or {WEIGHTS_INDEX} with its shards): expected the weights "
-                       f"saved by `save_pretrained` in safetensors{found}")
+    raise PublishError(
+        f"{model_dir} has no {WEIGHTS} (or {WEIGHTS_INDEX} with its shards): expected the weights "
+        f"saved by `save_pretrained` in safetensors{found}"
+    )
 
 
 def _processor_files(run_dir, model_dir):
@@ -115,12 +119,19 @@ def _processor_files(run_dir, model_dir):
         config = next((n for n in PROCESSOR_CONFIGS if n in names), None)
         tokenizer = next((n for n in TOKENIZER_FILES if n in names), None)
         if config and tokenizer and "tokenizer_config.json" in names:
-            wanted = [n for n in names if n in PROCESSOR_CONFIGS or n.startswith(("tokenizer", "vocab"))
-                      or n in ("special_tokens_map.json", "added_tokens.json")]
+            wanted = [
+                n
+                for n in names
+                if n in PROCESSOR_CONFIGS
+                or n.startswith(("tokenizer", "vocab"))
+                or n in ("special_tokens_map.json", "added_tokens.json")
+            ]
             return {n: os.path.join(folder, n) for n in sorted(wanted)}
-    raise PublishError(f"{model_dir} (and {os.path.join(run_dir, 'processor')}) holds no complete processor: expected "
-                       f"{' or '.join(PROCESSOR_CONFIGS)}, tokenizer_config.json and {' or '.join(TOKENIZER_FILES)}, "
-                       f"as written by VLPProcessor.save_pretrained")
+    raise PublishError(
+        f"{model_dir} (and {os.path.join(run_dir, 'processor')}) holds no complete processor: expected "
+        f"{' or '.join(PROCESSOR_CONFIGS)}, tokenizer_config.json and {' or '.join(TOKENIZER_FILES)}, "
+        f"as written by VLPProcessor.save_pretrained"
+    )
 
 
 def _code_files(model_dir):
@@ -137,21 +148,27 @@ def _code_files(model_dir):
 def read_run(run_dir):
     """Reads and checks a `vlp pretrain` output folder; raises PublishError naming what is missing."""
     if not os.path.isdir(run_dir):
-        raise PublishError(f"run folder {run_dir} does not exist: expected a `vlp pretrain` output folder "
-                           f"(run.yaml, model/, final_metrics.json, metrics.jsonl)")
+        raise PublishError(
+            f"run folder {run_dir} does not exist: expected a `vlp pretrain` output folder "
+            f"(run.yaml, model/, final_metrics.json, metrics.jsonl)"
+        )
     record_path = os.path.join(run_dir, "run.yaml")
     if not os.path.isfile(record_path):
-        raise PublishError(f"{run_dir} has no run.yaml: expected a `vlp pretrain` output folder (run.yaml with the "
-                           f"config, code version and seed; model/ with the final model)")
+        raise PublishError(
+            f"{run_dir} has no run.yaml: expected a `vlp pretrain` output folder (run.yaml with the "
+            f"config, code version and seed; model/ with the final model)"
+        )
     with open(record_path, encoding="utf-8") as handle:
         record = yaml.safe_load(handle) or {}
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise PublishError(f"{record_path}: expected a mapping with a 'config' mapping (as `vlp pretrain` writes it)")
     model_dir = os.path.join(run_dir, "model")
     if not os.path.isdir(model_dir):
-        raise PublishError(f"{run_dir} has no model/ folder: expected the final model saved by `vlp pretrain` at the "
-                           f"end of the run (config.json, {WEIGHTS}, the code and the processor); has the run "
-                           f"finished?")
+        raise PublishError(
+            f"{run_dir} has no model/ folder: expected the final model saved by `vlp pretrain` at the "
+            f"end of the run (config.json, {WEIGHTS}, the code and the processor); has the run "
+            f"finished?"
+        )
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
         raise PublishError(f"{model_dir} has no config.json: expected a folder written by save_pretrained")
@@ -162,19 +179,29 @@ def read_run(run_dir):
     skipped = set(files) | set(CODE_FILES) | {"README.md"}
     for name in sorted(os.listdir(model_dir)):  # other files save_pretrained wrote, e.g. generation_config.json
         path = os.path.join(model_dir, name)
-        if name not in skipped and os.path.isfile(path) and not name.startswith(".") and \
-                not name.endswith(PICKLE_SUFFIXES) and not name.endswith(".safetensors"):
+        if (
+            name not in skipped
+            and os.path.isfile(path)
+            and not name.startswith(".")
+            and not name.endswith(PICKLE_SUFFIXES)
+            and not name.endswith(".safetensors")
+        ):
             files[name] = path
     code, from_package = _code_files(model_dir)
     metrics_path = os.path.join(run_dir, "final_metrics.json")
     log_path = os.path.join(run_dir, "metrics.jsonl")
     evaluation_path = os.path.join(run_dir, "evaluation.json")
     return RunFolder(
-        run_dir=run_dir, model_dir=model_dir, model_config=model_config, run_record=record,
+        run_dir=run_dir,
+        model_dir=model_dir,
+        model_config=model_config,
+        run_record=record,
         final_metrics=_read_json(metrics_path, "final validation metrics") if os.path.isfile(metrics_path) else None,
         train_log=_read_jsonl(log_path) if os.path.isfile(log_path) else [],
         evaluation=_read_json(evaluation_path, "`vlp evaluate` results") if os.path.isfile(evaluation_path) else None,
-        model_files=files, code_files=code, code_from_package=from_package,
+        model_files=files,
+        code_files=code,
+        code_from_package=from_package,
     )
 
 
@@ -199,8 +226,10 @@ def check_auto_maps(folder):
                 for item in filter(None, targets):
                     module = item.split("--")[-1].rsplit(".", 1)[0]
                     if not os.path.isfile(os.path.join(folder, f"{module}.py")):
-                        raise PublishError(f"{name}: auto_map {auto_class} -> {item} needs {module}.py, which the "
-                                           f"published folder lacks")
+                        raise PublishError(
+                            f"{name}: auto_map {auto_class} -> {item} needs {module}.py, which the "
+                            f"published folder lacks"
+                        )
 
 
 def count_parameters(folder):
@@ -266,8 +295,9 @@ def assemble(run_dir, out_dir, repo_id, results_path=None, mix=None, license=Non
     extra = None
     if results_path is not None:
         if not os.path.isfile(results_path):
-            raise PublishError(f"--results {results_path} does not exist: expected a results.json of `vlp evaluate` "
-                               f"or `vlp study`")
+            raise PublishError(
+                f"--results {results_path} does not exist: expected a results.json of `vlp evaluate` or `vlp study`"
+            )
         extra = _read_json(results_path, "a results.json of `vlp evaluate` or `vlp study`")
         if not isinstance(extra, dict):
             raise PublishError(f"--results {results_path}: expected a JSON object, got {type(extra).__name__}")
@@ -278,12 +308,15 @@ def assemble(run_dir, out_dir, repo_id, results_path=None, mix=None, license=Non
             except ValueError as error:
                 raise PublishError(f"--results {results_path}: {error}") from None
         elif not model_cards.results_figures(extra):
-            raise PublishError(f"--results {results_path}: no figures found; expected a results.json of `vlp "
-                               f"evaluate` or `vlp study`, or any JSON whose figures are {{value, low, high}}")
+            raise PublishError(
+                f"--results {results_path}: no figures found; expected a results.json of `vlp "
+                f"evaluate` or `vlp study`, or any JSON whose figures are {{value, low, high}}"
+            )
         results.append(extra)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise PublishError(f"{out_dir} exists and is not an empty folder: expected a new or empty folder for the "
-                           f"files to publish")
+        raise PublishError(
+            f"{out_dir} exists and is not an empty folder: expected a new or empty folder for the files to publish"
+        )
     os.makedirs(out_dir, exist_ok=True)
 
     for name, source in {**run.model_files, **run.code_files}.items():
@@ -313,17 +346,28 @@ def assemble(run_dir, out_dir, repo_id, results_path=None, mix=None, license=Non
         published.append("results.json")
 
     inputs = model_cards.CardInputs(
-        repo_id=repo_id, model_config=complete_auto_map(run.model_config), run_record=run.run_record,
-        final_metrics=run.final_metrics, train_log=run.train_log, results=results, mix=mix,
-        num_parameters=count_parameters(out_dir), license=license, datasets=tuple(datasets), files=tuple(published),
+        repo_id=repo_id,
+        model_config=complete_auto_map(run.model_config),
+        run_record=run.run_record,
+        final_metrics=run.final_metrics,
+        train_log=run.train_log,
+        results=results,
+        mix=mix,
+        num_parameters=count_parameters(out_dir),
+        license=license,
+        datasets=tuple(datasets),
+        files=tuple(published),
         code_files=CODE_FILES,
     )
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as handle:
         handle.write(model_cards.render_model_card(inputs))
     if run.code_from_package:
         print(f"note: {run.model_dir} lacks some of {list(CODE_FILES)}; the installed VLP's code files are published")
-    return sorted(os.path.relpath(os.path.join(root, name), out_dir).replace(os.sep, "/")
-                  for root, _, names in os.walk(out_dir) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(root, name), out_dir).replace(os.sep, "/")
+        for root, _, names in os.walk(out_dir)
+        for name in names
+    )
 
 
 def upload(folder, repo_id, private=False, token=None, commit_message=None, api=None):
@@ -334,20 +378,37 @@ def upload(folder, repo_id, private=False, token=None, commit_message=None, api=
     api = api or HfApi(token=token)
     try:
         api.create_repo(repo_id=repo_id, repo_type="model", private=True if private else None, exist_ok=True)
-        commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model",
-                                   commit_message=commit_message or "Upload VLP model, processor, code and card")
+        commit = api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=commit_message or "Upload VLP model, processor, code and card",
+        )
     except Exception as error:
         from huggingface_hub.errors import OfflineModeIsEnabled
 
         if isinstance(error, OfflineModeIsEnabled):
-            raise PublishError("uploading needs the network but HF_HUB_OFFLINE is set: unset it, or write the folder "
-                               "with --dry-run DIR") from None
+            raise PublishError(
+                "uploading needs the network but HF_HUB_OFFLINE is set: unset it, or write the folder "
+                "with --dry-run DIR"
+            ) from None
         raise
     return getattr(commit, "commit_url", None) or str(commit)
 
 
-def push(run_dir, repo_id, dry_run=None, private=False, token=None, results_path=None, mix=None, license=None,
-         datasets=(), include_run=True, api=None):
+def push(
+    run_dir,
+    repo_id,
+    dry_run=None,
+    private=False,
+    token=None,
+    results_path=None,
+    mix=None,
+    license=None,
+    datasets=(),
+    include_run=True,
+    api=None,
+):
     """`vlp push`: assembles the folder (into `dry_run`, or a temporary folder that is uploaded and removed)."""
     check_repo_id(repo_id)
     options = dict(results_path=results_path, mix=mix, license=license, datasets=datasets, include_run=include_run)
@@ -362,27 +423,45 @@ def push(run_dir, repo_id, dry_run=None, private=False, token=None, results_path
 
 def cli(argv):
     parser = argparse.ArgumentParser(
-        prog="vlp push", description="Publish a pretraining run on the Hugging Face Hub: the model (safetensors), "
+        prog="vlp push",
+        description="Publish a pretraining run on the Hugging Face Hub: the model (safetensors), "
         "its config with a complete auto_map, the model and processor code, the processor, a model card and the "
-        "run's record and results. --dry-run DIR writes exactly that folder and uploads nothing.")
+        "run's record and results. --dry-run DIR writes exactly that folder and uploads nothing.",
+    )
     parser.add_argument("run_dir", help="a `vlp pretrain` output folder (run.yaml, model/, final_metrics.json, ...)")
     parser.add_argument("--repo-id", required=True, help="'name' or 'namespace/name' of the model repo")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--dry-run", metavar="DIR", help="write the folder that would be uploaded into DIR (new or "
-                                                         "empty), upload nothing")
-    parser.add_argument("--results", metavar="FILE", help="a results.json of `vlp evaluate` or `vlp study` to show "
-                                                          "in the card and publish")
-    parser.add_argument("--mix", help="this run's mix in a study's results.json (default: the folder name above "
-                                      "seed<k>)")
+    parser.add_argument(
+        "--dry-run",
+        metavar="DIR",
+        help="write the folder that would be uploaded into DIR (new or empty), upload nothing",
+    )
+    parser.add_argument(
+        "--results",
+        metavar="FILE",
+        help="a results.json of `vlp evaluate` or `vlp study` to show in the card and publish",
+    )
+    parser.add_argument(
+        "--mix", help="this run's mix in a study's results.json (default: the folder name above seed<k>)"
+    )
     parser.add_argument("--license", help="license id for the card's metadata, e.g. apache-2.0 (default: none)")
     parser.add_argument("--datasets", default="", help="comma-separated Hub dataset ids for the card's metadata")
     parser.add_argument("--no-run-files", action="store_true", help="do not publish run/ (run.yaml, config, logs)")
     parser.add_argument("--token", help="Hub token (default: the one `hf auth login` stored, or HF_TOKEN)")
     args = parser.parse_args(argv)
     datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
-    summary = push(args.run_dir, args.repo_id, dry_run=args.dry_run, private=args.private, token=args.token,
-                   results_path=args.results, mix=args.mix, license=args.license, datasets=datasets,
-                   include_run=not args.no_run_files)
+    summary = push(
+        args.run_dir,
+        args.repo_id,
+        dry_run=args.dry_run,
+        private=args.private,
+        token=args.token,
+        results_path=args.results,
+        mix=args.mix,
+        license=args.license,
+        datasets=datasets,
+        include_run=not args.no_run_files,
+    )
     if summary["uploaded"]:
         print(f"uploaded {len(summary['files'])} files to {args.repo_id}: {summary['url']}")
     else:

@@ -24,8 +24,17 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     another at the end of an epoch). Micro-batch `m` of process `r` is slice `m * world_size + r` of the step.
     """
 
-    def __init__(self, num_samples, per_device_batch_size, seed, rank=0, world_size=1, accumulation_steps=1,
-                 start_step=0, max_steps=None):
+    def __init__(
+        self,
+        num_samples,
+        per_device_batch_size,
+        seed,
+        rank=0,
+        world_size=1,
+        accumulation_steps=1,
+        start_step=0,
+        max_steps=None,
+    ):
         self.num_samples = num_samples
         self.per_device = per_device_batch_size
         self.seed = seed
@@ -62,7 +71,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         batches = []
         for micro in range(self.accumulation):
             offset = start + (micro * self.world_size + self.rank) * self.per_device
-            batches.append([(epoch, int(i)) for i in order[offset: offset + self.per_device]])
+            batches.append([(epoch, int(i)) for i in order[offset : offset + self.per_device]])
         return batches
 
     def __iter__(self):

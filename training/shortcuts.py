@@ -32,8 +32,12 @@ _WORD = re.compile(r"[a-z0-9']+")
 def features_of(text: str, ngram: int = 2) -> list[str]:
     """The words of a text (lower case) and its word n-grams up to `ngram`, with the segment bounds."""
     words = ["<s>", *_WORD.findall(text.lower()), "</s>"]
-    return [" ".join(words[i:i + n]) for n in range(1, ngram + 1) for i in range(len(words) - n + 1)
-            if not (n == 1 and words[i] in ("<s>", "</s>"))]
+    return [
+        " ".join(words[i : i + n])
+        for n in range(1, ngram + 1)
+        for i in range(len(words) - n + 1)
+        if not (n == 1 and words[i] in ("<s>", "</s>"))
+    ]
 
 
 class BagOfWords:
@@ -101,9 +105,17 @@ def _majority(labels: Sequence):
     return max(sorted(counts, key=repr), key=lambda label: counts[label])
 
 
-def text_only_floor(train_texts: Sequence[str], train_labels: Sequence, eval_texts: Sequence[str],
-                    eval_labels: Sequence, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
-                    **classifier) -> dict:
+def text_only_floor(
+    train_texts: Sequence[str],
+    train_labels: Sequence,
+    eval_texts: Sequence[str],
+    eval_labels: Sequence,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    **classifier,
+) -> dict:
     """Accuracy of a text-only classifier trained on the training items and scored on the evaluation items, with
     a bootstrap interval over items, against answering the training majority every time."""
     model = BagOfWords(**classifier).fit(list(train_texts), list(train_labels))
@@ -111,13 +123,26 @@ def text_only_floor(train_texts: Sequence[str], train_labels: Sequence, eval_tex
     majority = _majority(train_labels)
     majority_correct = np.asarray([t == majority for t in eval_labels], dtype=float)
     interval = bootstrap_ci(correct, "mean", n_resamples=n_resamples, confidence=confidence, seed=seed)
-    return {"accuracy": float(correct.mean()), "ci_low": interval.low, "ci_high": interval.high,
-            "majority": float(majority_correct.mean()), "majority_answer": majority,
-            "n_train": len(train_texts), "n_eval": len(eval_texts)}
+    return {
+        "accuracy": float(correct.mean()),
+        "ci_low": interval.low,
+        "ci_high": interval.high,
+        "majority": float(majority_correct.mean()),
+        "majority_answer": majority,
+        "n_train": len(train_texts),
+        "n_eval": len(eval_texts),
+    }
 
 
-def foil_acc_r(train_pairs: Sequence[tuple[str, str]], eval_pairs: Sequence[tuple[str, str]], *,
-               n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0, **classifier) -> dict:
+def foil_acc_r(
+    train_pairs: Sequence[tuple[str, str]],
+    eval_pairs: Sequence[tuple[str, str]],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    **classifier,
+) -> dict:
     """Text-only acc_r on foils: a classifier of true captions (1) against foils (0), trained on the training
     (caption, foil) pairs, scores both texts of each evaluation pair; an item counts as right when the caption
     scores higher, half when they tie. Chance is 0.5."""
@@ -129,8 +154,14 @@ def foil_acc_r(train_pairs: Sequence[tuple[str, str]], eval_pairs: Sequence[tupl
     foils = model.scores([f for _, f in eval_pairs])[:, column]
     right = np.where(captions > foils, 1.0, np.where(captions == foils, 0.5, 0.0))
     interval = bootstrap_ci(right, "mean", n_resamples=n_resamples, confidence=confidence, seed=seed)
-    return {"acc_r": float(right.mean()), "ci_low": interval.low, "ci_high": interval.high, "chance": 0.5,
-            "n_train": len(train_pairs), "n_eval": len(eval_pairs)}
+    return {
+        "acc_r": float(right.mean()),
+        "ci_low": interval.low,
+        "ci_high": interval.high,
+        "chance": 0.5,
+        "n_train": len(train_pairs),
+        "n_eval": len(eval_pairs),
+    }
 
 
 def gitm_segment_items(dataset, indices: Sequence[int]) -> tuple[list[str], list[str]]:

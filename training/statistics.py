@@ -16,6 +16,9 @@ import numpy as np
 # Resamples are drawn in chunks of at most this many item indices (8 MiB of int64) to bound memory. The chunk size
 # depends on the number of items only, so every statistic computed with the same seed on the same number of items
 # sees the same resamples.
+#: Seeds a study needs before a difference between mixes is called significant: with one seed, every interval covers
+#: evaluation items only and says nothing about another training run.
+MIN_SEEDS_FOR_CLAIMS = 2
 _CHUNK_ELEMENTS = 1 << 20
 
 
@@ -141,8 +144,10 @@ def _bootstrap_replicates(arrays: tuple, statistic: Callable, n_resamples: int, 
 def _point(arrays: tuple, statistic: Callable) -> float:
     value = np.asarray(statistic(*(a[None] for a in arrays)), dtype=np.float64).reshape(-1)
     if value.shape != (1,):
-        raise ValueError(f"statistic returned shape {value.shape} on the full sample (shape (1, items, ...)): it "
-                         f"must reduce the item axis to one value per resample")
+        raise ValueError(
+            f"statistic returned shape {value.shape} on the full sample (shape (1, items, ...)): it "
+            f"must reduce the item axis to one value per resample"
+        )
     return float(value[0])
 
 
@@ -192,8 +197,10 @@ def bootstrap_ci_paired(
     arrays = tuple(np.asarray(a) for a in arrays)
     lengths = {a.shape[0] if a.ndim else None for a in arrays}
     if None in lengths or len(lengths) != 1 or 0 in lengths:
-        raise ValueError(f"arrays: expected arrays with the same positive number of items on axis 0, got shapes "
-                         f"{[a.shape for a in arrays]}")
+        raise ValueError(
+            f"arrays: expected arrays with the same positive number of items on axis 0, got shapes "
+            f"{[a.shape for a in arrays]}"
+        )
     statistic = _statistic(statistic)
     point = _point(arrays, statistic)
     replicates = _bootstrap_replicates(arrays, statistic, n_resamples, np.random.default_rng(seed))
@@ -257,8 +264,10 @@ def hierarchical_bootstrap_difference(
     """
     _check_settings(n_resamples, confidence)
     if len(a_by_seed) != len(b_by_seed) or len(a_by_seed) == 0:
-        raise ValueError(f"a_by_seed and b_by_seed: expected the same positive number of seeds, got "
-                         f"{len(a_by_seed)} and {len(b_by_seed)}")
+        raise ValueError(
+            f"a_by_seed and b_by_seed: expected the same positive number of seeds, got "
+            f"{len(a_by_seed)} and {len(b_by_seed)}"
+        )
     differences = []
     for s, (a, b) in enumerate(zip(a_by_seed, b_by_seed)):
         a, b = _as_items(a, f"a_by_seed[{s}]"), _as_items(b, f"b_by_seed[{s}]")
@@ -266,8 +275,9 @@ def hierarchical_bootstrap_difference(
             raise ValueError(f"seed {s}: expected two 1-D arrays of the same items, got shapes {a.shape} and {b.shape}")
         differences.append(b - a)
     if len(differences) == 1:
-        result = paired_bootstrap_difference(np.zeros_like(differences[0]), differences[0], "mean", n_resamples,
-                                             confidence, seed)
+        result = paired_bootstrap_difference(
+            np.zeros_like(differences[0]), differences[0], "mean", n_resamples, confidence, seed
+        )
         return DifferenceTest(result.interval, result.p_value, "items")
 
     rng = np.random.default_rng(seed)
@@ -280,15 +290,18 @@ def hierarchical_bootstrap_difference(
         means = [d[index].mean(axis=1) for index in _resample_indices(rng, int(slots.sum()), d.size)]
         slot_means[slots] = np.concatenate(means) if means else np.empty(0)
     replicates = slot_means.mean(axis=1)
-    return DifferenceTest(_percentile_interval(point, replicates, confidence), _two_sided_p_value(replicates),
-                          "seeds, items")
+    return DifferenceTest(
+        _percentile_interval(point, replicates, confidence), _two_sided_p_value(replicates), "seeds, items"
+    )
 
 
 def _cluster_totals(sums, counts, name: str) -> tuple[np.ndarray, np.ndarray]:
     sums, counts = _as_items(sums, f"{name} sums"), _as_items(counts, f"{name} counts")
     if sums.ndim != 1 or sums.shape != counts.shape:
-        raise ValueError(f"{name}: expected 1-D sums and counts with one value per cluster, got shapes {sums.shape} "
-                         f"and {counts.shape}")
+        raise ValueError(
+            f"{name}: expected 1-D sums and counts with one value per cluster, got shapes {sums.shape} "
+            f"and {counts.shape}"
+        )
     if np.any(counts < 0):
         raise ValueError(f"{name} counts: expected numbers of items (>= 0), found {counts[counts < 0][:3].tolist()}")
     return sums, counts
@@ -350,8 +363,9 @@ def cluster_ratio_difference(
     arrays = (a_sums, a_counts, b_sums, b_counts)
     point = _point(arrays, difference)
     replicates = _bootstrap_replicates(arrays, difference, n_resamples, np.random.default_rng(seed))
-    return DifferenceTest(_percentile_interval(point, replicates, confidence), _two_sided_p_value(replicates),
-                          "clusters")
+    return DifferenceTest(
+        _percentile_interval(point, replicates, confidence), _two_sided_p_value(replicates), "clusters"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

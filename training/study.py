@@ -35,10 +35,13 @@ import time
 import numpy as np
 import yaml
 
+from ..model_cards import is_primary
 from ..processing import strict_json
 from .config import ConfigError, parse_config, read_yaml, to_dict
+from .evaluation_suite import SUITES
 from .guided_masking import POLICY_KEYS, mask_fingerprint
-from .statistics import bootstrap_ci, hierarchical_bootstrap_difference, holm_correction
+from .statistics import MIN_SEEDS_FOR_CLAIMS, bootstrap_ci, hierarchical_bootstrap_difference, holm_correction
+from .study_report import write_report
 
 STUDIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "studies")
 RESULTS_FORMAT = "vlp-study-results"
@@ -81,6 +84,12 @@ def load_study(path):
         except ConfigError as error:
             raise ConfigError(f"{path}: mix {mix['name']!r}: {error}") from None
     check_distinct_mixes(path, parsed)
+    if study.get("masks_for") is not None and study["masks_for"] not in names:
+        raise ConfigError(f"{path}: masks_for {study['masks_for']!r} is not one of the mixes {names}")
+    suites = (study.get("evaluation") or {}).get("suites", [])
+    unknown = [suite for suite in suites if suite not in (*SUITES, "all")]
+    if unknown:
+        raise ConfigError(f"{path}: evaluation suites {unknown} unknown; expected some of {list(SUITES)} or 'all'")
     return study
 
 
@@ -91,12 +100,20 @@ def probe_unit_counts(model_args, data_args, scenes=64):
     if data_args.dataset == "shapes":
         from ..processing import shapes_world
 
-        world = shapes_world.WorldConfig(num_scenes=scenes, seed=data_args.world_seed,
-                                         max_objects=data_args.max_objects, zipf_exponent=data_args.zipf_exponent,
-                                         held_out_pairs=tuple(data_args.held_out()))
-        words = [len(caption.text.split()) for index in range(scenes)
-                 for caption in shapes_world.generate_captions(shapes_world.sample_scene(world, index),
-                                                               random.Random(index), count=2)]
+        world = shapes_world.WorldConfig(
+            num_scenes=scenes,
+            seed=data_args.world_seed,
+            max_objects=data_args.max_objects,
+            zipf_exponent=data_args.zipf_exponent,
+            held_out_pairs=tuple(data_args.held_out()),
+        )
+        words = [
+            len(caption.text.split())
+            for index in range(scenes)
+            for caption in shapes_world.generate_captions(
+                shapes_world.sample_scene(world, index), random.Random(index), count=2
+            )
+        ]
     return {"mlm": words, "mim": [(model_args.image_size // model_args.patch_size) ** 2]}
 
 
@@ -109,23 +126,36 @@ def check_distinct_mixes(path, parsed):
     flat = {name: to_dict(arguments) for name, arguments in parsed.items()}
     groups = {}
     for name, values in flat.items():
-        rest = tuple(sorted((key, repr(value)) for key, value in values.items()
-                            if key not in POLICY_KEYS and key != "output_dir"))
+        rest = tuple(
+            sorted(
+                (key, repr(value)) for key, value in values.items() if key not in POLICY_KEYS and key != "output_dir"
+            )
+        )
         groups.setdefault(rest, []).append(name)
     for names in groups.values():
         seen = {}
         for name in names:
             model_args, data_args, train_args = parsed[name]
-            fingerprint = (tuple(sorted(mask_fingerprint(train_args, probe_unit_counts(model_args, data_args)).items()))
-                           if train_args.masking_policy else "no policy masking")
+            fingerprint = (
+                tuple(sorted(mask_fingerprint(train_args, probe_unit_counts(model_args, data_args)).items()))
+                if train_args.masking_policy
+                else "no policy masking"
+            )
             if fingerprint in seen:
                 other = seen[fingerprint]
-                differences = ", ".join(f"{key} {flat[other][key]!r} vs {flat[name][key]!r}" for key in POLICY_KEYS
-                                        if flat[other][key] != flat[name][key]) or "nothing"
+                differences = (
+                    ", ".join(
+                        f"{key} {flat[other][key]!r} vs {flat[name][key]!r}"
+                        for key in POLICY_KEYS
+                        if flat[other][key] != flat[name][key]
+                    )
+                    or "nothing"
+                )
                 alike = "draw identical masks" if train_args.masking_policy else "train alike"
                 raise ConfigError(
                     f"{path}: mixes {other!r} and {name!r} would {alike} (they differ only in "
-                    f"{differences}), so the study would compare a mix with itself; make them differ or drop one")
+                    f"{differences}), so the study would compare a mix with itself; make them differ or drop one"
+                )
             seen[fingerprint] = name
 
 
@@ -184,33 +214,67 @@ def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None):
             evaluation = study.get("evaluation") or {}
             target = os.path.join(run_dir, "evaluation.json")
             if evaluation and not os.path.exists(target):
-                runner(["evaluate", run_dir, "--output", target,
-                        "--suite", ",".join(evaluation.get("suites", ["all"])), "--seed", str(seed),
-                        *_flags({k: v for k, v in evaluation.items() if k != "suites"})], log_path)
+                runner(
+                    [
+                        "evaluate",
+                        run_dir,
+                        "--output",
+                        target,
+                        "--suite",
+                        ",".join(evaluation.get("suites", ["all"])),
+                        "--seed",
+                        str(seed),
+                        *_flags({k: v for k, v in evaluation.items() if k != "suites"}),
+                    ],
+                    log_path,
+                )
             vqa_dir = os.path.join(run_dir, "finetune_vqa")
             if finetune and not os.path.exists(os.path.join(vqa_dir, "DONE")):
-                runner(["finetune", "vqa", run_dir, "--output_dir", vqa_dir, "--variants", "pretrained",
-                        *_flags(finetune)], log_path)
+                runner(
+                    [
+                        "finetune",
+                        "vqa",
+                        run_dir,
+                        "--output_dir",
+                        vqa_dir,
+                        "--variants",
+                        "pretrained",
+                        *_flags(finetune),
+                    ],
+                    log_path,
+                )
                 _mark_done(vqa_dir)
             baselines = os.path.join(output_dir, "vqa_baselines")
             first = (mix["name"], seed) == (study["baseline"], study["seeds"][0])
             if finetune and first and not os.path.exists(os.path.join(baselines, "DONE")):
                 # Once per study: question-only (image blanked) and random-initialisation finetunes, the floors that
                 # show what pretraining bought.
-                runner(["finetune", "vqa", run_dir, "--output_dir", baselines, "--variants",
-                        "question_only,random_init", *_flags(finetune)], log_path)
+                runner(
+                    [
+                        "finetune",
+                        "vqa",
+                        run_dir,
+                        "--output_dir",
+                        baselines,
+                        "--variants",
+                        "question_only,random_init",
+                        *_flags(finetune),
+                    ],
+                    log_path,
+                )
                 _mark_done(baselines)
             _write_json(costs_path, costs)
-    complete = all(os.path.exists(os.path.join(_run_dir(output_dir, m["name"], s), "DONE"))
-                   for s in study["seeds"] for m in study["mixes"])
+    complete = all(
+        os.path.exists(os.path.join(_run_dir(output_dir, m["name"], s), "DONE"))
+        for s in study["seeds"]
+        for m in study["mixes"]
+    )
     results = collect_results(study, output_dir)
     results["complete"] = complete
     baselines = os.path.join(output_dir, "vqa_baselines", "results.json")
     if os.path.exists(baselines):
         results["vqa_baselines"] = {k: v for k, v in _numbers(_read_json(baselines)).items() if not is_wall_time(k)}
     _write_json(os.path.join(output_dir, "results.json"), results)
-    from .study_report import write_report
-
     write_report(study, results, costs, output_dir)
     return results
 
@@ -278,8 +342,12 @@ def step_flops(config_values):
     flops = 0.0
     objectives = train_args.objective_weights()
     # Joint masking trains MLM and MIM in one pass (see training.objectives.JOINT_PASS).
-    one_pass = train_args.masking_policy and train_args.joint_masking != "independent" and {"mlm", "mim"} <= set(
-        objectives) and train_args.mixing == "sum"
+    one_pass = (
+        train_args.masking_policy
+        and train_args.joint_masking != "independent"
+        and {"mlm", "mim"} <= set(objectives)
+        and train_args.mixing == "sum"
+    )
     for name in objectives:
         if name == "mim" and one_pass:
             continue
@@ -318,8 +386,11 @@ def _numbers(tree, prefix=""):
 
 
 def _item_values(value):
-    return isinstance(value, list) and len(value) > 1 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    return (
+        isinstance(value, list)
+        and len(value) > 1
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _items(tree, prefix=""):
@@ -332,10 +403,15 @@ def _items(tree, prefix=""):
         block_items = tree.get("items") if isinstance(tree.get("score"), dict) else None
         for key, value in tree.items():
             if isinstance(block_items, dict) and value is block_items:
-                found.update({f"{prefix}score.{name}": np.asarray(values, dtype=float)
-                              for name, values in block_items.items() if _item_values(values)})
+                found.update(
+                    {
+                        f"{prefix}score.{name}": np.asarray(values, dtype=float)
+                        for name, values in block_items.items()
+                        if _item_values(values)
+                    }
+                )
             elif key.endswith("_items") and _item_values(value):
-                found[f"{prefix}{key[:-len('_items')]}"] = np.asarray(value, dtype=float)
+                found[f"{prefix}{key[: -len('_items')]}"] = np.asarray(value, dtype=float)
             else:
                 found.update(_items(value, f"{prefix}{key}."))
     return found
@@ -391,9 +467,16 @@ def collect_results(study, output_dir, n_resamples=2000):
             if os.path.exists(os.path.join(run_dir, "DONE")):
                 per_run[(mix["name"], seed)] = run_figures(run_dir)
     primary = list(study.get("primary_metrics") or [])
-    results = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "study": study["name"],
-               "baseline": study["baseline"], "seeds": seeds, "primary_metrics": primary, "mixes": {},
-               "differences": {}}
+    results = {
+        "format": RESULTS_FORMAT,
+        "format_version": RESULTS_VERSION,
+        "study": study["name"],
+        "baseline": study["baseline"],
+        "seeds": seeds,
+        "primary_metrics": primary,
+        "mixes": {},
+        "differences": {},
+    }
     for mix in study["mixes"]:
         name = mix["name"]
         runs = [per_run[(name, s)] for s in seeds if (name, s) in per_run]
@@ -411,19 +494,18 @@ def collect_results(study, output_dir, n_resamples=2000):
                 elif saved is not None:
                     entry.update({"low": saved[0], "high": saved[1], "interval_over": "items"})
             metrics[metric] = entry
-        results["mixes"][name] = {"runs": len(runs), "overrides": mix.get("overrides") or {},
-                                  "step_flops": step_flops(mix_values(study, mix, seeds[0], "unused")),
-                                  "metrics": metrics}
+        results["mixes"][name] = {
+            "runs": len(runs),
+            "overrides": mix.get("overrides") or {},
+            "step_flops": step_flops(mix_values(study, mix, seeds[0], "unused")),
+            "metrics": metrics,
+        }
     results["differences"] = _differences(study, per_run, primary, n_resamples)
     return results
 
 
 def _interval(interval, over):
     return {"low": interval.low, "high": interval.high, "interval_over": over}
-
-
-#: Seeds a study needs before a difference between mixes is called significant.
-MIN_SEEDS_FOR_CLAIMS = 2
 
 
 def _differences(study, per_run, primary, n_resamples):
@@ -447,15 +529,23 @@ def _differences(study, per_run, primary, n_resamples):
                 test = hierarchical_bootstrap_difference(base_items, mix_items, n_resamples=n_resamples)
                 over = test.resampled
             elif len(pairs) > 1:
-                test = hierarchical_bootstrap_difference([[a[0][metric]] for a, _ in pairs],
-                                                         [[b[0][metric]] for _, b in pairs], n_resamples=n_resamples)
+                test = hierarchical_bootstrap_difference(
+                    [[a[0][metric]] for a, _ in pairs], [[b[0][metric]] for _, b in pairs], n_resamples=n_resamples
+                )
                 over = "seeds"
             else:
-                compared[metric] = {"difference": pairs[0][1][0][metric] - pairs[0][0][0][metric],
-                                    "interval_over": "none (one seed, no items)"}
+                compared[metric] = {
+                    "difference": pairs[0][1][0][metric] - pairs[0][0][0][metric],
+                    "interval_over": "none (one seed, no items)",
+                }
                 continue
-            compared[metric] = {"difference": test.interval.point, "low": test.interval.low,
-                                "high": test.interval.high, "p_value": test.p_value, "interval_over": over}
+            compared[metric] = {
+                "difference": test.interval.point,
+                "low": test.interval.low,
+                "high": test.interval.high,
+                "p_value": test.p_value,
+                "interval_over": over,
+            }
         tested = [m for m in compared if "p_value" in compared[m] and (not primary or is_primary(m, primary))]
         if tested:
             correction = holm_correction([compared[m]["p_value"] for m in tested])
@@ -468,36 +558,24 @@ def _differences(study, per_run, primary, n_resamples):
     return out
 
 
-def is_primary(metric, primary):
-    """A declared primary metric 'foils.acc_r' names every figure whose dotted path contains its parts in order
-    ('eval.foils.colour.acc_r', 'eval.foils.relation.acc_r', ...)."""
-    parts = metric.split(".")
-    for pattern in primary:
-        position = 0
-        for part in pattern.split("."):
-            try:
-                position = parts.index(part, position) + 1
-            except ValueError:
-                break
-        else:
-            return True
-    return False
-
-
 # -- command line -----------------------------------------------------------------------------------------------------
 
 
 def cli(argv):
     parser = argparse.ArgumentParser(
-        prog="vlp study", description="Pretrain each objective mix of a study with the same seeds and budget, "
-        "evaluate every run, and write report.md, plots and results.json. Resumable: run the same command again.")
+        prog="vlp study",
+        description="Pretrain each objective mix of a study with the same seeds and budget, "
+        "evaluate every run, and write report.md, plots and results.json. Resumable: run the same command again.",
+    )
     parser.add_argument("study", help="a preset (quick, standard, gpu, agmm, gitm) or a study YAML file")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--budget-seconds", type=float, default=None, help="start no new step after this long")
     args = parser.parse_args(argv)
     results = run_study(args.study, args.output_dir, args.budget_seconds)
-    print(f"study {results['study']}: {'complete' if results['complete'] else 'incomplete'}; "
-          f"report: {os.path.join(args.output_dir, 'report.md')}")
+    print(
+        f"study {results['study']}: {'complete' if results['complete'] else 'incomplete'}; "
+        f"report: {os.path.join(args.output_dir, 'report.md')}"
+    )
 
 
 __all__ = ["collect_results", "load_study", "run_study", "step_flops", "study_path"]

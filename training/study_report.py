@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 
-from .study import MIN_SEEDS_FOR_CLAIMS, is_primary
+from ..model_cards import is_primary
+from .statistics import MIN_SEEDS_FOR_CLAIMS
 
 
 def _fmt(value, digits=3):
@@ -38,8 +39,11 @@ def _report_metrics(results):
     """The metrics the tables show: the declared primary ones first, then validation figures of every run."""
     every = sorted(set().union(*(set(m["metrics"]) for m in results["mixes"].values())) if results["mixes"] else ())
     # Floors and score - floor differences of a primary figure are shown beside it (the floors table), not as one.
-    primary = [m for m in every if is_primary(m, results["primary_metrics"])
-               and ".floors." not in m and ".differences." not in m]
+    primary = [
+        m
+        for m in every
+        if is_primary(m, results["primary_metrics"]) and ".floors." not in m and ".differences." not in m
+    ]
     headline = [m for m in every if m.startswith("val.") and m.endswith(("_accuracy", "_loss"))]
     return primary, [m for m in headline if m not in primary], every
 
@@ -67,26 +71,42 @@ def _power_lines(results, primary):
             rows.append(f"| {metric} | {np.median(effects):.3f} | {entries[0]['interval_over']} |")
     if not rows:
         return []
-    return ["## Power", "", "The smallest difference to the baseline this design finds 80 % of the time (two-sided "
-            "5 % level, before Holm), from the width of the measured difference intervals (median over the mixes): "
-            "'no difference' reads as 'no difference larger than this'.", "",
-            "| metric | minimum detectable effect | variation covered |", "|---|---|---|", *rows, ""]
+    return [
+        "## Power",
+        "",
+        "The smallest difference to the baseline this design finds 80 % of the time (two-sided "
+        "5 % level, before Holm), from the width of the measured difference intervals (median over the mixes): "
+        "'no difference' reads as 'no difference larger than this'.",
+        "",
+        "| metric | minimum detectable effect | variation covered |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _rare_concept_lines(results, output_dir):
     """The frequency suite per mix: the slope of acc_r per decade of pretraining count, held-out pairs, and acc_r
     per count bucket (mean over seeds, from each run's evaluation.json)."""
     mixes = list(results["mixes"])
-    figures = {"slope of acc_r per decade of pair count": "eval.suites.frequency.slope.score",
-               "held-out pairs: acc_r": "eval.suites.frequency.held_out.score.acc_r",
-               "held-out minus seen pairs: acc_r": "eval.suites.frequency.held_out_versus_seen.value"}
-    present = {name: key for name, key in figures.items()
-               if any(key in results["mixes"][m]["metrics"] for m in mixes)}
+    figures = {
+        "slope of acc_r per decade of pair count": "eval.suites.frequency.slope.score",
+        "held-out pairs: acc_r": "eval.suites.frequency.held_out.score.acc_r",
+        "held-out minus seen pairs: acc_r": "eval.suites.frequency.held_out_versus_seen.value",
+    }
+    present = {name: key for name, key in figures.items() if any(key in results["mixes"][m]["metrics"] for m in mixes)}
     if not present:
         return []
-    lines = ["## Rare concepts", "", "acc_r of colour and shape foils against how often the colour-shape pair they "
-             "name occurs in the pretraining world, and on pairs held out of pretraining (after Udandarao et al. "
-             "2024).", "", "| figure | " + " | ".join(mixes) + " |", "|---|" + "---|" * len(mixes)]
+    lines = [
+        "## Rare concepts",
+        "",
+        "acc_r of colour and shape foils against how often the colour-shape pair they "
+        "name occurs in the pretraining world, and on pairs held out of pretraining (after Udandarao et al. "
+        "2024).",
+        "",
+        "| figure | " + " | ".join(mixes) + " |",
+        "|---|" + "---|" * len(mixes),
+    ]
     for name, key in present.items():
         lines.append(f"| {name} | " + " | ".join(_cell(results["mixes"][m]["metrics"].get(key)) for m in mixes) + " |")
     buckets = {}
@@ -103,8 +123,13 @@ def _rare_concept_lines(results, output_dir):
                 if value is not None:
                     buckets.setdefault(key, {}).setdefault(mix, []).append(value)
     if buckets:
-        lines += ["", "acc_r per bucket of pretraining count (mean over seeds; bucket 0: held-out pairs):", "",
-                  "| bucket | pair count | " + " | ".join(mixes) + " |", "|---|---|" + "---|" * len(mixes)]
+        lines += [
+            "",
+            "acc_r per bucket of pretraining count (mean over seeds; bucket 0: held-out pairs):",
+            "",
+            "| bucket | pair count | " + " | ".join(mixes) + " |",
+            "|---|---|" + "---|" * len(mixes),
+        ]
         for (number, low, high), values in sorted(buckets.items()):
             cells = [_fmt(float(np.mean(values[m]))) if m in values else "—" for m in mixes]
             lines.append(f"| {number} | {low:.0f}–{high:.0f} | " + " | ".join(cells) + " |")
@@ -125,26 +150,36 @@ def _floors_of(metric, every):
     if ".score." not in metric:
         return []
     prefix, figure = metric.rsplit(".score.", 1)
-    return [m for m in every if m.startswith(f"{prefix}.floors.") and m.endswith(f".{figure}")
-            and m.count(".") == metric.count(".") + 1]
+    return [
+        m
+        for m in every
+        if m.startswith(f"{prefix}.floors.") and m.endswith(f".{figure}") and m.count(".") == metric.count(".") + 1
+    ]
 
 
 def _uncleared(values, metrics, every):
     """The metrics whose score (a mix's figures `values`) does not clear one of its floors."""
-    return {m for m in metrics for floor in _floors_of(m, every)
-            if _floor_cell(values.get(m), values.get(floor)).endswith("(not cleared)")}
+    return {
+        m
+        for m in metrics
+        for floor in _floors_of(m, every)
+        if _floor_cell(values.get(m), values.get(floor)).endswith("(not cleared)")
+    }
 
 
 def _words(name, differences, metrics, below=frozenset()):
     """One line: where a mix helps or hurts, only for differences whose interval excludes zero after Holm; a metric
     in `below` (the mix's or the baseline's score does not clear a floor) is said to be so."""
+
     def said(m, d):
         return f"{m} ({d['difference']:+.3f}{'; a score not above its floors' if m in below else ''})"
 
-    helps = [said(m, d) for m, d in differences.items() if d.get("significant") and d["difference"] > 0
-             and m in metrics]
-    hurts = [said(m, d) for m, d in differences.items() if d.get("significant") and d["difference"] < 0
-             and m in metrics]
+    helps = [
+        said(m, d) for m, d in differences.items() if d.get("significant") and d["difference"] > 0 and m in metrics
+    ]
+    hurts = [
+        said(m, d) for m, d in differences.items() if d.get("significant") and d["difference"] < 0 and m in metrics
+    ]
     if not helps and not hurts:
         return f"- **{name}**: no difference to the baseline whose interval excludes zero after the Holm correction."
     parts = []
@@ -164,44 +199,76 @@ def write_report(study, results, costs, output_dir):
     lines = [f"# Study `{results['study']}`", ""]
     if study.get("description"):
         lines += [study["description"], ""]
-    lines += [f"Mixes: {', '.join(results['mixes'])}; baseline `{baseline}`; seeds {seeds}."
-              + ("" if results.get("complete") else " **Incomplete: some runs have not finished.**"), ""]
-    budget = {k: v for k, v in study["base"].items() if k in ("max_steps", "per_device_batch_size",
-                                                              "gradient_accumulation_steps", "num_scenes")}
+    lines += [
+        f"Mixes: {', '.join(results['mixes'])}; baseline `{baseline}`; seeds {seeds}."
+        + ("" if results.get("complete") else " **Incomplete: some runs have not finished.**"),
+        "",
+    ]
+    budget = {
+        k: v
+        for k, v in study["base"].items()
+        if k in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "num_scenes")
+    }
     lines += [f"Budget per run: {budget} (equal for every mix).", ""]
     if len(seeds) < MIN_SEEDS_FOR_CLAIMS:
-        lines = lines[:2] + ["**One seed: this study shows no evidence about training runs.** With one seed, "
-                             "intervals cover the sampling of evaluation items only, not the variation between "
-                             "training runs, so no difference is starred or named below.", ""] + lines[2:]
-    lines += ["Intervals are 95 % bootstrap intervals; differences to the baseline use a paired bootstrap, "
-              "hierarchical over seeds then items where items were saved. `*`: the interval excludes zero after a "
-              "Holm correction across the metrics compared for that mix.", ""]
+        lines = (
+            lines[:2]
+            + [
+                "**One seed: this study shows no evidence about training runs.** With one seed, "
+                "intervals cover the sampling of evaluation items only, not the variation between "
+                "training runs, so no difference is starred or named below.",
+                "",
+            ]
+            + lines[2:]
+        )
+    lines += [
+        "Intervals are 95 % bootstrap intervals; differences to the baseline use a paired bootstrap, "
+        "hierarchical over seeds then items where items were saved. `*`: the interval excludes zero after a "
+        "Holm correction across the metrics compared for that mix.",
+        "",
+    ]
     for title, metrics in (("Primary metrics", primary), ("Validation during pretraining", headline)):
         if not metrics:
             continue
-        lines += [f"## {title}", "", "| metric | " + " | ".join(results["mixes"]) + " |",
-                  "|---|" + "---|" * len(results["mixes"])]
+        lines += [
+            f"## {title}",
+            "",
+            "| metric | " + " | ".join(results["mixes"]) + " |",
+            "|---|" + "---|" * len(results["mixes"]),
+        ]
         for metric in metrics:
             row = [_cell(results["mixes"][mix]["metrics"].get(metric)) for mix in results["mixes"]]
             lines.append(f"| {metric} | " + " | ".join(row) + " |")
-        lines += ["", "Difference to the baseline:", "", "| metric | " + " | ".join(
-            m for m in results["mixes"] if m != baseline) + " |", "|---|" + "---|" * (len(results["mixes"]) - 1)]
+        lines += [
+            "",
+            "Difference to the baseline:",
+            "",
+            "| metric | " + " | ".join(m for m in results["mixes"] if m != baseline) + " |",
+            "|---|" + "---|" * (len(results["mixes"]) - 1),
+        ]
         for metric in metrics:
-            row = [_difference_cell(results["differences"].get(mix, {}).get(metric))
-                   for mix in results["mixes"] if mix != baseline]
+            row = [
+                _difference_cell(results["differences"].get(mix, {}).get(metric))
+                for mix in results["mixes"]
+                if mix != baseline
+            ]
             lines.append(f"| {metric} | " + " | ".join(row) + " |")
         lines.append("")
     floor_rows = [(metric, floor) for metric in primary for floor in _floors_of(metric, every)]
     if floor_rows:
-        lines += ["## Floors of the primary metrics", "",
-                  "What the same items give without the information the score is meant to need: the same model with "
-                  "a blank or mismatched image, a bag of words that never sees an image (`text_only`), chance. A "
-                  "score means something only above its floors: `(not cleared)` marks a mix whose score's lower "
-                  "bound does not exceed the floor.", "",
-                  "| metric | floor | " + " | ".join(results["mixes"]) + " |",
-                  "|---|---|" + "---|" * len(results["mixes"])]
+        lines += [
+            "## Floors of the primary metrics",
+            "",
+            "What the same items give without the information the score is meant to need: the same model with "
+            "a blank or mismatched image, a bag of words that never sees an image (`text_only`), chance. A "
+            "score means something only above its floors: `(not cleared)` marks a mix whose score's lower "
+            "bound does not exceed the floor.",
+            "",
+            "| metric | floor | " + " | ".join(results["mixes"]) + " |",
+            "|---|---|" + "---|" * len(results["mixes"]),
+        ]
         for metric, floor in floor_rows:
-            name = floor[len(metric.split(".score.")[0]) + len(".floors."):].rsplit(".", 1)[0]
+            name = floor[len(metric.split(".score.")[0]) + len(".floors.") :].rsplit(".", 1)[0]
             figures = [results["mixes"][mix]["metrics"] for mix in results["mixes"]]
             row = [_floor_cell(values.get(metric), values.get(floor)) for values in figures]
             lines.append(f"| {metric} | {name} | " + " | ".join(row) + " |")
@@ -214,10 +281,16 @@ def write_report(study, results, costs, output_dir):
             lines.append(f"- **{mix}**: one seed; no claim.")
         elif mix != baseline:
             below = _uncleared(results["mixes"][mix]["metrics"], primary, every) | _uncleared(
-                results["mixes"][baseline]["metrics"], primary, every)
+                results["mixes"][baseline]["metrics"], primary, every
+            )
             lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline), below))
-    lines += ["", "## Cost", "", "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | total |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | total |",
+        "|---|---|---|---|---|",
+    ]
     for mix, data in results["mixes"].items():
         times = [c for key, c in costs.items() if key.split("/")[0] == mix]
         step = np.mean([c["step_time"] for c in times if c.get("step_time")]) if times else None
@@ -272,7 +345,7 @@ def write_plots(study, results, output_dir):
 def _short_name(metric):
     """A panel title: the metric's path without the evaluation-file prefixes."""
     for prefix in ("eval.suites.", "val."):
-        metric = metric[len(prefix):] if metric.startswith(prefix) else metric
+        metric = metric[len(prefix) :] if metric.startswith(prefix) else metric
     return metric.replace(".phenomena.", ".").replace(".score.", ": ").replace(".tasks.", ".")
 
 
@@ -287,22 +360,25 @@ def _metric_panels(results, metrics, every, path, plt):
     for axis, metric in zip(axes.flat, metrics):
         entries = [results["mixes"][mix]["metrics"].get(metric) for mix in mixes]
         means = [e["mean"] if e else np.nan for e in entries]
-        errors = np.array([[e["mean"] - e["low"], e["high"] - e["mean"]] if e and "low" in e else [0, 0]
-                           for e in entries]).T
-        axis.bar(range(len(mixes)), means, yerr=errors, capsize=3, color=colours[:len(mixes)])
+        errors = np.array(
+            [[e["mean"] - e["low"], e["high"] - e["mean"]] if e and "low" in e else [0, 0] for e in entries]
+        ).T
+        axis.bar(range(len(mixes)), means, yerr=errors, capsize=3, color=colours[: len(mixes)])
         for number, floor in enumerate(_floors_of(metric, every)):
-            values = [results["mixes"][m]["metrics"][floor]["mean"] for m in mixes
-                      if floor in results["mixes"][m]["metrics"]]
-            name = floor[len(metric.split(".score.")[0]) + len(".floors."):].rsplit(".", 1)[0]
-            axis.axhline(float(np.mean(values)), linestyle="--", linewidth=1, color=f"C{7 + number % 3}",
-                         label=f"floor: {name}")
+            values = [
+                results["mixes"][m]["metrics"][floor]["mean"] for m in mixes if floor in results["mixes"][m]["metrics"]
+            ]
+            name = floor[len(metric.split(".score.")[0]) + len(".floors.") :].rsplit(".", 1)[0]
+            axis.axhline(
+                float(np.mean(values)), linestyle="--", linewidth=1, color=f"C{7 + number % 3}", label=f"floor: {name}"
+            )
         axis.set_title(_short_name(metric), fontsize=8)
         axis.set_xticks(range(len(mixes)))
         axis.set_xticklabels(mixes, rotation=20, ha="right", fontsize=7)
         axis.tick_params(axis="y", labelsize=7)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=6, loc="lower right")
-    for axis in list(axes.flat)[len(metrics):]:
+    for axis in list(axes.flat)[len(metrics) :]:
         axis.set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -357,8 +433,14 @@ def write_gitm_examples(run_dir, path, groups=4):
         rows, cols = group["gitm_grid"]
         height, width = group["pixel_values"].shape[-2:]
         for cell in range(rows * cols):
-            axis.text((cell % cols + 0.05) * width / cols, (cell // cols + 0.2) * height / rows, str(cell),
-                      color="white", fontsize=9, weight="bold")
+            axis.text(
+                (cell % cols + 0.05) * width / cols,
+                (cell // cols + 0.2) * height / rows,
+                str(cell),
+                color="white",
+                fontsize=9,
+                weight="bold",
+            )
         lines = []
         cells = rows * cols
         for position, (text, target) in enumerate(zip(group["group"].segments, group["group"].segment_targets)):
@@ -386,8 +468,13 @@ def write_examples(study, results, output_dir):
     if masks_mix and os.path.exists(os.path.join(run, "model")):
         overrides = next(m.get("overrides") or {} for m in study["mixes"] if m["name"] == masks_mix)
         folder = os.path.join(output_dir, "masks")
-        masks_report(run, folder, policies=("random", overrides.get("masking_policy", "high")), num_samples=128,
-                     scoring=overrides.get("relevance_scoring", "lift"))
+        masks_report(
+            run,
+            folder,
+            policies=("random", overrides.get("masking_policy", "high")),
+            num_samples=128,
+            scoring=overrides.get("relevance_scoring", "lift"),
+        )
         os.replace(os.path.join(folder, "masks.png"), os.path.join(output_dir, "example_masks.png"))
         written.append("example_masks.png")
     for mix in study["mixes"]:

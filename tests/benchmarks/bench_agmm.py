@@ -39,8 +39,9 @@ VARIANTS = ("random", "reuse", "pass", "ema")
 
 
 def make_batch(batch_size, image_size, cache_dir):
-    rows = shapes_world.build_dataset(shapes_world.WorldConfig(num_scenes=4 * batch_size, seed=0,
-                                                               image_size=image_size), cache_dir=cache_dir)
+    rows = shapes_world.build_dataset(
+        shapes_world.WorldConfig(num_scenes=4 * batch_size, seed=0, image_size=image_size), cache_dir=cache_dir
+    )
     tokenizer = train_wordpiece_tokenizer((c for cs in rows["captions"] for c in cs), vocab_size=1000)
     processor = VLPProcessor(VLPImageProcessor(size={"height": image_size, "width": image_size}), tokenizer)
     dataset = PretrainingDataset(rows, processor, seed=0, concept_words=shapes_world.concept_words())
@@ -61,20 +62,34 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         batch, tokenizer = make_batch(args.batch, args.image_size, cache)
     torch.manual_seed(0)
-    model = VLPForPreTraining(VLPConfig(vocab_size=len(tokenizer), hidden_size=args.hidden,
-                                        num_hidden_layers=args.layers, num_attention_heads=4,
-                                        intermediate_size=4 * args.hidden, image_size=args.image_size,
-                                        patch_size=args.patch_size, max_position_embeddings=40))
+    model = VLPForPreTraining(
+        VLPConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            intermediate_size=4 * args.hidden,
+            image_size=args.image_size,
+            patch_size=args.patch_size,
+            max_position_embeddings=40,
+        )
+    )
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    common = dict(targets=("mlm",), seed=0, mask_token_id=tokenizer.mask_token_id,
-                  replacement_ids=np.arange(5, len(tokenizer)),
-                  never_masked_ids=np.array([tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]),
-                  patch_size=args.patch_size)
-    guides = {"random": GuidedMasking(policy="random", **common),
-              "reuse": GuidedMasking(policy="high", source="itm", **common),
-              "pass": GuidedMasking(policy="high", source="model", **common),
-              "ema": GuidedMasking(policy="high", source="ema", **common)}
+    common = dict(
+        targets=("mlm",),
+        seed=0,
+        mask_token_id=tokenizer.mask_token_id,
+        replacement_ids=np.arange(5, len(tokenizer)),
+        never_masked_ids=np.array([tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id]),
+        patch_size=args.patch_size,
+    )
+    guides = {
+        "random": GuidedMasking(policy="random", **common),
+        "reuse": GuidedMasking(policy="high", source="itm", **common),
+        "pass": GuidedMasking(policy="high", source="model", **common),
+        "ema": GuidedMasking(policy="high", source="ema", **common),
+    }
     counter = iter(range(10**9))
 
     def step(variant):
@@ -83,8 +98,9 @@ def main():
         started = time.perf_counter()
         current = dict(batch)
         if variant in ("pass", "ema"):
-            relevance = guidance_relevance(teacher if variant == "ema" else model,
-                                           objective_inputs("guidance", current, {}), guide)
+            relevance = guidance_relevance(
+                teacher if variant == "ema" else model, objective_inputs("guidance", current, {}), guide
+            )
             guide.apply(current, number, relevance)
         elif variant == "random":
             guide.apply(current, number)
@@ -106,12 +122,19 @@ def main():
         step(variant)
     times = {variant: [] for variant in VARIANTS}
     for round_number in range(args.steps):
-        order = VARIANTS[round_number % len(VARIANTS):] + VARIANTS[:round_number % len(VARIANTS)]
+        order = VARIANTS[round_number % len(VARIANTS) :] + VARIANTS[: round_number % len(VARIANTS)]
         for variant in order:
             times[variant].append(step(variant))
     medians = {variant: statistics.median(values) for variant, values in times.items()}
-    result = {"batch": args.batch, "hidden": args.hidden, "layers": args.layers, "image_size": args.image_size,
-              "patch_size": args.patch_size, "steps": args.steps, "threads": torch.get_num_threads()}
+    result = {
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "image_size": args.image_size,
+        "patch_size": args.patch_size,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+    }
     result.update({f"step_s_{variant}": value for variant, value in medians.items()})
     result.update({f"overhead_{variant}": medians[variant] / medians["random"] for variant in VARIANTS[1:]})
     print(json.dumps(result))

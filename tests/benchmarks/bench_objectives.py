@@ -24,13 +24,20 @@ from vlp.processing.tokenization import train_wordpiece_tokenizer
 from vlp.training.data import holds_for_scene
 from vlp.training.objectives import objective_inputs
 
-VARIANTS = {"mlm": ("mlm", False), "mim": ("mim", False), "itc": ("itc", False), "itm": ("itm", False),
-            "itm_hard": ("itm", True), "wra": ("wra", False)}
+VARIANTS = {
+    "mlm": ("mlm", False),
+    "mim": ("mim", False),
+    "itc": ("itc", False),
+    "itm": ("itm", False),
+    "itm_hard": ("itm", True),
+    "wra": ("wra", False),
+}
 
 
 def make_batch(batch_size, image_size, patch_size, cache_dir):
-    rows = shapes_world.build_dataset(shapes_world.WorldConfig(num_scenes=4 * batch_size, seed=0,
-                                                               image_size=image_size), cache_dir=cache_dir)
+    rows = shapes_world.build_dataset(
+        shapes_world.WorldConfig(num_scenes=4 * batch_size, seed=0, image_size=image_size), cache_dir=cache_dir
+    )
     tokenizer = train_wordpiece_tokenizer((c for cs in rows["captions"] for c in cs), vocab_size=1000)
     processor = VLPProcessor(VLPImageProcessor(size={"height": image_size, "width": image_size}), tokenizer)
     dataset = PretrainingDataset(rows, processor, seed=0, holds_fn=holds_for_scene)
@@ -51,10 +58,18 @@ def main():
     with tempfile.TemporaryDirectory() as cache:
         batch, vocab = make_batch(args.batch, args.image_size, args.patch_size, cache)
     torch.manual_seed(0)
-    model = VLPForPreTraining(VLPConfig(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                                        num_attention_heads=4, intermediate_size=4 * args.hidden,
-                                        image_size=args.image_size, patch_size=args.patch_size,
-                                        max_position_embeddings=40))
+    model = VLPForPreTraining(
+        VLPConfig(
+            vocab_size=vocab,
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            intermediate_size=4 * args.hidden,
+            image_size=args.image_size,
+            patch_size=args.patch_size,
+            max_position_embeddings=40,
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     generator = torch.Generator().manual_seed(0)
 
@@ -71,12 +86,19 @@ def main():
         step(variant)
     times = {variant: [] for variant in VARIANTS}
     for round_number in range(args.steps):
-        order = list(VARIANTS)[round_number % len(VARIANTS):] + list(VARIANTS)[:round_number % len(VARIANTS)]
+        order = list(VARIANTS)[round_number % len(VARIANTS) :] + list(VARIANTS)[: round_number % len(VARIANTS)]
         for variant in order:
             times[variant].append(step(variant))
     medians = {variant: statistics.median(values) for variant, values in times.items()}
-    result = {"batch": args.batch, "hidden": args.hidden, "layers": args.layers, "image_size": args.image_size,
-              "patch_size": args.patch_size, "steps": args.steps, "threads": torch.get_num_threads()}
+    result = {
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "layers": args.layers,
+        "image_size": args.image_size,
+        "patch_size": args.patch_size,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+    }
     result.update({f"step_s_{variant}": value for variant, value in medians.items()})
     result.update({variant: medians[variant] / medians["mlm"] for variant in VARIANTS if variant != "mlm"})
     print(json.dumps(result))

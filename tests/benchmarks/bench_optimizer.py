@@ -26,10 +26,13 @@ def make_batch(seed=0):
     ids = torch.randint(5, VOCAB, (BATCH, TEXT), generator=gen)
     selected = torch.rand(BATCH, TEXT, generator=gen) < 0.15
     selected[:, 1] = True
-    return dict(input_ids=torch.where(selected, torch.full_like(ids, 4), ids), attention_mask=torch.ones_like(ids),
-                pixel_values=torch.randn(BATCH, 3, IMAGE, IMAGE, generator=gen),
-                mlm_labels=torch.where(selected, ids, torch.full_like(ids, -100)),
-                itm_labels=torch.randint(0, 2, (BATCH,), generator=gen))
+    return dict(
+        input_ids=torch.where(selected, torch.full_like(ids, 4), ids),
+        attention_mask=torch.ones_like(ids),
+        pixel_values=torch.randn(BATCH, 3, IMAGE, IMAGE, generator=gen),
+        mlm_labels=torch.where(selected, ids, torch.full_like(ids, -100)),
+        itm_labels=torch.randint(0, 2, (BATCH,), generator=gen),
+    )
 
 
 def main():
@@ -38,15 +41,24 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
 
-    config = VLPConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-                       vocab_size=VOCAB, image_size=IMAGE, patch_size=16, max_position_embeddings=40)
+    config = VLPConfig(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        vocab_size=VOCAB,
+        image_size=IMAGE,
+        patch_size=16,
+        max_position_embeddings=40,
+    )
     settings = dict(learning_rate=1e-4, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.98)
     runs = {}
     for name in ("adamw_torch_fused", "adamw_torch", "foreach"):
         torch.manual_seed(0)
         model = VLPForPreTraining(config).train()
-        optimizer = make_optimizer(model, SimpleNamespace(optim=name if name != "foreach" else "adamw_torch",
-                                                          **settings))
+        optimizer = make_optimizer(
+            model, SimpleNamespace(optim=name if name != "foreach" else "adamw_torch", **settings)
+        )
         if name == "foreach":
             optimizer.defaults["foreach"] = True
             for group in optimizer.param_groups:
@@ -69,7 +81,7 @@ def main():
     times = {name: ([], []) for name in runs}
     names = list(runs)
     for i in range(args.steps):
-        for name in names[i % len(names):] + names[: i % len(names)]:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             total, optimizer_time = step(*runs[name])
             times[name][0].append(total)
             times[name][1].append(optimizer_time)

@@ -28,12 +28,28 @@ MATMUL_OPS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolu
 
 def make_models(seed=0):
     torch.manual_seed(seed)
-    vlp = VLPForPreTraining(VLPConfig(**SIZE, image_size=IMAGE, patch_size=PATCH, max_position_embeddings=40,
-                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    vlp = VLPForPreTraining(
+        VLPConfig(
+            **SIZE,
+            image_size=IMAGE,
+            patch_size=PATCH,
+            max_position_embeddings=40,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
     torch.manual_seed(seed)
-    vilt = ViltForMaskedLM(ViltConfig(**SIZE, image_size=IMAGE, patch_size=PATCH, max_position_embeddings=40,
-                                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                      max_image_length=-1))
+    vilt = ViltForMaskedLM(
+        ViltConfig(
+            **SIZE,
+            image_size=IMAGE,
+            patch_size=PATCH,
+            max_position_embeddings=40,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            max_image_length=-1,
+        )
+    )
     return vlp, vilt
 
 
@@ -153,9 +169,14 @@ def main():
     # Per-pair ratio of throughputs; its quartiles show how stable the advantage is.
     ratios = [v_time / p_time for p_time, v_time in zip(times["vlp"], times["vilt"])]
     r_q1, r_med, r_q3 = quartiles(ratios)
-    result = {"batch": BATCH, "steps": args.steps, "threads": torch.get_num_threads(), "optim": args.optim,
-              "peak_flops": peak,
-              "peak_rounds": len(peaks)}
+    result = {
+        "batch": BATCH,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "optim": args.optim,
+        "peak_flops": peak,
+        "peak_rounds": len(peaks),
+    }
     for k in models:
         q1, med, q3 = quartiles(times[k])
         result[f"step_s_{k}"] = med

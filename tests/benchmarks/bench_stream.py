@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import torch
+
 from vlp.processing import shapes_world
 from vlp.processing import webdataset as wds
 from vlp.processing.collator import PretrainingCollator
@@ -45,21 +46,27 @@ def read_epoch(loader):
 def loaders(rows, shard_dir, args):
     """The map-style loader over the rows and the stream's loader over their shards, building the same samples."""
     tokenizer = train_wordpiece_tokenizer((c for cs in rows["captions"] for c in cs), vocab_size=1000)
-    processor = VLPProcessor(VLPImageProcessor(size={"height": args.image_size, "width": args.image_size}),
-                             tokenizer)
+    processor = VLPProcessor(VLPImageProcessor(size={"height": args.image_size, "width": args.image_size}), tokenizer)
     common = dict(processor=processor, seed=0, holds_fn=holds_for_scene, max_length=32)
     collator = PretrainingCollator(tokenizer, seed=0, mim_patch_size=8)
     memory = PretrainingDataset(rows, **common)
     sampler = GlobalBatchSampler(len(memory), args.batch, seed=0, max_steps=len(memory) // args.batch)
 
     def memory_loader():
-        return torch.utils.data.DataLoader(EpochIndexed(memory), batch_sampler=sampler, collate_fn=collator,
-                                           num_workers=args.workers)
+        return torch.utils.data.DataLoader(
+            EpochIndexed(memory), batch_sampler=sampler, collate_fn=collator, num_workers=args.workers
+        )
 
     bank = wds.caption_bank(shard_dir, 1000)
     builder = PretrainingDataset(bank.add_column("image", [None] * len(bank)), **common)
-    stream = wds.ShardStream(shard_dir, batch_size=args.batch, num_workers=args.workers, seed=0,
-                             shuffle_buffer=args.buffer, transform=StreamSamples(builder))
+    stream = wds.ShardStream(
+        shard_dir,
+        batch_size=args.batch,
+        num_workers=args.workers,
+        seed=0,
+        shuffle_buffer=args.buffer,
+        transform=StreamSamples(builder),
+    )
 
     def stream_loader():
         stream.set_epoch(0)
@@ -70,18 +77,41 @@ def loaders(rows, shard_dir, args):
 
 def data_wait(shard_dir, cache_dir, out_dir, args):
     """data_wait_share of a short streaming pretraining run: (after the first window, first window, step time)."""
-    values = dict(dataset=f"shards:{shard_dir}", val_dataset="shapes", val_scenes=64, cache_dir=cache_dir,
-                  output_dir=out_dir, hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=4,
-                  intermediate_size=4 * args.hidden, image_size=args.image_size, patch_size=8, vocab_size=1000,
-                  per_device_batch_size=args.batch, max_steps=args.steps, log_every=args.log_every, eval_every=0,
-                  save_every=0, eval_batches=1, warmup_steps=5, num_workers=args.workers,
-                  shuffle_buffer=args.buffer, negative_bank=1000, progress_bar=False, tensorboard=False)
+    values = dict(
+        dataset=f"shards:{shard_dir}",
+        val_dataset="shapes",
+        val_scenes=64,
+        cache_dir=cache_dir,
+        output_dir=out_dir,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        intermediate_size=4 * args.hidden,
+        image_size=args.image_size,
+        patch_size=8,
+        vocab_size=1000,
+        per_device_batch_size=args.batch,
+        max_steps=args.steps,
+        log_every=args.log_every,
+        eval_every=0,
+        save_every=0,
+        eval_batches=1,
+        warmup_steps=5,
+        num_workers=args.workers,
+        shuffle_buffer=args.buffer,
+        negative_bank=1000,
+        progress_bar=False,
+        tensorboard=False,
+    )
     pretrain(*parse_config(values=values))
     records = [r for r in read_jsonl(os.path.join(out_dir, "metrics.jsonl")) if r["split"] == "train"]
     steady = records[1:] or records
     waited = sum(r["data_wait_share"] * r["step_time"] for r in steady)
-    return waited / sum(r["step_time"] for r in steady), records[0]["data_wait_share"], \
-        statistics.median(r["step_time"] for r in steady)
+    return (
+        waited / sum(r["step_time"] for r in steady),
+        records[0]["data_wait_share"],
+        statistics.median(r["step_time"] for r in steady),
+    )
 
 
 def main():
@@ -101,8 +131,9 @@ def main():
 
     with tempfile.TemporaryDirectory() as scratch:
         cache, shard_dir = os.path.join(scratch, "cache"), os.path.join(scratch, "shards")
-        rows = shapes_world.build_dataset(shapes_world.WorldConfig(num_scenes=args.num_scenes, seed=0,
-                                                                   image_size=args.image_size), cache_dir=cache)
+        rows = shapes_world.build_dataset(
+            shapes_world.WorldConfig(num_scenes=args.num_scenes, seed=0, image_size=args.image_size), cache_dir=cache
+        )
         started = time.perf_counter()
         written = wds.write_shards(rows, shard_dir, args.samples_per_shard)
         write_rate = written.manifest["samples"] / (time.perf_counter() - started)
@@ -116,27 +147,37 @@ def main():
         ratios = [s / m for s, m in zip(stream_rates, memory_rates)]
         share, first, step_time = data_wait(shard_dir, cache, os.path.join(scratch, "run"), args)
 
-    print(f"world {args.num_scenes} scenes at {args.image_size} px, {len(written.manifest['shards'])} shards, "
-          f"batch {args.batch}, {args.workers} workers, shuffle buffer {args.buffer}")
+    print(
+        f"world {args.num_scenes} scenes at {args.image_size} px, {len(written.manifest['shards'])} shards, "
+        f"batch {args.batch}, {args.workers} workers, shuffle buffer {args.buffer}"
+    )
     print(f"  write shards           : {write_rate:8.0f} samples/s")
     print(f"  in-memory dataset      : {statistics.median(memory_rates):8.0f} samples/s")
-    print(f"  shard stream           : {statistics.median(stream_rates):8.0f} samples/s "
-          f"(ratio {statistics.median(ratios):.2f})")
-    print(f"  pretraining, hidden {args.hidden} x {args.layers} layers: step {step_time * 1000:.0f} ms, "
-          f"data wait {share:.3f} of step time ({first:.3f} in the first window)")
-    print(json.dumps({
-        "benchmark": "stream",
-        "stream_vs_memory": round(statistics.median(ratios), 3),
-        "stream_samples_per_s": round(statistics.median(stream_rates), 1),
-        "memory_samples_per_s": round(statistics.median(memory_rates), 1),
-        "ratio_per_repeat": [round(r, 3) for r in ratios],
-        "write_samples_per_s": round(write_rate, 1),
-        "data_wait_share": round(share, 4),
-        "data_wait_share_first_window": round(first, 4),
-        "step_time_s": round(step_time, 4),
-        "workers": args.workers,
-        "batch": args.batch,
-    }))
+    print(
+        f"  shard stream           : {statistics.median(stream_rates):8.0f} samples/s "
+        f"(ratio {statistics.median(ratios):.2f})"
+    )
+    print(
+        f"  pretraining, hidden {args.hidden} x {args.layers} layers: step {step_time * 1000:.0f} ms, "
+        f"data wait {share:.3f} of step time ({first:.3f} in the first window)"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "stream",
+                "stream_vs_memory": round(statistics.median(ratios), 3),
+                "stream_samples_per_s": round(statistics.median(stream_rates), 1),
+                "memory_samples_per_s": round(statistics.median(memory_rates), 1),
+                "ratio_per_repeat": [round(r, 3) for r in ratios],
+                "write_samples_per_s": round(write_rate, 1),
+                "data_wait_share": round(share, 4),
+                "data_wait_share_first_window": round(first, 4),
+                "step_time_s": round(step_time, 4),
+                "workers": args.workers,
+                "batch": args.batch,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

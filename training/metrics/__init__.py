@@ -19,9 +19,7 @@ METRICS_DIR = os.path.dirname(os.path.abspath(__file__))
 def available_metrics() -> list[str]:
     """Names of the metric modules shipped with VLP."""
     return sorted(
-        name
-        for name in os.listdir(METRICS_DIR)
-        if os.path.isfile(os.path.join(METRICS_DIR, name, f"{name}.py"))
+        name for name in os.listdir(METRICS_DIR) if os.path.isfile(os.path.join(METRICS_DIR, name, f"{name}.py"))
     )
 
 

@@ -118,23 +118,40 @@ class LinearProbe(evaluate.Metric):
 
     def _info(self):
         features = [
-            datasets.Features({"test_features": datasets.Sequence(datasets.Value("float64")),
-                               "test_labels": datasets.Value("string")}),
-            datasets.Features({"test_features": datasets.Sequence(datasets.Value("float64")),
-                               "test_labels": datasets.Value("int64")}),
+            datasets.Features(
+                {"test_features": datasets.Sequence(datasets.Value("float64")), "test_labels": datasets.Value("string")}
+            ),
+            datasets.Features(
+                {"test_features": datasets.Sequence(datasets.Value("float64")), "test_labels": datasets.Value("int64")}
+            ),
         ]  # string labels first: an int64 feature would silently turn "3" into 3
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=features,
-            reference_urls=["https://ojs.aaai.org/index.php/AAAI/article/view/21375",
-                            "https://github.com/ejsalin/vlm-probing"],
+            reference_urls=[
+                "https://ojs.aaai.org/index.php/AAAI/article/view/21375",
+                "https://github.com/ejsalin/vlm-probing",
+            ],
         )
 
-    def _compute(self, test_features, test_labels, train_features=None, train_labels=None,
-                 control_train_features=None, control_test_features=None, control_train_labels=None,
-                 control_test_labels=None, C=1.0, max_iter=1000, n_resamples=2000, confidence=0.95, seed=0):
+    def _compute(
+        self,
+        test_features,
+        test_labels,
+        train_features=None,
+        train_labels=None,
+        control_train_features=None,
+        control_test_features=None,
+        control_train_labels=None,
+        control_test_labels=None,
+        C=1.0,
+        max_iter=1000,
+        n_resamples=2000,
+        confidence=0.95,
+        seed=0,
+    ):
         if train_features is None or train_labels is None:
             raise ValueError("linear_probe: train_features and train_labels are required")
         if (control_train_features is None) != (control_test_features is None):
@@ -154,19 +171,31 @@ class LinearProbe(evaluate.Metric):
             control_test_x = _features(control_test_features, "control_test_features")
             control_train_x = _features(control_train_features, "control_train_features")
             if control_test_x.shape[0] != test_x.shape[0]:
-                raise ValueError(f"control_test_features: expected the {test_x.shape[0]} test items with a mismatched "
-                                 f"image, got {control_test_x.shape[0]}")
-            control_train_y = _labels(train_y if control_train_labels is None else control_train_labels,
-                                      control_train_x.shape[0], "control_train_labels")
-            control_test_y = _labels(test_y if control_test_labels is None else control_test_labels,
-                                     control_test_x.shape[0], "control_test_labels")
-            control = probe_correct(control_train_x, control_train_y, control_test_x, control_test_y, C, max_iter,
-                                    seed)
+                raise ValueError(
+                    f"control_test_features: expected the {test_x.shape[0]} test items with a mismatched "
+                    f"image, got {control_test_x.shape[0]}"
+                )
+            control_train_y = _labels(
+                train_y if control_train_labels is None else control_train_labels,
+                control_train_x.shape[0],
+                "control_train_labels",
+            )
+            control_test_y = _labels(
+                test_y if control_test_labels is None else control_test_labels,
+                control_test_x.shape[0],
+                "control_test_labels",
+            )
+            control = probe_correct(control_train_x, control_train_y, control_test_x, control_test_y, C, max_iter, seed)
             gap = paired_bootstrap_difference(control, correct, "mean", n_resamples, confidence, seed)
             result.update(_figure("control_accuracy", bootstrap_ci(control, "mean", n_resamples, confidence, seed)))
             result.update(_figure("gap", gap.interval))
             result["gap_p_value"] = gap.p_value
-        result.update({"n_train": int(train_x.shape[0]), "n_test": int(test_x.shape[0]),
-                       "n_classes": int(np.unique(np.concatenate([train_y, test_y])).size),
-                       "correct": correct.tolist()})
+        result.update(
+            {
+                "n_train": int(train_x.shape[0]),
+                "n_test": int(test_x.shape[0]),
+                "n_classes": int(np.unique(np.concatenate([train_y, test_y])).size),
+                "correct": correct.tolist(),
+            }
+        )
         return result

@@ -64,8 +64,10 @@ def item_layout(caption_scores, foil_scores, item_ids=None):
     caption_scores = np.asarray(caption_scores, dtype=np.float64)
     foil_scores = np.asarray(foil_scores, dtype=np.float64)
     if caption_scores.ndim != 1 or caption_scores.shape != foil_scores.shape or caption_scores.size == 0:
-        raise ValueError(f"caption_scores and foil_scores: expected two non-empty 1-D lists of the same length, got "
-                         f"shapes {caption_scores.shape} and {foil_scores.shape}")
+        raise ValueError(
+            f"caption_scores and foil_scores: expected two non-empty 1-D lists of the same length, got "
+            f"shapes {caption_scores.shape} and {foil_scores.shape}"
+        )
     if not (np.all(np.isfinite(caption_scores)) and np.all(np.isfinite(foil_scores))):
         raise ValueError("caption_scores and foil_scores: expected finite scores, found NaN or infinity")
     if item_ids is None:
@@ -79,8 +81,10 @@ def item_layout(caption_scores, foil_scores, item_ids=None):
     captions[item_of_row] = caption_scores
     if np.any(captions[item_of_row] != caption_scores):
         bad = item_ids[int(np.flatnonzero(captions[item_of_row] != caption_scores)[0])]
-        raise ValueError(f"item_ids: the rows of item {bad!r} carry different caption scores; repeat the caption's "
-                         f"score on every row of its item")
+        raise ValueError(
+            f"item_ids: the rows of item {bad!r} carry different caption scores; repeat the caption's "
+            f"score on every row of its item"
+        )
     position = np.zeros(caption_scores.size, dtype=np.int64)  # rank of each row within its item
     order = np.argsort(item_of_row, kind="stable")
     sorted_items = item_of_row[order]
@@ -130,14 +134,16 @@ class VlFoils(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"caption_scores": datasets.Value("float64"),
-                                        "foil_scores": datasets.Value("float64")}),
+            features=datasets.Features(
+                {"caption_scores": datasets.Value("float64"), "foil_scores": datasets.Value("float64")}
+            ),
             reference_urls=["https://aclanthology.org/2022.acl-long.567/", "https://github.com/Heidelberg-NLP/VALSE"],
             format="numpy",
         )
 
-    def _compute(self, caption_scores, foil_scores, item_ids=None, threshold=0.5, n_resamples=2000, confidence=0.95,
-                 seed=0):
+    def _compute(
+        self, caption_scores, foil_scores, item_ids=None, threshold=0.5, n_resamples=2000, confidence=0.95, seed=0
+    ):
         captions, foils = item_layout(caption_scores, foil_scores, item_ids)
         figures = {
             "acc_r": acc_r,

@@ -96,9 +96,7 @@ def pair_index(n, question_ids=None, pairs=None, pair_ids=None):
         position = {int(q): i for i, q in enumerate(question_ids)}
         if len(position) != n:
             raise ValueError("question_ids must be unique")
-        found = [
-            (position[int(a)], position[int(b)]) for a, b in pairs if int(a) in position and int(b) in position
-        ]
+        found = [(position[int(a)], position[int(b)]) for a, b in pairs if int(a) in position and int(b) in position]
         if pairs and not found:
             raise ValueError("no complementary pair has both questions among the evaluated question_ids")
         return np.array(found, dtype=np.int64).reshape(-1, 2)
