@@ -288,12 +288,13 @@ def test_a_study_whose_arms_would_draw_identical_masks_is_rejected_naming_them(t
 
 
 def test_presets_load_with_two_seeds_or_more_and_every_mix_parses():
-    for preset in ("quick", "standard", "gpu", "agmm", "gitm"):
+    for preset in ("quick", "standard", "gpu", "agmm", "gitm", "budget"):
         study = load_study(study_path(preset))
         names = [mix["name"] for mix in study["mixes"]]
         assert study["baseline"] in names and len(names) >= 2, preset
-        # every preset can star a difference: claims need seed-level evidence
-        assert len(study["seeds"]) >= MIN_SEEDS_FOR_CLAIMS, preset
+        # every preset that compares objectives on the evaluation suites can star a difference: claims need
+        # seed-level evidence (budget, a search for the size at which the baseline learns, compares no objectives)
+        assert preset == "budget" or len(study["seeds"]) >= MIN_SEEDS_FOR_CLAIMS, preset
         assert study["primary_metrics"], preset
         for mix in study["mixes"]:
             _, _, train_args = parse_config(values=mix_values(study, mix, study["seeds"][0], "unused"))
@@ -362,3 +363,13 @@ def test_figures_with_intervals_from_the_evaluation_are_read_as_such(tmp_path):
     figures, items = run_figures(str(run))
     assert figures == {"eval.suites.foils.colour.score.acc_r": 0.7}
     assert items["_intervals"] == {"eval.suites.foils.colour.score.acc_r": (0.6, 0.8)}
+
+
+def test_learning_curves_draw_validation_accuracy_only_where_a_run_logged_it_more_than_once():
+    from vlp.training.study_report import curve_panels
+
+    train = {"a": [{"step": 1, "mlm_loss": 3.0, "itm_loss": 0.7}], "b": [{"step": 1, "mlm_loss": 2.0}]}
+    once = {"a": [{"step": 10, "itm_accuracy": 0.5}], "b": []}
+    assert curve_panels(train, once) == [("train", "itm_loss"), ("train", "mlm_loss")]
+    twice = {"a": [{"step": 0, "itm_accuracy": 0.5}, {"step": 10, "itm_accuracy": 0.8, "mlm_accuracy": 0.4}]}
+    assert curve_panels(train, twice) == [("train", "itm_loss"), ("train", "mlm_loss"), ("val", "itm_accuracy")]

@@ -304,6 +304,22 @@ def write_report(study, results, costs, output_dir):
         handle.write("\n".join(lines) + "\n")
 
 
+#: Validation figures drawn against steps in learning_curves.png, where a run logged more than one evaluation.
+VALIDATION_CURVES = ("itm_accuracy", "mlm_accuracy", "colour_word_accuracy", "gitm_accuracy")
+
+
+def curve_panels(curves, validation):
+    """The panels of learning_curves.png as (split, figure): every training loss, then each of VALIDATION_CURVES
+    that some mix logged at more than one step. `curves` and `validation`: {mix: [metrics.jsonl records]}."""
+    losses = sorted({k for records in curves.values() for r in records for k in r if k.endswith("_loss")})
+    accuracies = [
+        name
+        for name in VALIDATION_CURVES
+        if any(sum(name in r for r in records) > 1 for records in validation.values())
+    ]
+    return [("train", loss) for loss in losses] + [("val", name) for name in accuracies]
+
+
 def write_plots(study, results, output_dir):
     """Learning curves, per-metric bars with intervals, and (when the runs have them) accuracy against concept
     frequency; returns the file names written."""
@@ -314,23 +330,31 @@ def write_plots(study, results, output_dir):
 
     written = []
     seed = results["seeds"][0]
-    curves = {}
+    curves, validation = {}, {}
     for mix in results["mixes"]:
         path = os.path.join(output_dir, "runs", mix, f"seed{seed}", "metrics.jsonl")
         if os.path.exists(path):
             records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
             curves[mix] = [r for r in records if r.get("split") == "train"]
-    losses = sorted({k for records in curves.values() for r in records for k in r if k.endswith("_loss")})
-    if losses:
-        figure, axes = plt.subplots(1, len(losses), figsize=(4 * len(losses), 3.2), squeeze=False)
-        for axis, loss in zip(axes[0], losses):
-            for mix, records in curves.items():
-                points = [(r["step"], r[loss]) for r in records if loss in r]
+            validation[mix] = [r for r in records if r.get("split") == "val"]
+    panels = curve_panels(curves, validation)
+    if panels:
+        columns = min(4, len(panels))
+        rows = -(-len(panels) // columns)
+        figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
+        for axis in axes.flat[len(panels) :]:
+            axis.axis("off")
+        for axis, (split, name) in zip(axes.flat, panels):
+            for mix in curves:
+                records = curves[mix] if split == "train" else validation[mix]
+                points = [(r["step"], r[name]) for r in records if name in r]
                 if points:
-                    axis.plot(*zip(*points), label=mix)
-            axis.set_title(loss, fontsize=9)
+                    axis.plot(*zip(*points), label=mix, marker="." if split == "val" else None)
+            axis.set_title(f"{split} {name}", fontsize=9)
             axis.set_xlabel("step", fontsize=8)
-        axes[0][0].legend(fontsize=7)
+            if split == "val" and name == "itm_accuracy":
+                axis.axhline(0.5, linestyle="--", linewidth=1, color="grey", label="chance")
+        axes.flat[0].legend(fontsize=7)
         figure.tight_layout()
         figure.savefig(os.path.join(output_dir, "learning_curves.png"), dpi=100)
         plt.close(figure)
