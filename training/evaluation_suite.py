@@ -849,11 +849,9 @@ def run_foils(
 def text_only_foil_scores(train_pairs: Sequence[tuple[str, str]], rows: FoilRows) -> tuple[np.ndarray, np.ndarray]:
     """(caption scores, foil scores) of a classifier that never sees an image: a bag of words trained to tell the
     captions of ``train_pairs`` (1) from their foils (0), scoring P(true caption) of each text of ``rows``."""
-    from .shortcuts import BagOfWords
+    from .shortcuts import caption_foil_scores
 
-    model = BagOfWords().fit([t for pair in train_pairs for t in pair], [1, 0] * len(train_pairs))
-    column = model.classes.index(1)
-    return model.scores(rows.captions)[:, column], model.scores(rows.foils)[:, column]
+    return caption_foil_scores(train_pairs, rows.captions, rows.foils)
 
 
 def text_floor_world(world: sw.WorldConfig) -> sw.WorldConfig:

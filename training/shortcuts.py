@@ -134,6 +134,18 @@ def text_only_floor(
     }
 
 
+def caption_foil_scores(
+    train_pairs: Sequence[tuple[str, str]], captions: Sequence[str], foils: Sequence[str], **classifier
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(true caption) of each of ``captions`` and ``foils`` from a bag of words that never sees an image, trained
+    to tell the captions of ``train_pairs`` (1) from their foils (0)."""
+    texts = [text for pair in train_pairs for text in pair]
+    labels = [label for _ in train_pairs for label in (1, 0)]
+    model = BagOfWords(**classifier).fit(texts, labels)
+    column = model.classes.index(1)
+    return model.scores(list(captions))[:, column], model.scores(list(foils))[:, column]
+
+
 def foil_acc_r(
     train_pairs: Sequence[tuple[str, str]],
     eval_pairs: Sequence[tuple[str, str]],
@@ -146,12 +158,9 @@ def foil_acc_r(
     """Text-only acc_r on foils: a classifier of true captions (1) against foils (0), trained on the training
     (caption, foil) pairs, scores both texts of each evaluation pair; an item counts as right when the caption
     scores higher, half when they tie. Chance is 0.5."""
-    texts = [text for pair in train_pairs for text in pair]
-    labels = [label for _ in train_pairs for label in (1, 0)]
-    model = BagOfWords(**classifier).fit(texts, labels)
-    column = model.classes.index(1)
-    captions = model.scores([c for c, _ in eval_pairs])[:, column]
-    foils = model.scores([f for _, f in eval_pairs])[:, column]
+    captions, foils = caption_foil_scores(
+        train_pairs, [c for c, _ in eval_pairs], [f for _, f in eval_pairs], **classifier
+    )
     right = np.where(captions > foils, 1.0, np.where(captions == foils, 0.5, 0.0))
     interval = bootstrap_ci(right, "mean", n_resamples=n_resamples, confidence=confidence, seed=seed)
     return {
