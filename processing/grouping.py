@@ -49,6 +49,10 @@ from .random_streams import GITM_STREAM
 from .shapes_world import Scene, caption_holds, generate_captions, make_foil
 from .text_balance import CaptionFrequencies
 
+# Per-row caches of GroupedMatchingDataset (each group reads k rows, so rows are read k times an epoch).
+CACHE_ROWS = 65536  # captions and parsed scenes, per dataset copy (each DataLoader worker holds its own)
+CACHE_PIXEL_BYTES = 256 * 2**20  # processed cell images, per dataset copy
+
 GRID_MODES = ("resize", "full")
 #: Target of a segment that describes no cell, and of a cell that no segment describes.
 NONE = -1
@@ -546,6 +550,25 @@ def _caption_list(value: Any) -> list[str]:
     return [caption for caption in value if isinstance(caption, str) and caption.strip()]
 
 
+class _RowCache:
+    """``read(row)`` remembered for the last ``max_rows`` rows read (least recently used first out); errors are
+    not remembered, so an unreadable row is reported each time it is drawn."""
+
+    def __init__(self, read: Callable[[int], Any], max_rows: int):
+        self.read, self.max_rows, self.values = read, int(max_rows), {}
+
+    def __call__(self, row: int) -> Any:
+        row = int(row)
+        if row in self.values:
+            value = self.values.pop(row)
+        else:
+            value = self.read(row)
+            if len(self.values) >= self.max_rows:
+                del self.values[next(iter(self.values))]
+        self.values[row] = value
+        return value
+
+
 class GroupedMatchingDataset(torch.utils.data.Dataset):
     r"""
     GITM samples from the rows `PretrainingDataset` reads (columns `image`, `captions`, and `scene` for the truth).
@@ -625,6 +648,12 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
             else None
         )
         self.pixel_mask = torch.ones((self.spec.canvas_height, self.spec.canvas_width), dtype=torch.long)  # shared
+        # Rows are pure functions of their index (no augmentation), so what a row gives is cached: the caption list,
+        # the parsed scene and the cell-size image, bounded (`CACHE_ROWS`, `CACHE_PIXEL_BYTES`).
+        cell_bytes = 4 * 3 * self.spec.cell_height * self.spec.cell_width
+        self._captions = _RowCache(self._read_captions, CACHE_ROWS)
+        self._scenes = _RowCache(self._read_scene, CACHE_ROWS)
+        self._pixels = _RowCache(self._read_pixels, max(1, CACHE_PIXEL_BYTES // cell_bytes))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -634,13 +663,28 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def captions_of(self, row: int) -> list[str]:
-        return _caption_list(self.texts[row]["captions"])
+        return list(self._captions(row))
 
     def scene_of(self, row: int) -> Any:
+        return self._scenes(row)
+
+    def cell_pixels(self, row: int) -> torch.Tensor:
+        """Row ``row``'s image processed at the cell size (C, cell_h, cell_w); shared, never write into it."""
+        return self._pixels(row)
+
+    def _read_captions(self, row: int) -> tuple[str, ...]:
+        return tuple(_caption_list(self.texts[row]["captions"]))
+
+    def _read_scene(self, row: int) -> Any:
         scene = self.texts[row]["scene"]
         if scene is None:
             raise ValueError(f"row {row} has no scene to judge captions against")
         return Scene.from_dict(scene) if self.parse_scenes else scene
+
+    def _read_pixels(self, row: int) -> torch.Tensor:
+        image = decode_image(self.rows[row]["image"])
+        size = (self.spec.cell_height, self.spec.cell_width)
+        return self.image_processor(image, do_resize=True, size=size, return_tensors="pt")["pixel_values"][0]
 
     def draw(self, index: int) -> Group:
         """The group of row ``index`` at the current epoch, before segments are dropped for length."""
@@ -660,12 +704,7 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
             raise IndexError(f"row {index} out of range for a dataset of {len(self)} rows")
         try:
             group = self.draw(index)
-            size = (self.spec.cell_height, self.spec.cell_width)
-            images = []
-            for row in group.cells:
-                image = decode_image(self.rows[row]["image"])
-                pixels = self.image_processor(image, do_resize=True, size=size, return_tensors="pt")
-                images.append(pixels["pixel_values"][0])
+            images = [self.cell_pixels(row) for row in group.cells]
         except (ValueError, TypeError) as error:
             return self._skip(index, str(error))
         canvas = compose_canvas(images, self.spec)
