@@ -32,7 +32,7 @@ install: $(STAMP)
 
 # The quick study on the embedded synthetic world: report.md, plots and results.json in runs/quick.
 demo: $(STAMP)
-	$(VENV)/bin/vlp study quick --output_dir runs/quick
+	$(VENV)/bin/vlp study quick --output_dir runs/quick --jobs 2
 
 # One longer pretraining run (MLM + ITM, the figures of the README's Measured section) in runs/demo.
 pretrain-demo: $(STAMP)

@@ -12,7 +12,15 @@ import yaml
 
 from vlp.training.config import ConfigError, parse_config
 from vlp.training.statistics import MIN_SEEDS_FOR_CLAIMS
-from vlp.training.study import collect_results, load_study, mix_values, run_study, step_flops, study_path
+from vlp.training.study import (
+    _run_cost,
+    collect_results,
+    load_study,
+    mix_values,
+    run_study,
+    step_flops,
+    study_path,
+)
 
 TINY = {
     "hidden_size": 32,
@@ -48,10 +56,12 @@ class FakeRunner:
     `plus` is better on every item by construction; `fail_at` raises at that call (a killed study)."""
 
     def __init__(self, fail_at=None):
-        self.calls, self.fail_at = [], fail_at
+        self.calls, self.envs, self.logs, self.fail_at = [], [], [], fail_at
 
-    def __call__(self, args, log_path):
+    def __call__(self, args, log_path, env=None):
         self.calls.append(args)
+        self.envs.append(env)
+        self.logs.append(log_path)
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise KeyboardInterrupt("killed")
         if args[0] == "pretrain":
@@ -145,6 +155,35 @@ def test_killed_study_resumes_without_redoing_runs_and_gives_the_same_results(tm
     second = json.load(open(tmp_path / "resumed" / "results.json"))
     assert first == second == json.loads(json.dumps(resumed))
     assert os.path.exists(tmp_path / "resumed" / "report.md")
+
+
+def test_parallel_runs_give_the_same_results_with_their_own_threads_and_logs(tmp_path, monkeypatch):
+    """--jobs 2: the same commands as one at a time (in another order), the same results.json, each command with
+    cores // 2 threads and the log of its own run; the costlier mix (+MIM: one more pass a step) starts first."""
+    path = write_study(tmp_path, finetune=True)
+    serial = FakeRunner()
+    first = run_study(path, str(tmp_path / "serial"), runner=serial)
+    assert all(env is None for env in serial.envs)
+    assert set(serial.logs) == {str(tmp_path / "serial" / "study.log")}
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    parallel = FakeRunner()
+    second = run_study(path, str(tmp_path / "parallel"), runner=parallel, jobs=2)
+    assert first == second
+    same = [
+        [str(a).replace(str(tmp_path / "parallel"), str(tmp_path / "serial")) for a in call] for call in parallel.calls
+    ]
+    assert sorted(map(str, same)) == sorted(map(str, serial.calls)) and len(same) == 13
+    assert all(env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"} for env in parallel.envs)
+    for call, log in zip(parallel.calls, parallel.logs, strict=True):
+        run = next(a for a in call if "/runs/" in str(a))
+        mix, seed = run.split("/runs/")[1].split("/")[:2]
+        assert log == str(tmp_path / "parallel" / "logs" / f"{mix}-{seed}.log")
+    assert parallel.calls[0][0] == "pretrain" and "/runs/plus/" in parallel.calls[0][2]
+    study = load_study(path)
+    base, plus = study["mixes"]
+    assert _run_cost(study, plus, 0, str(tmp_path)) > _run_cost(study, base, 0, str(tmp_path)) > 0
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1; got 0"):
+        run_study(path, str(tmp_path / "none"), runner=FakeRunner(), jobs=0)
 
 
 def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(tmp_path):

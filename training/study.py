@@ -24,13 +24,17 @@ times go to `costs.json` and the report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import yaml
@@ -187,88 +191,54 @@ def _vlp(args, log_path, env=None):
         raise RuntimeError(f"`vlp {args[0]}` failed (exit {result.returncode}); see {log_path}")
 
 
-def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None):
-    """Runs (or continues) a study; returns the results dict. `runner(args, log_path)` runs one `vlp` command
-    (tests replace it); `budget_seconds` stops starting new steps once that much wall time has passed."""
+def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None, jobs=1):
+    """Runs (or continues) a study; returns the results dict. `runner(args, log_path, env)` runs one `vlp` command
+    (tests replace it); `budget_seconds` stops starting new runs once that much wall time has passed.
+
+    `jobs` > 1 runs that many (mix, seed) runs at once, each in its own processes with cores // jobs threads
+    (``OMP_NUM_THREADS``) and its own log (``logs/<mix>-seed<seed>.log``), the costliest runs first (by
+    `step_flops` x steps). On a few CPU cores small models use a second thread poorly, so two one-thread runs side by
+    side finish sooner than two two-thread runs in a row. Thread counts change the last bits of the arithmetic:
+    rerun a study with the same `jobs` on the same kind of machine to reproduce its results.json."""
     path = study_path(preset_or_file)
     study = load_study(path)
     runner = runner or _vlp
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "study.yaml"), "w", encoding="utf-8") as handle:
         yaml.safe_dump(study, handle, sort_keys=False)
     started = time.time()
     costs_path = os.path.join(output_dir, "costs.json")
     costs = _read_json(costs_path) if os.path.exists(costs_path) else {}
-    log_path = os.path.join(output_dir, "study.log")
+    lock = threading.Lock()
+    pairs = [(mix, seed) for seed in study["seeds"] for mix in study["mixes"]]
+    env = None
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        pairs.sort(key=lambda pair: -_run_cost(study, pair[0], pair[1], output_dir))
 
-    def out_of_time():
-        return budget_seconds is not None and time.time() - started > budget_seconds
-
-    finetune = (study.get("finetune") or {}).get("vqa")
-    for seed in study["seeds"]:
-        for mix in study["mixes"]:
-            if out_of_time():
-                break
-            run_dir = _run_dir(output_dir, mix["name"], seed)
-            _pretrain(runner, study, mix, seed, run_dir, log_path, costs)
-            evaluation = study.get("evaluation") or {}
-            target = os.path.join(run_dir, "evaluation.json")
-            if evaluation and not os.path.exists(target):
-                runner(
-                    [
-                        "evaluate",
-                        run_dir,
-                        "--output",
-                        target,
-                        "--suite",
-                        ",".join(evaluation.get("suites", ["all"])),
-                        "--seed",
-                        str(seed),
-                        *_flags({k: v for k, v in evaluation.items() if k != "suites"}),
-                    ],
-                    log_path,
-                )
-            vqa_dir = os.path.join(run_dir, "finetune_vqa")
-            if finetune and not os.path.exists(os.path.join(vqa_dir, "DONE")):
-                runner(
-                    [
-                        "finetune",
-                        "vqa",
-                        run_dir,
-                        "--output_dir",
-                        vqa_dir,
-                        "--variants",
-                        "pretrained",
-                        *_flags(finetune),
-                    ],
-                    log_path,
-                )
-                _mark_done(vqa_dir)
-            baselines = os.path.join(output_dir, "vqa_baselines")
-            first = (mix["name"], seed) == (study["baseline"], study["seeds"][0])
-            if finetune and first and not os.path.exists(os.path.join(baselines, "DONE")):
-                # Once per study: question-only (image blanked) and random-initialisation finetunes, the floors that
-                # show what pretraining bought.
-                runner(
-                    [
-                        "finetune",
-                        "vqa",
-                        run_dir,
-                        "--output_dir",
-                        baselines,
-                        "--variants",
-                        "question_only,random_init",
-                        *_flags(finetune),
-                    ],
-                    log_path,
-                )
-                _mark_done(baselines)
+    def one(mix, seed):
+        if budget_seconds is not None and time.time() - started > budget_seconds:
+            return
+        if jobs == 1:
+            log_path = os.path.join(output_dir, "study.log")
+        else:
+            os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
+            log_path = os.path.join(output_dir, "logs", f"{mix['name']}-seed{seed}.log")
+        _run_one(study, mix, seed, output_dir, partial(runner, env=env) if env else runner, log_path, costs, lock)
+        with lock:
             _write_json(costs_path, costs)
-    complete = all(
-        os.path.exists(os.path.join(_run_dir(output_dir, m["name"], s), "DONE"))
-        for s in study["seeds"]
-        for m in study["mixes"]
-    )
+
+    if jobs == 1:
+        for mix, seed in pairs:
+            one(mix, seed)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for future in [pool.submit(one, mix, seed) for mix, seed in pairs]:
+                future.result()
+    complete = all(os.path.exists(os.path.join(_run_dir(output_dir, m["name"], s), "DONE")) for m, s in pairs)
     results = collect_results(study, output_dir)
     results["complete"] = complete
     baselines = os.path.join(output_dir, "vqa_baselines", "results.json")
@@ -277,6 +247,42 @@ def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None):
     _write_json(os.path.join(output_dir, "results.json"), results)
     write_report(study, results, costs, output_dir)
     return results
+
+
+def _run_cost(study, mix, seed, output_dir):
+    """Estimated model FLOPs of one run's pretraining (for ordering parallel runs)."""
+    values = mix_values(study, mix, seed, _run_dir(output_dir, mix["name"], seed))
+    steps = values.get("max_steps") or parse_config(values=values)[2].max_steps
+    return step_flops(values) * steps
+
+
+def _run_one(study, mix, seed, output_dir, runner, log_path, costs, lock):
+    """One (mix, seed): pretraining, evaluation and the VQA finetune, each skipped when already done; the study's
+    question-only and random-initialisation VQA floors with the baseline's first seed."""
+    run_dir = _run_dir(output_dir, mix["name"], seed)
+    _pretrain(runner, study, mix, seed, run_dir, log_path, costs, lock)
+    evaluation = study.get("evaluation") or {}
+    target = os.path.join(run_dir, "evaluation.json")
+    if evaluation and not os.path.exists(target):
+        suites = ",".join(evaluation.get("suites", ["all"]))
+        flags = _flags({k: v for k, v in evaluation.items() if k != "suites"})
+        runner(["evaluate", run_dir, "--output", target, "--suite", suites, "--seed", str(seed), *flags], log_path)
+    finetune = (study.get("finetune") or {}).get("vqa")
+    if not finetune:
+        return
+    vqa_dir = os.path.join(run_dir, "finetune_vqa")
+    if not os.path.exists(os.path.join(vqa_dir, "DONE")):
+        variants = ["--variants", "pretrained"]
+        runner(["finetune", "vqa", run_dir, "--output_dir", vqa_dir, *variants, *_flags(finetune)], log_path)
+        _mark_done(vqa_dir)
+    baselines = os.path.join(output_dir, "vqa_baselines")
+    first = (mix["name"], seed) == (study["baseline"], study["seeds"][0])
+    if first and not os.path.exists(os.path.join(baselines, "DONE")):
+        # Once per study: question-only (image blanked) and random-initialisation finetunes, the floors that show
+        # what pretraining bought.
+        variants = ["--variants", "question_only,random_init"]
+        runner(["finetune", "vqa", run_dir, "--output_dir", baselines, *variants, *_flags(finetune)], log_path)
+        _mark_done(baselines)
 
 
 def _run_dir(output_dir, mix, seed):
@@ -292,7 +298,7 @@ def _mark_done(folder, record=None):
     _write_json(os.path.join(folder, "DONE"), record or {})
 
 
-def _pretrain(runner, study, mix, seed, run_dir, log_path, costs):
+def _pretrain(runner, study, mix, seed, run_dir, log_path, costs, lock=None):
     """Pretrains one (mix, seed) unless finished; a stopped run resumes from its newest checkpoint."""
     if os.path.exists(os.path.join(run_dir, "DONE")):
         return
@@ -302,7 +308,9 @@ def _pretrain(runner, study, mix, seed, run_dir, log_path, costs):
         yaml.safe_dump(mix_values(study, mix, seed, run_dir), handle, sort_keys=False)
     began = time.time()
     runner(["pretrain", "--config", config_path, "--progress_bar", "false"], log_path)
-    costs[f"{mix['name']}/seed{seed}"] = {"pretrain_seconds": time.time() - began, **_train_costs(run_dir)}
+    record = {"pretrain_seconds": time.time() - began, **_train_costs(run_dir)}
+    with lock or contextlib.nullcontext():
+        costs[f"{mix['name']}/seed{seed}"] = record
     _mark_done(run_dir)
 
 
@@ -569,9 +577,12 @@ def cli(argv):
     )
     parser.add_argument("study", help="a preset (quick, standard, gpu, agmm, gitm) or a study YAML file")
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--budget-seconds", type=float, default=None, help="start no new step after this long")
+    parser.add_argument("--budget-seconds", type=float, default=None, help="start no new run after this long")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once, each with cores // jobs threads (the costliest first)"
+    )
     args = parser.parse_args(argv)
-    results = run_study(args.study, args.output_dir, args.budget_seconds)
+    results = run_study(args.study, args.output_dir, args.budget_seconds, jobs=args.jobs)
     print(
         f"study {results['study']}: {'complete' if results['complete'] else 'incomplete'}; "
         f"report: {os.path.join(args.output_dir, 'report.md')}"
