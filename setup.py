@@ -44,6 +44,7 @@ setup(
         "scipy>=1.11",
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
+        "jsonschema>=4.18",  # Draft202012Validator, ValidationError.json_path
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "pot>=0.9.4"],

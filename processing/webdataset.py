@@ -189,51 +189,15 @@ def write_shards(
     out_dir = os.fspath(out_dir)
     source = source or os.path.basename(os.path.normpath(out_dir))
     os.makedirs(out_dir, exist_ok=True)
-    digits = max(1, math.ceil(math.log10(samples_per_shard)))
     report = SkipReport()
-    shards: list[dict[str, Any]] = []
-    tar, tmp_path, in_shard = None, None, 0
-
-    def close_shard():
-        tar.close()
-        name = shards[-1]["name"]
-        os.replace(tmp_path, os.path.join(out_dir, name))
-
+    writer = _ShardWriter(out_dir, samples_per_shard)
     for position, row in enumerate(_iter_rows(rows)):
         report.read[source] += 1
-        where = f"row {position}"
-        captions, problems = [], []
-        for caption in _captions_of(row):
-            problem = caption_problem(caption) if isinstance(caption, str) else EMPTY_CAPTION
-            (problems if problem else captions).append(problem or caption)
-        if not captions:
-            report.add(source, where, problems[0] if problems else EMPTY_CAPTION, "no usable caption")
+        sample = _checked_sample(row, f"row {position}", source, report, check_images)
+        if sample is None:
             continue
-        try:
-            data, path = _encoded_image(row.get("image"))
-        except FileNotFoundError as error:
-            report.add(source, where, MISSING_IMAGE, str(error.filename))
-            continue
-        except (OSError, ValueError) as error:
-            report.add(source, where, CORRUPT_IMAGE, describe_error(error))
-            continue
-        extension = _extension(data)
-        if extension is None:
-            if check_images:
-                report.add(source, where, CORRUPT_IMAGE, "not an image PIL can identify")
-                continue
-            extension = posixpath.splitext(path or "")[1].lstrip(".").lower() or "jpg"
-        if tar is None or in_shard == samples_per_shard:
-            if tar is not None:
-                close_shard()
-            name = f"{len(shards):0{SHARD_DIGITS}d}.tar"
-            tmp_path = os.path.join(out_dir, f".{name}.tmp")
-            tar = tarfile.open(tmp_path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed by close_shard
-            shards.append({"name": name, "samples": 0})
-            in_shard = 0
-        key = f"{len(shards) - 1:0{SHARD_DIGITS}d}{in_shard:0{digits}d}"
+        captions, data, extension = sample
         meta = {
-            "key": key,
             "caption": captions[0],
             "captions": captions,
             "index": row.get("index", position),
@@ -242,17 +206,74 @@ def write_shards(
         }
         if row.get("scene") is not None:
             meta["scene"] = row["scene"]
-        _add_member(tar, f"{key}.{extension}", data)
-        _add_member(tar, f"{key}.txt", captions[0].encode("utf-8"))
-        _add_member(tar, f"{key}.json", strict_json.dumps(meta, sort_keys=True).encode("utf-8"))
-        shards[-1]["samples"] += 1
+        writer.add(data, extension, captions[0], meta)
         report.kept[source] += 1
-        in_shard += 1
-    if tar is not None:
-        close_shard()
-    manifest = _manifest(source, shards, samples_per_shard)
+    writer.close()
+    manifest = _manifest(source, writer.shards, samples_per_shard)
     _write_manifest(out_dir, manifest)
     return WrittenShards(out_dir, manifest, report)
+
+
+def _checked_sample(row, where, source, report, check_images):
+    """(usable captions, image bytes, extension) of a row, or None with the reason added to `report`."""
+    captions, problems = [], []
+    for caption in _captions_of(row):
+        problem = caption_problem(caption) if isinstance(caption, str) else EMPTY_CAPTION
+        (problems if problem else captions).append(problem or caption)
+    if not captions:
+        report.add(source, where, problems[0] if problems else EMPTY_CAPTION, "no usable caption")
+        return None
+    try:
+        data, path = _encoded_image(row.get("image"))
+    except FileNotFoundError as error:
+        report.add(source, where, MISSING_IMAGE, str(error.filename))
+        return None
+    except (OSError, ValueError) as error:
+        report.add(source, where, CORRUPT_IMAGE, describe_error(error))
+        return None
+    extension = _extension(data)
+    if extension is None:
+        if check_images:
+            report.add(source, where, CORRUPT_IMAGE, "not an image PIL can identify")
+            return None
+        extension = posixpath.splitext(path or "")[1].lstrip(".").lower() or "jpg"
+    return captions, data, extension
+
+
+class _ShardWriter:
+    """Samples into numbered tar shards of `samples_per_shard`, each written under a temporary name and renamed
+    when full (or at `close`), so that a shard with its final name is complete."""
+
+    def __init__(self, out_dir, samples_per_shard):
+        self.out_dir, self.samples_per_shard = out_dir, samples_per_shard
+        self.digits = max(1, math.ceil(math.log10(samples_per_shard)))
+        self.shards: list[dict[str, Any]] = []
+        self.tar, self.tmp_path, self.in_shard = None, None, 0
+
+    def add(self, data, extension, caption, meta):
+        """One sample: `{key}.{extension}`, `{key}.txt` (`caption`) and `{key}.json` (`meta` with its key)."""
+        if self.tar is None or self.in_shard == self.samples_per_shard:
+            self.close()
+            name = f"{len(self.shards):0{SHARD_DIGITS}d}.tar"
+            self.tmp_path = os.path.join(self.out_dir, f".{name}.tmp")
+            self.tar = tarfile.open(self.tmp_path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - see close
+            self.shards.append({"name": name, "samples": 0})
+            self.in_shard = 0
+        key = f"{len(self.shards) - 1:0{SHARD_DIGITS}d}{self.in_shard:0{self.digits}d}"
+        meta = {"key": key, **meta}
+        _add_member(self.tar, f"{key}.{extension}", data)
+        _add_member(self.tar, f"{key}.txt", caption.encode("utf-8"))
+        _add_member(self.tar, f"{key}.json", strict_json.dumps(meta, sort_keys=True).encode("utf-8"))
+        self.shards[-1]["samples"] += 1
+        self.in_shard += 1
+
+    def close(self):
+        """The open shard closed and renamed to its final name (nothing when none is open)."""
+        if self.tar is None:
+            return
+        self.tar.close()
+        os.replace(self.tmp_path, os.path.join(self.out_dir, self.shards[-1]["name"]))
+        self.tar = None
 
 
 def _manifest(source: str, shards: list[dict[str, Any]], samples_per_shard: int | None) -> dict[str, Any]:

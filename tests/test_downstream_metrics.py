@@ -17,7 +17,7 @@ from vlp.processing.downstream_readers import (
     vqa_question_accuracy,
 )
 from vlp.training.metrics import available_metrics, load_metric
-from vlp.training.metrics._bootstrap import mean_interval, ratio_interval
+from vlp.training.statistics import mean_interval, ratio_interval
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "downstream")
 HAVE_JAVA = shutil.which("java") is not None

@@ -206,11 +206,11 @@ def test_the_validator_rejects_what_the_schema_forbids(results_all):
     broken["suites"]["unknown_suite"] = {}
     errors = "\n".join(ev.validate_json(broken, schema))
     for expected in (
-        "missing required property 'code_version'",
-        "$.suites.foils.phenomena.colour.score.acc_r.value",
-        "'paint' is not one of",
-        "headline.layer: -1 is below the minimum 0",
-        "unexpected property 'unknown_suite'",
+        "$: 'code_version' is a required property",
+        "$.suites.foils.phenomena.colour.score.acc_r.value: 'high' is not of type",
+        "$.suites.grounding.occlusion.occlusion: 'paint' is not one of",
+        "$.suites.probes.tasks.colour.headline.layer: -1 is less than the minimum of 0",
+        "('unknown_suite' was unexpected)",
     ):
         assert expected in errors
 

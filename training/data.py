@@ -393,6 +393,48 @@ def grouped_matching(rows, processor, model_args, data_args, seed):
     )
 
 
+def _read_rows(model_args, data_args, shard_sources):
+    """(train rows, validation rows, source sizes or None, skip report). For shards, the train rows are the bank:
+    captions (and scenes) of the first readable samples, for the tokenizer and ITM negatives."""
+    if not shard_sources:
+        (train_rows, val_rows), sizes, report = _load(data_args, model_args.image_size)
+        return train_rows, val_rows, sizes, report
+    bank = wds.caption_bank(list(shard_sources), data_args.negative_bank)
+    train_rows = bank.add_column("image", [None] * len(bank))
+    val_rows, _ = _rows_of(
+        data_args.val_sources(), data_args, model_args.image_size, data_args.val_scenes, VALIDATION_SEED_OFFSET
+    )
+    return train_rows, val_rows, None, SkipReport()
+
+
+def _processor(processor_dir, train_rows, model_args, data_args, accelerator):
+    """The run's saved processor, or a new one (tokenizer trained on the train captions) saved by the main process."""
+    if os.path.isdir(processor_dir):
+        return VLPProcessor.from_pretrained(processor_dir)
+    processor = build_processor(train_rows, model_args, data_args)
+    if accelerator.is_main_process:
+        processor.save_pretrained(processor_dir)
+    return processor
+
+
+def _collators(tokenizer, train_rows, model_args, data_args, seed, objectives, holds, hard_negatives, policy_masked):
+    """(train collator, validation collator): the same fixed-rate masks, except that the train collator leaves the
+    captions unmasked when the step draws MLM masks (attention-guided masking)."""
+    objects = object_patches_for_scene if "scene" in train_rows.column_names else None
+    masking = dict(
+        mlm_probability=data_args.mlm_probability,
+        mim_probability=data_args.mim_probability,
+        mim_block=data_args.mim_block,
+        mim_patch_size=model_args.patch_size if "mim" in objectives else None,
+        # The world's truth per pair: hard negatives never draw a true pair, ITC never punishes one.
+        holds_fn=holds if hard_negatives or "itc" in objectives else None,
+        object_patches_fn=objects,
+    )
+    train_masking = dict(masking, mlm_probability=0.0) if "mlm" in policy_masked else masking
+    collator = PretrainingCollator(tokenizer, seed=seed, **train_masking)
+    return collator, PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking)
+
+
 def build_pretraining_data(
     model_args,
     data_args,
@@ -417,24 +459,9 @@ def build_pretraining_data(
             "grouped matching (gitm) draws other rows at random and needs map-style data; it cannot "
             "train on streamed shards (dataset=shards:...)"
         )
-    sizes = None
     with accelerator.main_process_first():
-        if shard_sources:
-            # The bank: captions (and scenes) of the first readable samples, for the tokenizer and ITM negatives.
-            bank = wds.caption_bank(list(shard_sources), data_args.negative_bank)
-            train_rows = bank.add_column("image", [None] * len(bank))
-            val_rows, _ = _rows_of(
-                data_args.val_sources(), data_args, model_args.image_size, data_args.val_scenes, VALIDATION_SEED_OFFSET
-            )
-            report = SkipReport()
-        else:
-            (train_rows, val_rows), sizes, report = _load(data_args, model_args.image_size)
-        if os.path.isdir(processor_dir):
-            processor = VLPProcessor.from_pretrained(processor_dir)
-        else:
-            processor = build_processor(train_rows, model_args, data_args)
-            if accelerator.is_main_process:
-                processor.save_pretrained(processor_dir)
+        train_rows, val_rows, sizes, report = _read_rows(model_args, data_args, shard_sources)
+        processor = _processor(processor_dir, train_rows, model_args, data_args, accelerator)
     holds = holds_for_scene if "scene" in train_rows.column_names else None
     # Concept words (colours, shapes, ...) mark the world's vocabulary: for the world itself and for real-source
     # runs whose rows carry its scenes (shards written from it); a saved folder keeps its earlier behaviour.
@@ -455,19 +482,9 @@ def build_pretraining_data(
         )
     val = PretrainingDataset(val_rows, seed=VALIDATION_SEED_OFFSET, itm_probability=0.5, **common)
     tokenizer = processor.tokenizer
-    objects = object_patches_for_scene if "scene" in train_rows.column_names else None
-    masking = dict(
-        mlm_probability=data_args.mlm_probability,
-        mim_probability=data_args.mim_probability,
-        mim_block=data_args.mim_block,
-        mim_patch_size=model_args.patch_size if "mim" in objectives else None,
-        # The world's truth per pair: hard negatives never draw a true pair, ITC never punishes one.
-        holds_fn=holds if hard_negatives or "itc" in objectives else None,
-        object_patches_fn=objects,
+    collator, val_collator = _collators(
+        tokenizer, train_rows, model_args, data_args, seed, objectives, holds, hard_negatives, policy_masked
     )
-    train_masking = dict(masking, mlm_probability=0.0) if "mlm" in policy_masked else masking
-    collator = PretrainingCollator(tokenizer, seed=seed, **train_masking)
-    val_collator = PretrainingCollator(tokenizer, seed=VALIDATION_SEED_OFFSET, **masking)
     if "gitm" in objectives:
         train = WithGroups(train, grouped_matching(train_rows, processor, model_args, data_args, seed))
         val = WithGroups(val, grouped_matching(val_rows, processor, model_args, data_args, VALIDATION_SEED_OFFSET))

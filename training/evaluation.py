@@ -4,7 +4,6 @@ Accuracies come with a 95 % Wilson score interval (items are independent validat
 """
 
 import json
-import math
 
 import datasets
 import torch
@@ -13,35 +12,10 @@ from ..modeling_vlp.losses_vlp import gitm_classes, grouped_matching_metrics
 from ..processing import shapes_world
 from ..processing.pretraining_data import decode_image
 from .objectives import objective_counts, objective_inputs
+from .statistics import newcombe_difference, wilson_interval
 
 EXTRA_OBJECTIVES = ("mim", "itc", "wra", "gitm")  # validated by their loss (and grouped matching's own figures)
 GITM_KINDS = {"own": 0, "easy": 1, "hard": 2}  # processing.grouping's segment kinds
-
-
-def wilson_interval(correct, total, z=1.959964):
-    """95 % Wilson score interval of a binomial proportion; (nan, nan) when there are no items."""
-    if total == 0:
-        return float("nan"), float("nan")
-    p = correct / total
-    denominator = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denominator
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def newcombe_difference(correct_a, total_a, correct_b, total_b):
-    """Difference of two independent proportions a - b with Newcombe's hybrid score 95 % interval (1998, method
-    10: from the two Wilson intervals); (nan, nan, nan) when either side has no items."""
-    if not total_a or not total_b:
-        return float("nan"), float("nan"), float("nan")
-    p_a, p_b = correct_a / total_a, correct_b / total_b
-    (low_a, high_a), (low_b, high_b) = wilson_interval(correct_a, total_a), wilson_interval(correct_b, total_b)
-    difference = p_a - p_b
-    return (
-        difference,
-        difference - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
-        difference + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2),
-    )
 
 
 def _accuracy(prefix, correct, total):

@@ -49,6 +49,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import jsonschema
 import numpy as np
 import torch
 
@@ -1563,15 +1564,25 @@ def run_grouped_matching(
     most frequent target), the same texts on a blank canvas, and a classifier that never sees the canvas
     (`_gitm_text_only`); hard minus easy, and whole-group exact match. Items are segments (their per-item values are
     kept), but the segments of one group are not independent: every interval here resamples groups."""
-    from ..modeling_vlp.losses_vlp import gitm_classes
-    from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
-    from .evaluation import GITM_KINDS
-    from .objectives import objective_inputs
-
     if objectives is not None and "gitm" not in objectives:
         return {"skipped": f"the model was not pretrained with grouped matching (objectives {','.join(objectives)})"}
     if not getattr(runner.model.config, "num_text_segments", 0):
         return {"skipped": "the model has no grouped-matching head (num_text_segments=0)"}
+    groups = _grouped_dataset(runner, world, n_groups, grid, settings)
+    scored = _score_groups(runner, groups)
+    if scored["correct"].size == 0:
+        return {"skipped": "no readable group"}
+    cells = groups.spec.num_cells
+    text_only = _gitm_text_only(
+        scored["texts"], scored["targets"], cells, world, n_groups, runner, groups.config, grid, settings
+    )
+    return _grouped_figures(scored, cells, text_only, grid, settings)
+
+
+def _grouped_dataset(runner, world, n_groups, grid, settings):
+    """The evaluation groups (epoch 0): one per scene of an `n_groups`-scene evaluation world, the run's grid."""
+    from ..processing.grouping import GroupConfig, GroupedMatchingDataset
+
     rows = sw.build_dataset(dataclasses.replace(world, num_scenes=n_groups))
     config = GroupConfig(
         rows=grid["gitm_rows"],
@@ -1590,9 +1601,18 @@ def run_grouped_matching(
         max_length=grid["gitm_max_length"],
     )
     groups.set_epoch(0)
-    cells = groups.spec.num_cells
-    correct, blank_correct, kinds, targets, group_of, exact, texts = [], [], [], [], [], [], []
-    pad = runner.processor.tokenizer.pad_token_id
+    return groups
+
+
+def _score_groups(runner, groups) -> dict:
+    """Per scored segment: hit (`correct`) with the true and with a blank canvas, kind, target and group; per group
+    its exact match; the segments' texts."""
+    from ..modeling_vlp.losses_vlp import gitm_classes
+    from ..processing.grouping import collate_grouped
+    from .objectives import objective_inputs
+
+    cells, pad = groups.spec.num_cells, runner.processor.tokenizer.pad_token_id
+    out = {key: [] for key in ("correct", "blank_correct", "kinds", "targets", "group_of", "exact", "texts")}
     with torch.no_grad():
         for batch_rows in _batches(len(groups), runner.batch_size):
             samples = [groups[i] for i in range(len(groups))[batch_rows]]
@@ -1605,25 +1625,29 @@ def run_grouped_matching(
             logits = runner.model(**objective_inputs("gitm", {"gitm": batch}, {})).gitm_logits
             hits = (logits.argmax(dim=-1) == wanted) | ~scored
             # The blank-canvas floor: the same texts, every cell background grey.
-            blank = dict(
-                batch,
-                pixel_values=torch.ones_like(batch["pixel_values"])
-                * runner.background_pixel.view(1, -1, 1, 1).to(batch["pixel_values"].dtype),
-            )
+            grey = runner.background_pixel.view(1, -1, 1, 1).to(batch["pixel_values"].dtype)
+            blank = dict(batch, pixel_values=torch.ones_like(batch["pixel_values"]) * grey)
             blank_logits = runner.model(**objective_inputs("gitm", {"gitm": blank}, {})).gitm_logits
-            blank_correct += (blank_logits.argmax(dim=-1) == wanted)[scored].float().cpu().tolist()
-            rows_in_batch = torch.arange(len(exact), len(exact) + hits.shape[0], device=hits.device)
-            group_of += rows_in_batch[:, None].expand_as(hits)[scored].cpu().tolist()
-            exact += hits.all(dim=1).float().cpu().tolist()
-            correct += hits[scored].float().cpu().tolist()
-            kinds += batch["gitm_segment_kinds"][scored].cpu().tolist()
-            targets += wanted[scored].cpu().tolist()
-            texts += [text for sample in samples if "group" in sample for text in sample["group"].segments]
-    correct, kinds, targets = np.asarray(correct), np.asarray(kinds), np.asarray(targets)
-    if correct.size == 0:
-        return {"skipped": "no readable group"}
-    group_of = np.asarray(group_of)
-    text_only = _gitm_text_only(texts, targets, cells, world, n_groups, runner, config, grid, settings)
+            out["blank_correct"] += (blank_logits.argmax(dim=-1) == wanted)[scored].float().cpu().tolist()
+            first = len(out["exact"])
+            rows_in_batch = torch.arange(first, first + hits.shape[0], device=hits.device)
+            out["group_of"] += rows_in_batch[:, None].expand_as(hits)[scored].cpu().tolist()
+            out["exact"] += hits.all(dim=1).float().cpu().tolist()
+            out["correct"] += hits[scored].float().cpu().tolist()
+            out["kinds"] += batch["gitm_segment_kinds"][scored].cpu().tolist()
+            out["targets"] += wanted[scored].cpu().tolist()
+            out["texts"] += [text for sample in samples if "group" in sample for text in sample["group"].segments]
+    for key in ("correct", "blank_correct", "kinds", "targets", "group_of"):
+        out[key] = np.asarray(out[key])
+    return out
+
+
+def _grouped_figures(scored, cells, text_only, grid, settings) -> dict:
+    """The grouped-matching comparison block: scores, floors and differences, every interval over groups."""
+    from .evaluation import GITM_KINDS
+
+    correct, kinds, targets, group_of = (scored[k] for k in ("correct", "kinds", "targets", "group_of"))
+    exact = scored["exact"]
 
     def per_group(values, chosen=None):
         """(sum of `values` over each group's chosen segments, their number): the segments of one group are not
@@ -1649,7 +1673,7 @@ def run_grouped_matching(
     floor_values = {
         "chance_uniform": uniform,
         "chance_majority": majority,
-        "blank_canvas": np.asarray(blank_correct),
+        "blank_canvas": scored["blank_correct"],
         "text_only": text_only,
     }
     floors = {
@@ -1837,68 +1861,15 @@ def load_schema() -> dict:
         return json.load(handle)
 
 
-_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "null": lambda v: v is None,
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-}
-
-
-def validate_json(instance, schema: Mapping, root: Mapping | None = None, path: str = "$") -> list[str]:
-    """Errors of ``instance`` against ``schema``: the subset of JSON Schema 2020-12 that results_schema.json uses
-    (type, enum, const, minimum, maximum, required, properties, additionalProperties, items, minItems, anyOf and
-    local ``$ref`` to ``#/$defs/...``). An empty list means valid."""
-    root = schema if root is None else root
-    errors = []
-    if "$ref" in schema:  # as in 2020-12, the keywords beside a reference apply too
-        ref = schema["$ref"]
-        if not ref.startswith("#/"):
-            raise ValueError(f"validate_json: only local references are supported, got {ref!r}")
-        target = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        errors += validate_json(instance, target, root, path)
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](instance) for t in types):
-            return errors + [f"{path}: expected {' or '.join(types)}, got {type(instance).__name__} {instance!r:.60}"]
-    if "enum" in schema and instance not in schema["enum"]:
-        errors.append(f"{path}: {instance!r} is not one of {schema['enum']}")
-    if "const" in schema and instance != schema["const"]:
-        errors.append(f"{path}: expected {schema['const']!r}, got {instance!r}")
-    if _TYPES["number"](instance):
-        if "minimum" in schema and instance < schema["minimum"]:
-            errors.append(f"{path}: {instance} is below the minimum {schema['minimum']}")
-        if "maximum" in schema and instance > schema["maximum"]:
-            errors.append(f"{path}: {instance} is above the maximum {schema['maximum']}")
-    if "anyOf" in schema:
-        branches = [validate_json(instance, branch, root, path) for branch in schema["anyOf"]]
-        if all(branches):
-            errors.append(f"{path}: matches none of anyOf ({'; '.join(b[0] for b in branches)})")
-    if isinstance(instance, dict):
-        for name in schema.get("required", ()):
-            if name not in instance:
-                errors.append(f"{path}: missing required property {name!r}")
-        properties = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for name, value in instance.items():
-            if name in properties:
-                errors += validate_json(value, properties[name], root, f"{path}.{name}")
-            elif extra is False:
-                errors.append(f"{path}: unexpected property {name!r}")
-            elif isinstance(extra, dict):
-                errors += validate_json(value, extra, root, f"{path}.{name}")
-    if isinstance(instance, list):
-        if "minItems" in schema and len(instance) < schema["minItems"]:
-            errors.append(f"{path}: expected at least {schema['minItems']} items, got {len(instance)}")
-        if isinstance(schema.get("items"), dict):
-            for k, value in enumerate(instance):
-                errors += validate_json(value, schema["items"], root, f"{path}[{k}]")
-    return errors
+def validate_json(instance, schema: Mapping, root: Mapping | None = None) -> list[str]:
+    """Errors of ``instance`` against ``schema`` (JSON Schema 2020-12, checked by `jsonschema`), each as
+    "<JSON path>: <message>", in path order; an empty list means valid. ``root`` is the document whose ``$defs`` the
+    references of a sub-schema point to (``#/$defs/...``)."""
+    if root is not None and "$defs" in root:
+        schema = {**schema, "$defs": root["$defs"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda error: [str(p) for p in error.absolute_path])
+    return [f"{error.json_path}: {error.message}" for error in errors]
 
 
 def _fmt(fig: Mapping | None, signed: bool = False) -> str:
@@ -2049,13 +2020,41 @@ def evaluate(
     log=print,
 ) -> dict:
     """Run the suites (or a real benchmark) on the model in ``model_dir``; write ``output`` and return the results."""
+    chosen = _check_request(suites, items_per_phenomenon, benchmark, benchmark_file, image_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_path, run_dir = resolve_model_dir(model_dir)
+    record = read_run_record(run_dir) if run_dir else None
+    world = None if benchmark else _world_for(model_dir, world_config, record, run_dir)
+    model, processor = load_model(model_path, device)
+    runner = Runner(model, processor, device, settings.batch_size)
+    started = time.perf_counter()
+    results = _results_header(model_dir, model_path, record, device, settings)
+    if benchmark:
+        _add_benchmark(results, runner, benchmark, benchmark_file, image_dir, settings, log)
+    else:
+        sets = _synthetic_sets(chosen, world, runner, eval_sets_file, items_per_phenomenon)
+        _add_synthetic(results, runner, chosen, world, sets, record, items_per_phenomenon, settings, log)
+    results["seconds"] = round(time.perf_counter() - started, 2)
+    results = json_ready(results)
+    errors = validate_json(results, load_schema())
+    if errors:
+        raise RuntimeError("results do not follow training/results_schema.json:\n" + "\n".join(errors[:20]))
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w", encoding="utf-8") as handle:
+            strict_json.dump(results, handle, indent=1)
+    return results
+
+
+def _check_request(suites, items_per_phenomenon, benchmark, benchmark_file, image_dir) -> list[str]:
+    """The chosen suites, after checking the request (before any work)."""
     _expect(
         isinstance(items_per_phenomenon, int) and items_per_phenomenon >= 4,
         "--items-per-phenomenon",
         items_per_phenomenon,
         "an integer >= 4 (a quick run a few hundred, a full run thousands)",
     )
-    chosen = expand_suites(suites)  # checked before any work
+    chosen = expand_suites(suites)
     if benchmark and benchmark not in BENCHMARKS:
         raise ConfigError(f"--benchmark={benchmark!r}: expected one of {tuple(BENCHMARKS)}")
     if benchmark and tuple(suites) != ("all",) and chosen != [BENCHMARKS[benchmark]]:
@@ -2063,28 +2062,29 @@ def evaluate(
             f"--suite={','.join(suites)}: --benchmark {benchmark} runs the "
             f"{BENCHMARKS[benchmark]!r} suite; leave --suite out or give that one"
         )
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_path, run_dir = resolve_model_dir(model_dir)
-    record = read_run_record(run_dir) if run_dir else None
-    world = None
     if benchmark:
         if not benchmark_file or not os.path.isfile(benchmark_file):
             raise ConfigError(f"--benchmark-file={benchmark_file!r}: expected an existing {benchmark} file")
         if not image_dir or not os.path.isdir(image_dir):
             raise ConfigError(f"--image-dir={image_dir!r}: expected the folder of the benchmark's images")
-    elif world_config:
-        world = load_world_file(world_config)
-    elif record:
-        world = world_from_run_config(record["config"], os.path.join(run_dir, "run.yaml"))
-    else:
-        raise ConfigError(
-            f"--world-config: {model_dir!r} has no run.yaml inside or beside it; give "
-            f"--world-config FILE (a run.yaml, a run config or WorldConfig fields)"
-        )
-    model, processor = load_model(model_path, device)
-    runner = Runner(model, processor, device, settings.batch_size)
-    started = time.perf_counter()
-    results = {
+    return chosen
+
+
+def _world_for(model_dir, world_config, record, run_dir):
+    """The synthetic world the model was pretrained on: --world-config, else the run's run.yaml."""
+    if world_config:
+        return load_world_file(world_config)
+    if record:
+        return world_from_run_config(record["config"], os.path.join(run_dir, "run.yaml"))
+    raise ConfigError(
+        f"--world-config: {model_dir!r} has no run.yaml inside or beside it; give "
+        f"--world-config FILE (a run.yaml, a run config or WorldConfig fields)"
+    )
+
+
+def _results_header(model_dir, model_path, record, device, settings) -> dict:
+    """results.json before any suite ran: what was evaluated, with which code and settings."""
+    return {
         "format": RESULTS_FORMAT,
         "format_version": RESULTS_VERSION,
         "model_dir": os.path.abspath(model_dir),
@@ -2103,82 +2103,76 @@ def evaluate(
         "benchmark": None,
         "suites": {},
     }
-    if benchmark:
-        items, skipped, records = read_benchmark(benchmark, benchmark_file, image_dir)
-        reasons = Counter(entry["reason"].split(":")[0] for entry in skipped)
-        results["benchmark"] = {
-            "name": benchmark,
-            "file": os.path.abspath(benchmark_file),
-            "image_dir": os.path.abspath(image_dir),
-            "n_records": records,
-            "n_items": len(items),
-            "n_skipped": len(skipped),
-            "skipped_by_reason": dict(reasons),
-            "skipped": skipped[:100],
-        }
-        for entry in skipped[:5]:
-            log(f"skipped {entry['id']}: {entry['reason']}")
-        results["item_counts"] = {BENCHMARKS[benchmark]: len(items)}
-        results["suites"] = run_benchmark(runner, benchmark, items, settings)
-    else:
-        if eval_sets_file:
-            try:
-                sets = es.load_eval_sets(eval_sets_file)
-            except (OSError, ValueError) as error:
-                raise ConfigError(f"--eval-sets={eval_sets_file!r}: {error}") from None
-            if sets.meta.get("patch_size") != runner.patch_size or sets.meta.get("image_size") != runner.image_size:
+
+
+def _add_benchmark(results, runner, benchmark, benchmark_file, image_dir, settings, log) -> None:
+    """A real benchmark's file read (skipped records counted, listed and their reasons tallied) and its suite run."""
+    items, skipped, records = read_benchmark(benchmark, benchmark_file, image_dir)
+    reasons = Counter(entry["reason"].split(":")[0] for entry in skipped)
+    results["benchmark"] = {
+        "name": benchmark,
+        "file": os.path.abspath(benchmark_file),
+        "image_dir": os.path.abspath(image_dir),
+        "n_records": records,
+        "n_items": len(items),
+        "n_skipped": len(skipped),
+        "skipped_by_reason": dict(reasons),
+        "skipped": skipped[:100],
+    }
+    for entry in skipped[:5]:
+        log(f"skipped {entry['id']}: {entry['reason']}")
+    results["item_counts"] = {BENCHMARKS[benchmark]: len(items)}
+    results["suites"] = run_benchmark(runner, benchmark, items, settings)
+
+
+def _synthetic_sets(chosen, world, runner, eval_sets_file, items_per_phenomenon):
+    """The evaluation sets: read from --eval-sets (checked against the model and the suites) or built."""
+    if not eval_sets_file:
+        sizes = eval_set_sizes(chosen, items_per_phenomenon, world.config)
+        return es.build_eval_sets(world.config, sizes, image_size=runner.image_size, patch_size=runner.patch_size)
+    try:
+        sets = es.load_eval_sets(eval_sets_file)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--eval-sets={eval_sets_file!r}: {error}") from None
+    if sets.meta.get("patch_size") != runner.patch_size or sets.meta.get("image_size") != runner.image_size:
+        raise ConfigError(
+            f"--eval-sets={eval_sets_file!r}: built for {sets.meta.get('image_size')} px images "
+            f"in {sets.meta.get('patch_size')} px patches; the model takes "
+            f"{runner.image_size} px in {runner.patch_size} px patches"
+        )
+    for suite in chosen:
+        for name in SUITE_SETS[suite][:1]:  # held-out items are optional
+            if not sets.get(name):
                 raise ConfigError(
-                    f"--eval-sets={eval_sets_file!r}: built for {sets.meta.get('image_size')} px images "
-                    f"in {sets.meta.get('patch_size')} px patches; the model takes "
-                    f"{runner.image_size} px in {runner.patch_size} px patches"
+                    f"--eval-sets={eval_sets_file!r}: holds no {name!r} items, which the {suite} suite needs"
                 )
-            for suite in chosen:
-                for name in SUITE_SETS[suite][:1]:  # held-out items are optional
-                    if not sets.get(name):
-                        raise ConfigError(
-                            f"--eval-sets={eval_sets_file!r}: holds no {name!r} items, which the {suite} suite needs"
-                        )
-        else:
-            sizes = eval_set_sizes(chosen, items_per_phenomenon, world.config)
-            sets = es.build_eval_sets(world.config, sizes, image_size=runner.image_size, patch_size=runner.patch_size)
-        pair_counts = world.pair_counts() if "frequency" in chosen else None
-        results["world_config"] = {
-            "source": world.source,
-            "training_scenes": list(world.training_scenes),
-            **world.config.to_dict(),
+    return sets
+
+
+def _add_synthetic(results, runner, chosen, world, sets, record, items_per_phenomenon, settings, log) -> None:
+    """The synthetic suites run on `sets`, with the world, seeds and item counts they used."""
+    pair_counts = world.pair_counts() if "frequency" in chosen else None
+    results["world_config"] = {
+        "source": world.source,
+        "training_scenes": list(world.training_scenes),
+        **world.config.to_dict(),
+    }
+    results["eval_world_config"] = sets.meta.get("world_config")
+    results["seeds"].update(
+        {
+            "world": world.config.seed,
+            "eval_world": (sets.meta.get("world_config") or {}).get("seed"),
+            "eval_seed_offset": sets.meta.get("seed_offset"),
         }
-        results["eval_world_config"] = sets.meta.get("world_config")
-        results["seeds"].update(
-            {
-                "world": world.config.seed,
-                "eval_world": (sets.meta.get("world_config") or {}).get("seed"),
-                "eval_seed_offset": sets.meta.get("seed_offset"),
-            }
-        )
-        results["item_counts"] = {name: len(items) for name, items in sets.items()}
-        results["skipped"] = dict(sets.skipped)
-        results["settings"]["items_per_phenomenon"] = items_per_phenomenon
-        results["suites"] = run_synthetic(
-            runner,
-            chosen,
-            sets,
-            pair_counts,
-            settings,
-            log,
-            run_objectives(record),
-            record["config"] if record else None,
-            items_per_phenomenon,
-        )
-    results["seconds"] = round(time.perf_counter() - started, 2)
-    results = json_ready(results)
-    errors = validate_json(results, load_schema())
-    if errors:
-        raise RuntimeError("results do not follow training/results_schema.json:\n" + "\n".join(errors[:20]))
-    if output:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with open(output, "w", encoding="utf-8") as handle:
-            strict_json.dump(results, handle, indent=1)
-    return results
+    )
+    results["item_counts"] = {name: len(items) for name, items in sets.items()}
+    results["skipped"] = dict(sets.skipped)
+    results["settings"]["items_per_phenomenon"] = items_per_phenomenon
+    config = record["config"] if record else None
+    objectives = run_objectives(record)
+    results["suites"] = run_synthetic(
+        runner, chosen, sets, pair_counts, settings, log, objectives, config, items_per_phenomenon
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

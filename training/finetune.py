@@ -51,7 +51,7 @@ from ..processing.processing_vlp import VLPProcessor
 from ..processing.synthetic_vqa import QUESTION_FAMILIES, SyntheticVQAConfig, build_synthetic_vqa_dataset
 from .config import ConfigError
 from .metrics import load_metric
-from .metrics._bootstrap import mean_interval
+from .statistics import mean_interval
 
 VQA_VARIANTS = ("pretrained", "question_only", "random_init")
 RETRIEVAL_VARIANTS = ("pretrained", "random_init")
@@ -388,29 +388,33 @@ def finetune_vqa(
     metrics = VQAMetrics(eval_rows, id2label)
     runs, scores, floors = {}, {}, {}
     for variant in variants:
-        model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label, label2id=label2id)
-        blank = variant == "question_only"
-        collator = VQACollator(processor, label2id, settings.max_length, blank_image=blank)
-        trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_rows, collator)
-        prediction = trainer.predict(eval_rows)
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        figures = metrics.full(logits, keep_scores=True)
-        scores[variant] = np.asarray(figures.pop("scores"), dtype=np.float64)
-        runs[variant] = {
-            **figures,
-            **info,
-            "eval_loss": float(prediction.metrics["test_loss"]),
-            "accuracy_items": [round(float(v), 6) for v in scores[variant]],
-        }
-        if variant == "pretrained":
-            # The image floor: the same finetuned model, every evaluation image blanked.
-            trainer.data_collator = VQACollator(processor, label2id, settings.max_length, blank_image=True)
-            blank = trainer.predict(eval_rows)
-            blank_logits = blank.predictions[0] if isinstance(blank.predictions, tuple) else blank.predictions
-            floors["blank_image"] = metrics.full(blank_logits, keep_scores=True)
-        if save_model and variant == "pretrained":
-            _save(model, processor, output_dir)
+        runs[variant], scores[variant], blank_floor = _vqa_variant(
+            variant,
+            model_dir,
+            output_dir,
+            processor,
+            train_rows,
+            eval_rows,
+            id2label,
+            label2id,
+            metrics,
+            settings,
+            save_model,
+        )
+        if blank_floor is not None:
+            floors["blank_image"] = blank_floor
     floors["text_only"] = metrics.full(question_only_logits(train_rows, eval_rows, label2id), keep_scores=True)
+    results = _vqa_results(
+        model_dir, data_name, train_rows, eval_rows, id2label, processor, settings, families, runs, scores, floors
+    )
+    _write_results(output_dir, results)
+    return results
+
+
+def _vqa_results(
+    model_dir, data_name, train_rows, eval_rows, id2label, processor, settings, families, runs, scores, floors
+):
+    """results.json of a VQA finetune: the runs, the floors, and the pretrained model's paired gain over each."""
     results = {
         "task": "vqa",
         "model_dir": os.path.abspath(model_dir),
@@ -432,8 +436,37 @@ def finetune_vqa(
     for name, values in floor_scores.items():
         if "pretrained" in runs:
             results.update(paired_gain(scores["pretrained"], values, f"gain_over_{name}"))
-    _write_results(output_dir, results)
     return results
+
+
+def _vqa_variant(
+    variant, model_dir, output_dir, processor, train_rows, eval_rows, id2label, label2id, metrics, settings, save_model
+):
+    """One variant finetuned and evaluated: (its figures, its per-question scores, the blank-image floor of the
+    pretrained variant or None). The pretrained model is saved with `save_model`."""
+    model = _load(VLPForQuestionAnswering, model_dir, variant, settings.seed, id2label=id2label, label2id=label2id)
+    collator = VQACollator(processor, label2id, settings.max_length, blank_image=variant == "question_only")
+    trainer, info = _train(model, os.path.join(output_dir, variant), settings, train_rows, collator)
+    prediction = trainer.predict(eval_rows)
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    figures = metrics.full(logits, keep_scores=True)
+    scores = np.asarray(figures.pop("scores"), dtype=np.float64)
+    run = {
+        **figures,
+        **info,
+        "eval_loss": float(prediction.metrics["test_loss"]),
+        "accuracy_items": [round(float(v), 6) for v in scores],
+    }
+    if variant != "pretrained":
+        return run, scores, None
+    # The image floor: the same finetuned model, every evaluation image blanked.
+    trainer.data_collator = VQACollator(processor, label2id, settings.max_length, blank_image=True)
+    blank = trainer.predict(eval_rows)
+    blank_logits = blank.predictions[0] if isinstance(blank.predictions, tuple) else blank.predictions
+    floor = metrics.full(blank_logits, keep_scores=True)
+    if save_model:
+        _save(model, processor, output_dir)
+    return run, scores, floor
 
 
 def question_only_logits(train_rows, eval_rows, label2id):

@@ -289,62 +289,21 @@ def assemble(run_dir, out_dir, repo_id, results_path=None, mix=None, license=Non
     """Writes the folder `vlp push` uploads into `out_dir` (new or empty); returns its files, relative, sorted."""
     check_repo_id(repo_id)
     run = read_run(run_dir)
-    results = []
-    if run.evaluation is not None:
-        results.append(run.evaluation)
+    results = [run.evaluation] if run.evaluation is not None else []
     extra = None
     if results_path is not None:
-        if not os.path.isfile(results_path):
-            raise PublishError(
-                f"--results {results_path} does not exist: expected a results.json of `vlp evaluate` or `vlp study`"
-            )
-        extra = _read_json(results_path, "a results.json of `vlp evaluate` or `vlp study`")
-        if not isinstance(extra, dict):
-            raise PublishError(f"--results {results_path}: expected a JSON object, got {type(extra).__name__}")
-        if extra.get("format") == "vlp-study-results":
-            mix = mix or infer_mix(run_dir, extra)
-            try:
-                model_cards.study_figures(extra, mix)
-            except ValueError as error:
-                raise PublishError(f"--results {results_path}: {error}") from None
-        elif not model_cards.results_figures(extra):
-            raise PublishError(
-                f"--results {results_path}: no figures found; expected a results.json of `vlp "
-                f"evaluate` or `vlp study`, or any JSON whose figures are {{value, low, high}}"
-            )
+        extra, mix = _extra_results(results_path, run_dir, mix)
         results.append(extra)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise PublishError(
             f"{out_dir} exists and is not an empty folder: expected a new or empty folder for the files to publish"
         )
     os.makedirs(out_dir, exist_ok=True)
-
-    for name, source in {**run.model_files, **run.code_files}.items():
-        _copy(source, os.path.join(out_dir, name))
-    _write_json(os.path.join(out_dir, "config.json"), complete_auto_map(run.model_config))
-    processor_config = os.path.join(out_dir, "processor_config.json")
-    if os.path.isfile(processor_config):
-        data = _read_json(processor_config, "the processor's config")
-        data["auto_map"] = {"AutoProcessor": "processing_vlp.VLPProcessor", **(data.get("auto_map") or {})}
-        _write_json(processor_config, data)
-    check_auto_maps(out_dir)
-
-    published = []
-    if include_run:
-        record = dict(run.run_record, config=public_config(run.run_record["config"]))
-        os.makedirs(os.path.join(out_dir, "run"), exist_ok=True)
-        for name, data in (("run/run.yaml", record), ("run/pretrain_config.yaml", record["config"])):
-            with open(os.path.join(out_dir, name), "w", encoding="utf-8") as handle:
-                yaml.safe_dump(data, handle, sort_keys=False)
-            published.append(name)
-        for name in ("final_metrics.json", "metrics.jsonl", "evaluation.json"):
-            if os.path.isfile(os.path.join(run_dir, name)):
-                _copy(os.path.join(run_dir, name), os.path.join(out_dir, "run", name))
-                published.append(f"run/{name}")
+    _write_model_files(run, out_dir)
+    published = _write_run_files(run, run_dir, out_dir) if include_run else []
     if extra is not None:
         _copy(results_path, os.path.join(out_dir, "results.json"))
         published.append("results.json")
-
     inputs = model_cards.CardInputs(
         repo_id=repo_id,
         model_config=complete_auto_map(run.model_config),
@@ -368,6 +327,58 @@ def assemble(run_dir, out_dir, repo_id, results_path=None, mix=None, license=Non
         for root, _, names in os.walk(out_dir)
         for name in names
     )
+
+
+def _extra_results(results_path, run_dir, mix):
+    """(the --results file, checked to hold figures, the mix it describes): a study's results need the mix."""
+    if not os.path.isfile(results_path):
+        raise PublishError(
+            f"--results {results_path} does not exist: expected a results.json of `vlp evaluate` or `vlp study`"
+        )
+    extra = _read_json(results_path, "a results.json of `vlp evaluate` or `vlp study`")
+    if not isinstance(extra, dict):
+        raise PublishError(f"--results {results_path}: expected a JSON object, got {type(extra).__name__}")
+    if extra.get("format") == "vlp-study-results":
+        mix = mix or infer_mix(run_dir, extra)
+        try:
+            model_cards.study_figures(extra, mix)
+        except ValueError as error:
+            raise PublishError(f"--results {results_path}: {error}") from None
+    elif not model_cards.results_figures(extra):
+        raise PublishError(
+            f"--results {results_path}: no figures found; expected a results.json of `vlp "
+            f"evaluate` or `vlp study`, or any JSON whose figures are {{value, low, high}}"
+        )
+    return extra, mix
+
+
+def _write_model_files(run, out_dir):
+    """Weights, code files and configs, each config's auto_map completed and checked."""
+    for name, source in {**run.model_files, **run.code_files}.items():
+        _copy(source, os.path.join(out_dir, name))
+    _write_json(os.path.join(out_dir, "config.json"), complete_auto_map(run.model_config))
+    processor_config = os.path.join(out_dir, "processor_config.json")
+    if os.path.isfile(processor_config):
+        data = _read_json(processor_config, "the processor's config")
+        data["auto_map"] = {"AutoProcessor": "processing_vlp.VLPProcessor", **(data.get("auto_map") or {})}
+        _write_json(processor_config, data)
+    check_auto_maps(out_dir)
+
+
+def _write_run_files(run, run_dir, out_dir):
+    """run/: the run record (public config), the pretraining config and the run's logs; returns their names."""
+    published = []
+    record = dict(run.run_record, config=public_config(run.run_record["config"]))
+    os.makedirs(os.path.join(out_dir, "run"), exist_ok=True)
+    for name, data in (("run/run.yaml", record), ("run/pretrain_config.yaml", record["config"])):
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
+        published.append(name)
+    for name in ("final_metrics.json", "metrics.jsonl", "evaluation.json"):
+        if os.path.isfile(os.path.join(run_dir, name)):
+            _copy(os.path.join(run_dir, name), os.path.join(out_dir, "run", name))
+            published.append(f"run/{name}")
+    return published
 
 
 def upload(folder, repo_id, private=False, token=None, commit_message=None, api=None):

@@ -1,4 +1,9 @@
-"""Bootstrap confidence intervals, paired and hierarchical bootstrap differences, multiple-comparison corrections.
+"""VLP's one interval module: bootstrap confidence intervals (item, paired, hierarchical over seeds, clustered
+ratios), the item-resampling helpers of the `evaluate` metric modules, Wilson and Newcombe score intervals of
+proportions, and multiple-comparison corrections.
+
+The metric modules import it absolutely (``from vlp.training.statistics import ...``): `evaluate` copies a module
+script into its own cache, where relative imports would not resolve.
 
 Pure numpy. Every bootstrap is seeded (`np.random.default_rng(seed)`) and vectorised: all resamples are drawn as one
 index matrix of shape (n_resamples, n) (in chunks that bound memory) and the statistic reduces its last item axis, so
@@ -7,6 +12,7 @@ no Python loop runs over resamples. Intervals use the percentile method.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -20,6 +26,10 @@ import numpy as np
 #: evaluation items only and says nothing about another training run.
 MIN_SEEDS_FOR_CLAIMS = 2
 _CHUNK_ELEMENTS = 1 << 20
+#: The metric modules' resamples come in chunks of this many indices (so 200k VQA questions stay within ~32 MB).
+METRIC_CHUNK_ELEMENTS = 4_000_000
+#: Defaults of the metric modules' intervals.
+N_RESAMPLES, CONFIDENCE, SEED = 2000, 0.95, 0
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class Correction(NamedTuple):
 
 
 def _check_settings(n_resamples: int, confidence: float) -> None:
-    if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples!r}: expected a positive integer")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence!r}: expected a number strictly between 0 and 1")
@@ -106,9 +116,9 @@ def _two_sided_p_value(replicates: np.ndarray) -> float:
     return float(min(1.0, 2.0 * min(below, above)))
 
 
-def _resample_indices(rng: np.random.Generator, n_resamples: int, n: int):
+def _resample_indices(rng: np.random.Generator, n_resamples: int, n: int, chunk_elements: int = _CHUNK_ELEMENTS):
     """Yield index matrices (chunk, n) of items drawn with replacement, n_resamples rows in all."""
-    chunk = int(max(1, min(n_resamples, _CHUNK_ELEMENTS // n)))
+    chunk = int(max(1, min(n_resamples, chunk_elements // max(n, 1))))
     for start in range(0, n_resamples, chunk):
         yield rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
 
@@ -154,6 +164,88 @@ def _point(arrays: tuple, statistic: Callable) -> float:
 # --------------------------------------------------------------------------------------------------------------
 # Intervals
 # --------------------------------------------------------------------------------------------------------------
+
+
+def wilson_interval(correct, total, z=1.959964):
+    """95 % Wilson score interval of a binomial proportion; (nan, nan) when there are no items."""
+    if total == 0:
+        return float("nan"), float("nan")
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_difference(correct_a, total_a, correct_b, total_b):
+    """Difference of two independent proportions a - b with Newcombe's hybrid score 95 % interval (1998, method
+    10: from the two Wilson intervals); (nan, nan, nan) when either side has no items."""
+    if not total_a or not total_b:
+        return float("nan"), float("nan"), float("nan")
+    p_a, p_b = correct_a / total_a, correct_b / total_b
+    (low_a, high_a), (low_b, high_b) = wilson_interval(correct_a, total_a), wilson_interval(correct_b, total_b)
+    difference = p_a - p_b
+    return (
+        difference,
+        difference - math.sqrt((p_a - low_a) ** 2 + (high_b - p_b) ** 2),
+        difference + math.sqrt((high_a - p_a) ** 2 + (p_b - low_b) ** 2),
+    )
+
+
+def bootstrap_statistic(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> np.ndarray:
+    """Draws (n_resamples,) of ``statistic`` on item indices resampled with replacement.
+
+    ``statistic`` maps an index matrix (r, n) (each row one resample of the n items) to r values, or to an
+    (r, m) matrix for m figures drawn on the same resamples.
+    """
+    rng = np.random.default_rng(seed)
+    chunks = _resample_indices(rng, n_resamples, n, METRIC_CHUNK_ELEMENTS)
+    return np.concatenate([np.asarray(statistic(index), dtype=np.float64) for index in chunks])
+
+
+def percentile_interval(draws: np.ndarray, confidence: float = CONFIDENCE) -> list[float]:
+    """The central ``confidence`` percentile interval [low, high] of bootstrap draws."""
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(np.asarray(draws, dtype=np.float64), [alpha, 1.0 - alpha])
+    return [float(low), float(high)]
+
+
+def mean_interval(
+    values, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED
+) -> list[float]:
+    """Percentile bootstrap interval of the mean of per-item ``values``; [nan, nan] when there are none."""
+    _check_settings(n_resamples, confidence)
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    draws = bootstrap_statistic(lambda idx: values[idx].mean(axis=1), values.size, n_resamples, seed)
+    return percentile_interval(draws, confidence)
+
+
+def ratio_interval(
+    numerators, denominators, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = SEED
+) -> list[float]:
+    """Interval of sum(numerators) / sum(denominators) with items (clusters) resampled together.
+
+    For figures averaged over units grouped in items, e.g. text-to-image recall resampled by image with all the
+    image's captions. A resample whose denominator is zero gives nan and is ignored.
+    """
+    _check_settings(n_resamples, confidence)
+    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    if num.shape != den.shape or num.ndim != 1:
+        raise ValueError(f"numerators {num.shape} and denominators {den.shape} must be 1-d of one length")
+    if num.size == 0 or den.sum() == 0:
+        return [float("nan"), float("nan")]
+
+    def ratio(idx):
+        total = den[idx].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, num[idx].sum(axis=1) / total, np.nan)
+
+    draws = bootstrap_statistic(ratio, num.size, n_resamples, seed)
+    return percentile_interval(draws[~np.isnan(draws)], confidence)
 
 
 def bootstrap_ci(

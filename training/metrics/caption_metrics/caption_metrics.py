@@ -13,7 +13,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from vlp.training.metrics._bootstrap import mean_interval
+from vlp.training.statistics import mean_interval
 
 _DESCRIPTION = """\
 The COCO caption evaluation (Chen et al., 2015) through pycocoevalcap, on one generated caption per image and its

@@ -5,7 +5,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from vlp.training.metrics._bootstrap import bootstrap_statistic, percentile_interval
+from vlp.training.statistics import bootstrap_statistic, percentile_interval
 
 _DESCRIPTION = """\
 Recall@K for image-text retrieval on a gallery where each image owns several captions (Karpathy-style splits of

@@ -6,7 +6,7 @@ import evaluate
 import numpy as np
 
 from vlp.processing.downstream_readers import REFERENCE_PROCESSING, vqa_question_accuracy
-from vlp.training.metrics._bootstrap import mean_interval
+from vlp.training.statistics import mean_interval
 
 _DESCRIPTION = """\
 VQA accuracy as the VQA v2 evaluation code computes it (Antol et al., 2015; Goyal et al., 2017).
