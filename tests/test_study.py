@@ -186,6 +186,31 @@ def test_parallel_runs_give_the_same_results_with_their_own_threads_and_logs(tmp
         run_study(path, str(tmp_path / "none"), runner=FakeRunner(), jobs=0)
 
 
+def test_mixes_with_their_own_steps_report_steps_and_compute_per_mix(tmp_path):
+    """A compute-matched study (the costlier mix trains fewer steps): each mix's steps reach its runs, results hold
+    steps and total FLOPs per mix, and the report says the budget differs by mix instead of calling it equal."""
+    study = yaml.safe_load(open(write_study(tmp_path)))
+    study["mixes"][1]["overrides"]["max_steps"] = 3
+    path = tmp_path / "matched.yaml"
+    path.write_text(yaml.safe_dump(study))
+    runner = FakeRunner()
+    results = run_study(str(path), str(tmp_path / "out"), runner=runner)
+    configs = {
+        call[2].split("/runs/")[1].split("/")[0]: yaml.safe_load(open(call[2]))["max_steps"]
+        for call in runner.calls
+        if call[0] == "pretrain"
+    }
+    assert configs == {"base": 5, "plus": 3}
+    base, plus = results["mixes"]["base"], results["mixes"]["plus"]
+    assert (base["max_steps"], plus["max_steps"]) == (5, 3)
+    assert base["total_flops"] == pytest.approx(5 * base["step_flops"])
+    assert plus["total_flops"] == pytest.approx(3 * plus["step_flops"])
+    report = open(tmp_path / "out" / "report.md").read()
+    assert "equal for every mix" not in report
+    assert "steps per mix {'base': 5, 'plus': 3}" in report and "about the same compute" in report
+    assert f"| {plus['step_flops']:.3g} | {plus['total_flops']:.3g} |" in report
+
+
 def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(tmp_path):
     path = write_study(tmp_path)
     results = run_study(path, str(tmp_path / "out"), runner=FakeRunner())

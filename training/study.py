@@ -252,8 +252,7 @@ def run_study(preset_or_file, output_dir, budget_seconds=None, runner=None, jobs
 def _run_cost(study, mix, seed, output_dir):
     """Estimated model FLOPs of one run's pretraining (for ordering parallel runs)."""
     values = mix_values(study, mix, seed, _run_dir(output_dir, mix["name"], seed))
-    steps = values.get("max_steps") or parse_config(values=values)[2].max_steps
-    return step_flops(values) * steps
+    return step_flops(values) * parse_config(values=values)[2].max_steps
 
 
 def _run_one(study, mix, seed, output_dir, runner, log_path, costs, lock):
@@ -502,10 +501,14 @@ def collect_results(study, output_dir, n_resamples=2000):
                 elif saved is not None:
                     entry.update({"low": saved[0], "high": saved[1], "interval_over": "items"})
             metrics[metric] = entry
+        values = mix_values(study, mix, seeds[0], "unused")
+        max_steps = parse_config(values=values)[2].max_steps
         results["mixes"][name] = {
             "runs": len(runs),
             "overrides": mix.get("overrides") or {},
-            "step_flops": step_flops(mix_values(study, mix, seeds[0], "unused")),
+            "max_steps": max_steps,
+            "step_flops": step_flops(values),
+            "total_flops": step_flops(values) * max_steps,
             "metrics": metrics,
         }
     results["differences"] = _differences(study, per_run, primary, n_resamples)

@@ -194,114 +194,133 @@ def write_report(study, results, costs, output_dir):
     """Writes report.md and the plots into `output_dir`."""
     plots = write_plots(study, results, output_dir) + write_examples(study, results, output_dir)
     primary, headline, every = _report_metrics(results)
-    baseline = results["baseline"]
+    lines = _header_lines(study, results)
+    for title, metrics in (("Primary metrics", primary), ("Validation during pretraining", headline)):
+        lines += _metric_tables(results, title, metrics)
+    lines += _floor_lines(results, primary, every)
+    lines += _power_lines(results, primary)
+    lines += _rare_concept_lines(results, output_dir)
+    lines += _words_lines(results, primary, headline, every)
+    lines += _cost_lines(study, results, costs)
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", f"All figures: `results.json` ({len(every)} metrics per mix)."]
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def _header_lines(study, results):
+    """Title, question, mixes and budget; with one seed, first of all, that the study shows no evidence about runs."""
     seeds = results["seeds"]
     lines = [f"# Study `{results['study']}`", ""]
+    if len(seeds) < MIN_SEEDS_FOR_CLAIMS:
+        lines += [
+            "**One seed: this study shows no evidence about training runs.** With one seed, "
+            "intervals cover the sampling of evaluation items only, not the variation between "
+            "training runs, so no difference is starred or named below.",
+            "",
+        ]
     if study.get("description"):
         lines += [study["description"], ""]
-    lines += [
-        f"Mixes: {', '.join(results['mixes'])}; baseline `{baseline}`; seeds {seeds}."
-        + ("" if results.get("complete") else " **Incomplete: some runs have not finished.**"),
-        "",
-    ]
-    budget = {
-        k: v
-        for k, v in study["base"].items()
-        if k in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "num_scenes")
-    }
-    lines += [f"Budget per run: {budget} (equal for every mix).", ""]
-    if len(seeds) < MIN_SEEDS_FOR_CLAIMS:
-        lines = (
-            lines[:2]
-            + [
-                "**One seed: this study shows no evidence about training runs.** With one seed, "
-                "intervals cover the sampling of evaluation items only, not the variation between "
-                "training runs, so no difference is starred or named below.",
-                "",
-            ]
-            + lines[2:]
-        )
+    complete = "" if results.get("complete") else " **Incomplete: some runs have not finished.**"
+    lines += [f"Mixes: {', '.join(results['mixes'])}; baseline `{results['baseline']}`; seeds {seeds}." + complete, ""]
+    keys = ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "num_scenes")
+    budget = {k: v for k, v in study["base"].items() if k in keys}
+    steps = {mix: data.get("max_steps", budget.get("max_steps")) for mix, data in results["mixes"].items()}
+    if len(set(steps.values())) <= 1:
+        lines += [f"Budget per run: {budget} (equal for every mix).", ""]
+    else:
+        flops = ", ".join(f"{mix} {data.get('total_flops', 0):.3g}" for mix, data in results["mixes"].items())
+        budget.pop("max_steps", None)
+        lines += [
+            f"Budget per run: {budget}; steps per mix {steps}, so that the mixes get about the same compute "
+            f"(estimated model FLOPs per run: {flops}).",
+            "",
+        ]
     lines += [
         "Intervals are 95 % bootstrap intervals; differences to the baseline use a paired bootstrap, "
         "hierarchical over seeds then items where items were saved. `*`: the interval excludes zero after a "
         "Holm correction across the metrics compared for that mix.",
         "",
     ]
-    for title, metrics in (("Primary metrics", primary), ("Validation during pretraining", headline)):
-        if not metrics:
-            continue
-        lines += [
-            f"## {title}",
-            "",
-            "| metric | " + " | ".join(results["mixes"]) + " |",
-            "|---|" + "---|" * len(results["mixes"]),
-        ]
-        for metric in metrics:
-            row = [_cell(results["mixes"][mix]["metrics"].get(metric)) for mix in results["mixes"]]
-            lines.append(f"| {metric} | " + " | ".join(row) + " |")
-        lines += [
-            "",
-            "Difference to the baseline:",
-            "",
-            "| metric | " + " | ".join(m for m in results["mixes"] if m != baseline) + " |",
-            "|---|" + "---|" * (len(results["mixes"]) - 1),
-        ]
-        for metric in metrics:
-            row = [
-                _difference_cell(results["differences"].get(mix, {}).get(metric))
-                for mix in results["mixes"]
-                if mix != baseline
-            ]
-            lines.append(f"| {metric} | " + " | ".join(row) + " |")
-        lines.append("")
+    return lines
+
+
+def _metric_tables(results, title, metrics):
+    """Each mix's value of `metrics`, then each mix's difference to the baseline."""
+    if not metrics:
+        return []
+    mixes, baseline = results["mixes"], results["baseline"]
+    others = [m for m in mixes if m != baseline]
+    lines = [f"## {title}", "", "| metric | " + " | ".join(mixes) + " |", "|---|" + "---|" * len(mixes)]
+    for metric in metrics:
+        row = [_cell(mixes[mix]["metrics"].get(metric)) for mix in mixes]
+        lines.append(f"| {metric} | " + " | ".join(row) + " |")
+    lines += ["", "Difference to the baseline:", "", "| metric | " + " | ".join(others) + " |"]
+    lines.append("|---|" + "---|" * len(others))
+    for metric in metrics:
+        row = [_difference_cell(results["differences"].get(mix, {}).get(metric)) for mix in others]
+        lines.append(f"| {metric} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def _floor_lines(results, primary, every):
+    """The floors of each primary metric, with `(not cleared)` where a mix's lower bound does not exceed one."""
     floor_rows = [(metric, floor) for metric in primary for floor in _floors_of(metric, every)]
-    if floor_rows:
-        lines += [
-            "## Floors of the primary metrics",
-            "",
-            "What the same items give without the information the score is meant to need: the same model with "
-            "a blank or mismatched image, a bag of words that never sees an image (`text_only`), chance. A "
-            "score means something only above its floors: `(not cleared)` marks a mix whose score's lower "
-            "bound does not exceed the floor.",
-            "",
-            "| metric | floor | " + " | ".join(results["mixes"]) + " |",
-            "|---|---|" + "---|" * len(results["mixes"]),
-        ]
-        for metric, floor in floor_rows:
-            name = floor[len(metric.split(".score.")[0]) + len(".floors.") :].rsplit(".", 1)[0]
-            figures = [results["mixes"][mix]["metrics"] for mix in results["mixes"]]
-            row = [_floor_cell(values.get(metric), values.get(floor)) for values in figures]
-            lines.append(f"| {metric} | {name} | " + " | ".join(row) + " |")
-        lines.append("")
-    lines += _power_lines(results, primary)
-    lines += _rare_concept_lines(results, output_dir)
-    lines += ["## In words", ""]
-    for mix in results["mixes"]:
-        if mix != baseline and len(seeds) < MIN_SEEDS_FOR_CLAIMS:
+    if not floor_rows:
+        return []
+    mixes = results["mixes"]
+    lines = [
+        "## Floors of the primary metrics",
+        "",
+        "What the same items give without the information the score is meant to need: the same model with "
+        "a blank or mismatched image, a bag of words that never sees an image (`text_only`), chance. A "
+        "score means something only above its floors: `(not cleared)` marks a mix whose score's lower "
+        "bound does not exceed the floor.",
+        "",
+        "| metric | floor | " + " | ".join(mixes) + " |",
+        "|---|---|" + "---|" * len(mixes),
+    ]
+    for metric, floor in floor_rows:
+        name = floor[len(metric.split(".score.")[0]) + len(".floors.") :].rsplit(".", 1)[0]
+        row = [_floor_cell(mixes[mix]["metrics"].get(metric), mixes[mix]["metrics"].get(floor)) for mix in mixes]
+        lines.append(f"| {metric} | {name} | " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def _words_lines(results, primary, headline, every):
+    """ "In words": what survives Holm with seed-level evidence, per mix; one seed names nothing."""
+    baseline, mixes = results["baseline"], results["mixes"]
+    lines = ["## In words", ""]
+    for mix in mixes:
+        if mix == baseline:
+            continue
+        if len(results["seeds"]) < MIN_SEEDS_FOR_CLAIMS:
             lines.append(f"- **{mix}**: one seed; no claim.")
-        elif mix != baseline:
-            below = _uncleared(results["mixes"][mix]["metrics"], primary, every) | _uncleared(
-                results["mixes"][baseline]["metrics"], primary, every
-            )
-            lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline), below))
-    lines += [
+            continue
+        below = _uncleared(mixes[mix]["metrics"], primary, every) | _uncleared(
+            mixes[baseline]["metrics"], primary, every
+        )
+        lines.append(_words(mix, results["differences"].get(mix, {}), set(primary) | set(headline), below))
+    return lines
+
+
+def _cost_lines(study, results, costs):
+    """Measured step time and throughput per mix, and the estimated model FLOPs."""
+    lines = [
         "",
         "## Cost",
         "",
-        "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | total |",
+        "| mix | step time (s) | samples/s | model FLOPs per step (estimate) | per run |",
         "|---|---|---|---|---|",
     ]
     for mix, data in results["mixes"].items():
         times = [c for key, c in costs.items() if key.split("/")[0] == mix]
         step = np.mean([c["step_time"] for c in times if c.get("step_time")]) if times else None
         rate = np.mean([c["samples_per_second"] for c in times if c.get("samples_per_second")]) if times else None
-        total = data["step_flops"] * study["base"].get("max_steps", 0)
+        total = data.get("total_flops", data["step_flops"] * study["base"].get("max_steps", 0))
         lines.append(f"| {mix} | {_fmt(step)} | {_fmt(rate, 1)} | {data['step_flops']:.3g} | {total:.3g} |")
-    lines += ["", "## Plots", ""]
-    lines += [f"![{name}]({name})" for name in plots]
-    lines += ["", f"All figures: `results.json` ({len(every)} metrics per mix)."]
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines) + "\n")
+    return lines
 
 
 #: Validation figures drawn against steps in learning_curves.png, where a run logged more than one evaluation.
