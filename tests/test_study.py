@@ -437,3 +437,24 @@ def test_learning_curves_draw_validation_accuracy_only_where_a_run_logged_it_mor
     assert curve_panels(train, once) == [("train", "itm_loss"), ("train", "mlm_loss")]
     twice = {"a": [{"step": 0, "itm_accuracy": 0.5}, {"step": 10, "itm_accuracy": 0.8, "mlm_accuracy": 0.4}]}
     assert curve_panels(train, twice) == [("train", "itm_loss"), ("train", "mlm_loss"), ("val", "itm_accuracy")]
+
+
+def test_the_command_line_reads_its_options_from_the_dataclass(monkeypatch, capsys):
+    """`vlp study STUDY --output_dir DIR --jobs N --budget-seconds S` (STUDY first, dashes or underscores) reaches
+    run_study; an unknown option stops with argparse's message."""
+    from vlp.training import study as study_module
+
+    calls = []
+
+    def fake_run_study(preset, output_dir, budget_seconds, jobs):
+        calls.append((preset, output_dir, budget_seconds, jobs))
+        return {"study": preset, "complete": True}
+
+    monkeypatch.setattr(study_module, "run_study", fake_run_study)
+    study_module.cli(["quick", "--output_dir", "out", "--jobs", "2", "--budget-seconds", "5"])
+    study_module.cli(["--study", "gitm", "--output_dir", "o2", "--budget_seconds", "7.5"])
+    assert calls == [("quick", "out", 5.0, 2), ("gitm", "o2", 7.5, 1)]
+    assert "study quick: complete; report: out/report.md" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        study_module.cli(["quick", "--output_dir", "out", "--workers", "2"])
+    assert "unrecognized arguments: --workers 2" in capsys.readouterr().err

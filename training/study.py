@@ -23,7 +23,6 @@ times go to `costs.json` and the report.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -34,10 +33,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import yaml
+from transformers import HfArgumentParser
 
 from ..model_cards import is_primary
 from ..processing import strict_json
@@ -572,19 +573,29 @@ def _differences(study, per_run, primary, n_resamples):
 # -- command line -----------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class StudyArguments:
+    """`vlp study STUDY --output_dir DIR`: the options, parsed by `HfArgumentParser` (STUDY may come first)."""
+
+    study: str = field(metadata={"help": "a preset (quick, standard, gpu, agmm, gitm, budget) or a study YAML file"})
+    output_dir: str = field(metadata={"help": "the study's folder; the same command again resumes it"})
+    jobs: int = field(default=1, metadata={"help": "runs at once, each with cores // jobs threads (costliest first)"})
+    budget_seconds: float | None = field(default=None, metadata={"help": "start no new run after this long"})
+
+
 def cli(argv):
-    parser = argparse.ArgumentParser(
-        prog="vlp study",
-        description="Pretrain each objective mix of a study with the same seeds and budget, "
-        "evaluate every run, and write report.md, plots and results.json. Resumable: run the same command again.",
+    argv = list(argv)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--study", *argv]  # the study named first, as in `vlp study quick --output_dir runs/quick`
+    parser = HfArgumentParser(StudyArguments)
+    parser.prog = "vlp study"
+    parser.description = (
+        "Pretrain each objective mix of a study with the same seeds, evaluate every run, and write report.md, "
+        "plots and results.json. Resumable: run the same command again."
     )
-    parser.add_argument("study", help="a preset (quick, standard, gpu, agmm, gitm) or a study YAML file")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--budget-seconds", type=float, default=None, help="start no new run after this long")
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="runs at once, each with cores // jobs threads (the costliest first)"
-    )
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exits 2, naming them
     results = run_study(args.study, args.output_dir, args.budget_seconds, jobs=args.jobs)
     print(
         f"study {results['study']}: {'complete' if results['complete'] else 'incomplete'}; "
