@@ -15,10 +15,12 @@ VLP's model accepts either, through its interpolated position grid and `pixel_ma
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass, field
 
 import torch
+
+from .cli_args import parse_command
 
 CONFIG_KEYS = (
     "vocab_size",
@@ -157,15 +159,21 @@ def convert_vilt(source, destination):
     return ignored
 
 
+@dataclass
+class ConvertArguments:
+    """`vlp convert-vilt SOURCE DESTINATION`."""
+
+    source: str = field(metadata={"help": "folder with a ViLT config.json and weights"})
+    destination: str = field(metadata={"help": "output folder"})
+
+
 def cli(argv):
-    parser = argparse.ArgumentParser(
-        prog="vlp convert-vilt",
-        description="Convert a transformers ViLT checkpoint "
-        "folder (e.g. a local copy of dandelin/vilt-b32-mlm) to a VLPForPreTraining one.",
+    description = (
+        "Convert a transformers ViLT checkpoint folder (e.g. a local copy of dandelin/vilt-b32-mlm) to a "
+        "VLPForPreTraining one."
     )
-    parser.add_argument("source", help="folder with a ViLT config.json and weights")
-    parser.add_argument("destination", help="output folder")
-    args = parser.parse_args(argv)
+    positional = ("source", "destination")
+    args = parse_command(ConvertArguments, argv, "vlp convert-vilt", description, positional=positional)
     if not os.path.isfile(os.path.join(args.source, "config.json")):
         raise SystemExit(f"vlp convert-vilt: {args.source} has no config.json: expected a ViLT checkpoint folder")
     ignored = convert_vilt(args.source, args.destination)

@@ -9,7 +9,6 @@ the folder goes up through `huggingface_hub` (`create_repo(exist_ok=True)`, then
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from .. import model_cards, modeling_vlp, processing
 from ..modeling_vlp.configuration_vlp import VLP_AUTO_MAP
 from ..processing import strict_json
+from .cli_args import parse_command
 from .config import ConfigError
 
 CODE_FILES = tuple(modeling_vlp.EXPORTED_FILES) + tuple(processing.EXPORTED_FILES)
@@ -432,34 +432,35 @@ def push(
     return {"folder": None, "files": files, "uploaded": True, "url": url}
 
 
+@dataclass
+class PushArguments:
+    """`vlp push RUN_DIR --repo-id ID`: the options, parsed by `HfArgumentParser`."""
+
+    run_dir: str = field(metadata={"help": "a `vlp pretrain` output folder (run.yaml, model/, final_metrics.json)"})
+    repo_id: str = field(metadata={"help": "'name' or 'namespace/name' of the model repo"})
+    private: bool = field(default=False, metadata={"help": "create the repo as private"})
+    dry_run: str | None = field(
+        default=None, metadata={"help": "write the folder that would be uploaded into this folder, upload nothing"}
+    )
+    results: str | None = field(
+        default=None, metadata={"help": "a results.json of `vlp evaluate` or `vlp study` to show and publish"}
+    )
+    mix: str | None = field(
+        default=None, metadata={"help": "this run's mix in a study's results.json (default: the folder above seed<k>)"}
+    )
+    license: str | None = field(default=None, metadata={"help": "license id for the card, e.g. apache-2.0"})
+    datasets: str = field(default="", metadata={"help": "comma-separated Hub dataset ids for the card's metadata"})
+    no_run_files: bool = field(default=False, metadata={"help": "do not publish run/ (run.yaml, config, logs)"})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: `hf auth login`'s, or HF_TOKEN)"})
+
+
 def cli(argv):
-    parser = argparse.ArgumentParser(
-        prog="vlp push",
-        description="Publish a pretraining run on the Hugging Face Hub: the model (safetensors), "
-        "its config with a complete auto_map, the model and processor code, the processor, a model card and the "
-        "run's record and results. --dry-run DIR writes exactly that folder and uploads nothing.",
+    description = (
+        "Publish a pretraining run on the Hugging Face Hub: the model (safetensors), its config with a complete "
+        "auto_map, the model and processor code, the processor, a model card and the run's record and results. "
+        "--dry-run DIR writes exactly that folder and uploads nothing."
     )
-    parser.add_argument("run_dir", help="a `vlp pretrain` output folder (run.yaml, model/, final_metrics.json, ...)")
-    parser.add_argument("--repo-id", required=True, help="'name' or 'namespace/name' of the model repo")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument(
-        "--dry-run",
-        metavar="DIR",
-        help="write the folder that would be uploaded into DIR (new or empty), upload nothing",
-    )
-    parser.add_argument(
-        "--results",
-        metavar="FILE",
-        help="a results.json of `vlp evaluate` or `vlp study` to show in the card and publish",
-    )
-    parser.add_argument(
-        "--mix", help="this run's mix in a study's results.json (default: the folder name above seed<k>)"
-    )
-    parser.add_argument("--license", help="license id for the card's metadata, e.g. apache-2.0 (default: none)")
-    parser.add_argument("--datasets", default="", help="comma-separated Hub dataset ids for the card's metadata")
-    parser.add_argument("--no-run-files", action="store_true", help="do not publish run/ (run.yaml, config, logs)")
-    parser.add_argument("--token", help="Hub token (default: the one `hf auth login` stored, or HF_TOKEN)")
-    args = parser.parse_args(argv)
+    args = parse_command(PushArguments, argv, "vlp push", description, positional=("run_dir",))
     datasets = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
     summary = push(
         args.run_dir,

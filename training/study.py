@@ -38,10 +38,10 @@ from functools import partial
 
 import numpy as np
 import yaml
-from transformers import HfArgumentParser
 
 from ..model_cards import is_primary
 from ..processing import strict_json
+from .cli_args import parse_command
 from .config import ConfigError, parse_config, read_yaml, to_dict
 from .evaluation_suite import SUITES
 from .guided_masking import POLICY_KEYS, mask_fingerprint
@@ -584,18 +584,11 @@ class StudyArguments:
 
 
 def cli(argv):
-    argv = list(argv)
-    if argv and not argv[0].startswith("-"):
-        argv = ["--study", *argv]  # the study named first, as in `vlp study quick --output_dir runs/quick`
-    parser = HfArgumentParser(StudyArguments)
-    parser.prog = "vlp study"
-    parser.description = (
+    description = (
         "Pretrain each objective mix of a study with the same seeds, evaluate every run, and write report.md, "
         "plots and results.json. Resumable: run the same command again."
     )
-    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exits 2, naming them
+    args = parse_command(StudyArguments, argv, "vlp study", description, positional=("study",))
     results = run_study(args.study, args.output_dir, args.budget_seconds, jobs=args.jobs)
     print(
         f"study {results['study']}: {'complete' if results['complete'] else 'incomplete'}; "
