@@ -1,5 +1,5 @@
-"""Finetuning through transformers' Trainer: collators, the three tasks' runs and results, the CLI, the README's
-plain-Trainer example, and (slow) the issue's comparison on synthetic VQA."""
+"""Finetuning through transformers' Trainer: collators, the three tasks' runs and results, the CLI, the
+plain-Trainer example of docs/finetuning.md, and (slow) the issue's comparison on synthetic VQA."""
 
 import dataclasses
 import json
@@ -22,7 +22,7 @@ from vlp.processing.tokenization import train_wordpiece_tokenizer
 from vlp.training import finetune
 from vlp.training.config import ConfigError
 
-README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+FINETUNING_DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "finetuning.md")
 EXAMPLE_MARKER = "<!-- finetune-example -->"
 FAST = finetune.FinetuneSettings(epochs=1, batch_size=16, eval_batch_size=32, learning_rate=1e-3, logging_steps=1000)
 
@@ -258,7 +258,7 @@ def test_cli_runs_and_refuses_bad_values(checkpoint, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The README's plain-Trainer example
+# The plain-Trainer example of docs/finetuning.md
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -280,16 +280,15 @@ def run_readme_example(code, checkpoint, workdir):
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        exec(compile(code, "README.md (finetune example)", "exec"), namespace)
+        exec(compile(code, "docs/finetuning.md (finetune example)", "exec"), namespace)
     finally:
         os.chdir(cwd)
     return namespace
 
 
 def test_readme_finetune_example_runs(checkpoint, tmp_path, capsys):
-    code = readme_example(README)
-    if code is None:
-        pytest.skip(f"README.md has no {EXAMPLE_MARKER} marker yet")
+    code = readme_example(FINETUNING_DOC)
+    assert code is not None, f"docs/finetuning.md has no {EXAMPLE_MARKER} marker"
     namespace = run_readme_example(code, checkpoint, tmp_path)
     printed = capsys.readouterr().out
     assert "eval_accuracy" in printed and "trainer" in namespace

@@ -9,8 +9,9 @@ from transformers import HfArgumentParser
 
 
 def parse_command(arguments_class, argv: Sequence[str], prog: str, description: str, positional: Sequence[str] = ()):
-    """An `arguments_class` instance from `argv`. The fields named in `positional` may come first, in that order,
-    without their flag (`vlp push RUN_DIR --repo-id ...`). An unknown option exits with status 2, naming it."""
+    """An `arguments_class` instance from `argv` (a tuple of classes gives a tuple of instances). The fields named
+    in `positional` may come first, in that order, without their flag (`vlp push RUN_DIR --repo-id ...`). An
+    unknown option exits with status 2, naming it."""
     argv = list(argv)
     leading = []
     for name in positional:
@@ -19,7 +20,7 @@ def parse_command(arguments_class, argv: Sequence[str], prog: str, description: 
         leading += [f"--{name}", argv.pop(0)]
     parser = HfArgumentParser(arguments_class)
     parser.prog, parser.description = prog, description
-    args, unknown = parser.parse_args_into_dataclasses(args=leading + argv, return_remaining_strings=True)
+    *args, unknown = parser.parse_args_into_dataclasses(args=leading + argv, return_remaining_strings=True)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    return args
+    return tuple(args) if isinstance(arguments_class, tuple) else args[0]

@@ -36,7 +36,6 @@ Model calls are batched (``batch_size`` rows a forward pass) in eval mode under 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import functools
@@ -47,7 +46,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jsonschema
 import numpy as np
@@ -57,6 +56,7 @@ from ..processing import benchmark_readers as readers
 from ..processing import eval_sets as es
 from ..processing import shapes_world as sw
 from ..processing import strict_json
+from .cli_args import parse_command
 from .config import ConfigError
 from .statistics import (
     bootstrap_ci,
@@ -2175,58 +2175,62 @@ def _add_synthetic(results, runner, chosen, world, sets, record, items_per_pheno
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vlp evaluate",
-        description="Run the evaluation suite on a pretrained model: zero-shot foils, Winoground pairs, probes, "
-        "cross-modal use, grounding and concept frequency on the synthetic world (or a real benchmark), "
-        "each beside its language-bias floor. Writes results.json and prints a summary.",
-    )
-    parser.add_argument("model_dir", help="a `vlp pretrain` run folder (run.yaml, model/) or a saved model folder")
-    parser.add_argument(
-        "--suite", default="all", help=f"comma-separated suites from {', '.join(SUITES)}, or 'all' (default)"
-    )
-    parser.add_argument("--output", required=True, help="where to write results.json")
-    parser.add_argument(
-        "--items-per-phenomenon",
-        type=int,
+@dataclass
+class EvaluateArguments:
+    """`vlp evaluate MODEL_DIR --output FILE`: the options, parsed by `HfArgumentParser`."""
+
+    model_dir: str = field(metadata={"help": "a `vlp pretrain` run folder (run.yaml, model/) or a saved model folder"})
+    output: str = field(metadata={"help": "where to write results.json"})
+    suite: str = field(default="all", metadata={"help": f"comma-separated suites from {', '.join(SUITES)}, or 'all'"})
+    items_per_phenomenon: int = field(
         default=200,
-        help="items per foil phenomenon / Winoground phenomenon / probe task, grounding items; "
-        "frequency items per pair are a 64th of it (default 200; a full run thousands)",
+        metadata={
+            "help": "items per foil phenomenon / Winoground phenomenon / probe task, grounding items; frequency "
+            "items per pair are a 64th of it (a full run thousands)"
+        },
     )
-    parser.add_argument(
-        "--seed",
-        type=int,
+    seed: int = field(
         default=0,
-        help="seed of the bootstrap, mismatched images, occlusion and MIM draws and probes; the items "
-        "themselves come from the world's seed, identical for every model",
+        metadata={
+            "help": "seed of the bootstrap, mismatched images, occlusion and MIM draws and probes; the items "
+            "themselves come from the world's seed, identical for every model"
+        },
     )
-    parser.add_argument(
-        "--world-config",
-        help="the pretraining world: a run.yaml, a run config or WorldConfig "
-        "fields (default: run.yaml of MODEL_DIR or beside it)",
+    world_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "the pretraining world: a run.yaml, a run config or WorldConfig fields (default: run.yaml of "
+            "MODEL_DIR or beside it)"
+        },
     )
-    parser.add_argument("--eval-sets", help="evaluation sets saved with eval_sets.save_eval_sets (instead of drawing)")
-    parser.add_argument("--benchmark", help=f"a real benchmark instead of the synthetic world: {', '.join(BENCHMARKS)}")
-    parser.add_argument(
-        "--benchmark-file",
-        help="the benchmark's file (VALSE/SugarCrepe/ARO json, Winoground examples.jsonl, probing csv)",
+    eval_sets: str | None = field(
+        default=None, metadata={"help": "evaluation sets saved with eval_sets.save_eval_sets (instead of drawing)"}
     )
-    parser.add_argument("--image-dir", help="the folder of the benchmark's images")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per forward pass (default 64)")
-    parser.add_argument("--n-resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument(
-        "--occlusion",
+    benchmark: str | None = field(
+        default=None, metadata={"help": f"a real benchmark instead of the synthetic world: {', '.join(BENCHMARKS)}"}
+    )
+    benchmark_file: str | None = field(
+        default=None,
+        metadata={"help": "the benchmark's file (VALSE/SugarCrepe/ARO json, Winoground examples.jsonl, probing csv)"},
+    )
+    image_dir: str | None = field(default=None, metadata={"help": "the folder of the benchmark's images"})
+    batch_size: int = field(default=64, metadata={"help": "rows per forward pass"})
+    n_resamples: int = field(default=2000, metadata={"help": "bootstrap resamples"})
+    occlusion: str = field(
         default="mask",
-        help="hide patches with the model's 'mask' embedding (default) or 'blank' pixels (background grey)",
+        metadata={"help": "hide patches with the model's 'mask' embedding or 'blank' pixels (background grey)"},
     )
-    parser.add_argument(
-        "--relevance-layers",
-        default="-1",
-        help="layers whose attention points (comma-separated; default -1, the last; averaged)",
+    relevance_layers: str = field(
+        default="-1", metadata={"help": "layers whose attention points (comma-separated; -1 the last; averaged)"}
     )
-    parser.add_argument("--device", help="torch device (default cuda when available, else cpu)")
-    return parser
+    device: str | None = field(default=None, metadata={"help": "torch device (default cuda when available, else cpu)"})
+
+
+EVALUATE_DESCRIPTION = (
+    "Run the evaluation suite on a pretrained model: zero-shot foils, Winoground pairs, probes, cross-modal use, "
+    "grounding and concept frequency on the synthetic world (or a real benchmark), each beside its language-bias "
+    "floor. Writes results.json and prints a summary."
+)
 
 
 def _int_list(text: str, name: str) -> tuple[int, ...]:
@@ -2240,7 +2244,7 @@ def _int_list(text: str, name: str) -> tuple[int, ...]:
 
 def cli(argv: Sequence[str]) -> dict:
     """``vlp evaluate MODEL_DIR --suite ... --output results.json [...]``."""
-    args = _parser().parse_args(list(argv))
+    args = parse_command(EvaluateArguments, argv, "vlp evaluate", EVALUATE_DESCRIPTION, positional=("model_dir",))
     if args.benchmark and not (args.benchmark_file and args.image_dir):
         raise ConfigError(f"--benchmark {args.benchmark}: expected --benchmark-file FILE and --image-dir DIR too")
     if not args.benchmark and (args.benchmark_file or args.image_dir):

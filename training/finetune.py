@@ -24,12 +24,12 @@ blank images, and `text_only`, a bag of words trained on the training questions 
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, make_dataclass
+from typing import Literal, get_type_hints
 
 import datasets
 import numpy as np
@@ -49,6 +49,7 @@ from ..processing.finetune_collators import (
 )
 from ..processing.processing_vlp import VLPProcessor
 from ..processing.synthetic_vqa import QUESTION_FAMILIES, SyntheticVQAConfig, build_synthetic_vqa_dataset
+from .cli_args import parse_command
 from .config import ConfigError
 from .metrics import load_metric
 from .statistics import mean_interval
@@ -771,62 +772,63 @@ def finetune_caption(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="vlp finetune",
-        description="Finetune a VLP checkpoint with transformers' Trainer and report the task's "
-        "metrics beside baselines (random initialisation; question-only for VQA; blank-image and most-frequent "
-        "caption for captioning) in OUTPUT_DIR/results.json.",
+@dataclass
+class FinetuneArguments:
+    """`vlp finetune TASK MODEL_DIR --output_dir DIR`: the options besides the Trainer settings, parsed by
+    `HfArgumentParser` (the settings come from `SettingsOverrides`, one option per `FinetuneSettings` field)."""
+
+    task: Literal["vqa", "retrieval", "caption"] = field(metadata={"help": "the downstream task"})
+    model_dir: str = field(metadata={"help": "a checkpoint folder (config.json), or a `vlp pretrain` run folder"})
+    output_dir: str = field(metadata={"help": "where the variants' runs and results.json go"})
+    data: str = field(default="synthetic", metadata={"help": "synthetic; vqa2 (vqa); karpathy (retrieval, caption)"})
+    variants: str | None = field(default=None, metadata={"help": "comma-separated; default: all of the task's"})
+    num_train: int | None = field(
+        default=None, metadata={"help": "synthetic: training pairs (vqa, 1000) or scenes (retrieval, caption, 2000)"}
     )
-    parser.add_argument("task", choices=("vqa", "retrieval", "caption"))
-    parser.add_argument("model_dir", help="a checkpoint folder (config.json), or a `vlp pretrain` run folder")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument(
-        "--data", default="synthetic", help="synthetic (default); vqa2 (vqa); karpathy (retrieval, caption)"
+    num_eval: int | None = field(
+        default=None, metadata={"help": "synthetic: evaluation pairs (vqa, 250) or scenes (retrieval, caption, 100)"}
     )
-    parser.add_argument("--variants", default=None, help="comma-separated; default: all of the task's variants")
-    floats = ("epochs", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "head_lr_multiplier")
-    for field_name in asdict(FinetuneSettings()):
-        defaults = ", ".join(f"{task} {asdict(values)[field_name]}" for task, values in TASK_SETTINGS.items())
-        parser.add_argument(
-            f"--{field_name}", type=float if field_name in floats else int, default=None, help=f"default: {defaults}"
-        )
-    synthetic = parser.add_argument_group("synthetic data")
-    synthetic.add_argument(
-        "--num_train",
-        type=int,
-        default=None,
-        help="training pairs (vqa, default 1000) or scenes (retrieval, caption, default 2000)",
+    data_seed: int = field(default=0, metadata={"help": "synthetic: the data's seed"})
+    max_objects: int = field(default=3, metadata={"help": "synthetic: objects per scene at most"})
+    image_size: int | None = field(
+        default=None, metadata={"help": "finetune and evaluate at this image side (default: the processor's)"}
     )
-    synthetic.add_argument(
-        "--num_eval", type=int, default=None, help="evaluation pairs (vqa, default 250) or scenes (default 100)"
-    )
-    synthetic.add_argument("--data_seed", type=int, default=0)
-    synthetic.add_argument("--max_objects", type=int, default=3)
-    parser.add_argument(
-        "--image_size",
-        type=int,
-        default=None,
-        help="finetune and evaluate at this image side (default: the checkpoint processor's)",
-    )
-    vqa = parser.add_argument_group("vqa")
-    vqa.add_argument("--min_answer_count", type=int, default=9)
-    vqa.add_argument("--families", default=",".join(QUESTION_FAMILIES), help="synthetic question families")
-    for split in ("train", "eval"):
-        vqa.add_argument(f"--{split}_questions")
-        vqa.add_argument(f"--{split}_annotations")
-        vqa.add_argument(f"--{split}_image_dir")
-    vqa.add_argument("--eval_pairs", help="complementary pairs json of the evaluation split")
-    karpathy = parser.add_argument_group("karpathy (retrieval, caption)")
-    karpathy.add_argument("--karpathy_json")
-    karpathy.add_argument("--image_dir")
-    karpathy.add_argument("--max_eval_images", type=int, default=None)
-    task = parser.add_argument_group("retrieval and captioning")
-    task.add_argument("--top_k", type=int, default=None, help="retrieval: candidates re-ranked by ITM per query")
-    task.add_argument("--num_beams", type=int, default=1, help="caption: beam size (1: greedy)")
-    task.add_argument("--max_new_tokens", type=int, default=None)
-    task.add_argument("--no_java", action="store_true", help="caption: skip PTB tokenization and METEOR (java)")
-    return parser
+    min_answer_count: int = field(default=9, metadata={"help": "vqa: answers given this often form the vocabulary"})
+    families: str = field(default=",".join(QUESTION_FAMILIES), metadata={"help": "vqa: synthetic question families"})
+    train_questions: str | None = field(default=None, metadata={"help": "vqa2: training questions json"})
+    train_annotations: str | None = field(default=None, metadata={"help": "vqa2: training annotations json"})
+    train_image_dir: str | None = field(default=None, metadata={"help": "vqa2: training images"})
+    eval_questions: str | None = field(default=None, metadata={"help": "vqa2: evaluation questions json"})
+    eval_annotations: str | None = field(default=None, metadata={"help": "vqa2: evaluation annotations json"})
+    eval_image_dir: str | None = field(default=None, metadata={"help": "vqa2: evaluation images"})
+    eval_pairs: str | None = field(default=None, metadata={"help": "vqa2: complementary pairs json of the eval split"})
+    karpathy_json: str | None = field(default=None, metadata={"help": "karpathy: the split file (dataset_coco.json)"})
+    image_dir: str | None = field(default=None, metadata={"help": "karpathy: the images"})
+    max_eval_images: int | None = field(default=None, metadata={"help": "karpathy: evaluation images at most"})
+    top_k: int | None = field(default=None, metadata={"help": "retrieval: candidates re-ranked by ITM per query"})
+    num_beams: int = field(default=1, metadata={"help": "caption: beam size (1: greedy)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "caption: longest generated caption"})
+    no_java: bool = field(default=False, metadata={"help": "caption: skip PTB tokenization and METEOR (java)"})
+
+
+def _settings_overrides():
+    """A dataclass with one optional field per `FinetuneSettings` field (None: the task's default)."""
+    hints = get_type_hints(FinetuneSettings)
+    defaults = {task: asdict(values) for task, values in TASK_SETTINGS.items()}
+
+    def default_help(name):
+        return {"help": "default: " + ", ".join(f"{task} {values[name]}" for task, values in defaults.items())}
+
+    fields_ = [(name, hints[name] | None, field(default=None, metadata=default_help(name))) for name in hints]
+    return make_dataclass("SettingsOverrides", fields_)
+
+
+SettingsOverrides = _settings_overrides()
+FINETUNE_DESCRIPTION = (
+    "Finetune a VLP checkpoint with transformers' Trainer and report the task's metrics beside baselines (random "
+    "initialisation; question-only for VQA; blank-image and most-frequent caption for captioning) in "
+    "OUTPUT_DIR/results.json."
+)
 
 
 def _require(args, names, data):
@@ -868,8 +870,10 @@ def _karpathy_rows(args):
 
 def cli(argv: Sequence[str]):
     """`vlp finetune vqa|retrieval|caption MODEL_DIR --output_dir DIR [...]`: prints the results."""
-    args = _parser().parse_args(list(argv))
-    given = {name: getattr(args, name) for name in asdict(FinetuneSettings()) if getattr(args, name) is not None}
+    args, overrides = parse_command(
+        (FinetuneArguments, SettingsOverrides), argv, "vlp finetune", FINETUNE_DESCRIPTION, ("task", "model_dir")
+    )
+    given = {name: value for name, value in asdict(overrides).items() if value is not None}
     settings = FinetuneSettings(**{**asdict(TASK_SETTINGS[args.task]), **given})
     allowed = {
         "vqa": ("synthetic", "vqa2"),
