@@ -11,60 +11,81 @@ vlp push RUN_DIR --repo-id NAME [--dry-run DIR]           publish a run's model,
 vlp convert-vilt SRC DST                                  a transformers ViLT checkpoint -> VLPForPreTraining
 """
 
-import argparse
 import os
 import sys
+from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from ..processing import strict_json
+from .cli_args import parse_command
+
+
+@dataclass
+class WorldArguments:
+    """The synthetic world's options of `vlp data shapes|shards` (`WorldConfig` fields)."""
+
+    num_scenes: int = field(default=4000, metadata={"help": "scenes to write"})
+    seed: int = field(default=0, metadata={"help": "the world's seed"})
+    image_size: int = field(default=64, metadata={"help": "image side in pixels"})
+    max_objects: int = field(default=3, metadata={"help": "objects per scene at most"})
+    captions_per_scene: int = field(default=4, metadata={"help": "captions per scene"})
+    zipf_exponent: float = field(default=1.0, metadata={"help": "Zipf exponent of colour-shape pair frequencies"})
+    noise_rate: float = field(default=0.0, metadata={"help": "share of captions replaced by noisy alt-text"})
+    background_noise: float = field(default=0.0, metadata={"help": "background noise amplitude"})
+    held_out: str = field(default="", metadata={"help": "colour-shape pairs kept out, e.g. 'red circle,blue star'"})
+
+
+@dataclass
+class ShapesArguments:
+    """`vlp data shapes --out DIR`: the world as a datasets folder."""
+
+    out: str = field(metadata={"help": "output folder"})
+
+
+@dataclass
+class ShardsArguments:
+    """`vlp data shards --from SOURCE --out DIR`: WebDataset shards (img2dataset layout + manifest.json)."""
+
+    source: str = field(
+        metadata={
+            "aliases": ["--from"],
+            "help": "'shapes' (the world, options below), 'captions:FILE@ROOT' or 'coco:FILE@ROOT'",
+        }
+    )
+    out: str = field(metadata={"help": "output folder (shards and manifest.json)"})
+    samples_per_shard: int = field(default=1000, metadata={"help": "samples per tar shard"})
+    name: str | None = field(default=None, metadata={"help": "the source name in the manifest (default: the folder's)"})
+    max_pixels: int = field(default=0, metadata={"help": "caption/coco: skip images above this many pixels"})
 
 
 def _data(argv):
-    parser = argparse.ArgumentParser(
-        prog="vlp data", description="Write a dataset folder (datasets format) or WebDataset shards."
-    )
-    sub = parser.add_subparsers(dest="kind", required=True)
-    shapes = sub.add_parser("shapes", help="the synthetic shapes world")
-    shapes.add_argument("--out", required=True, help="output folder")
-    shards = sub.add_parser("shards", help="WebDataset tar shards (img2dataset layout + manifest.json) from a reader")
-    shards.add_argument(
-        "--from",
-        dest="source",
-        required=True,
-        help="'shapes' (the world, options below), 'captions:FILE@ROOT' or 'coco:FILE@ROOT'",
-    )
-    shards.add_argument("--out", required=True, help="output folder (shards and manifest.json)")
-    shards.add_argument("--samples-per-shard", type=int, default=1000)
-    shards.add_argument("--name", help="the source name in the manifest (default: the output folder's name)")
-    shards.add_argument("--max-pixels", type=int, default=0, help="caption/coco: skip images above this many pixels")
-    for command in (shapes, shards):
-        command.add_argument("--num-scenes", type=int, default=4000)
-        command.add_argument("--seed", type=int, default=0)
-        command.add_argument("--image-size", type=int, default=64)
-        command.add_argument("--max-objects", type=int, default=3)
-        command.add_argument("--captions-per-scene", type=int, default=4)
-        command.add_argument("--zipf-exponent", type=float, default=1.0)
-        command.add_argument("--noise-rate", type=float, default=0.0)
-        command.add_argument("--background-noise", type=float, default=0.0)
-        command.add_argument("--held-out", default="", help="colour-shape pairs kept out, e.g. 'red circle,blue star'")
-    args = parser.parse_args(argv)
+    from .config import ConfigError
+
+    kinds = {"shapes": ShapesArguments, "shards": ShardsArguments}
+    usage = "vlp data shapes --out DIR [world options] | vlp data shards --from SOURCE --out DIR [...] (-h: options)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: {usage}")
+        return
+    if not argv or argv[0] not in kinds:
+        raise ConfigError(f"expected 'shapes' or 'shards' after `vlp data`, got {argv[0] if argv else 'nothing'!r}")
+    kind = argv[0]
+    description = "Write the synthetic world as a datasets folder (shapes) or WebDataset shards from a reader (shards)."
+    args, world_args = parse_command((kinds[kind], WorldArguments), argv[1:], f"vlp data {kind}", description)
     from ..processing import shapes_world
 
-    held_out = [tuple(pair.replace(":", " ").split()) for pair in args.held_out.split(",") if pair.strip()]
-    world = dict(
-        num_scenes=args.num_scenes,
-        seed=args.seed,
-        image_size=args.image_size,
-        max_objects=args.max_objects,
-        captions_per_scene=args.captions_per_scene,
-        zipf_exponent=args.zipf_exponent,
-        noise_rate=args.noise_rate,
-        background_noise=args.background_noise,
-        held_out_pairs=held_out,
-    )
-    if args.kind == "shapes":
+    held_out = [tuple(pair.replace(":", " ").split()) for pair in world_args.held_out.split(",") if pair.strip()]
+    world = {**asdict(world_args), "held_out_pairs": held_out}
+    del world["held_out"]
+    if kind == "shapes":
         shapes_world.write_shapes_dataset(args.out, **world)
-        print(f"wrote {args.num_scenes} scenes to {args.out}")
+        print(f"wrote {world_args.num_scenes} scenes to {args.out}")
         return
+    _write_shards(args, world)
+
+
+def _write_shards(args, world):
+    """`vlp data shards`: the world or one reader's records as shards; skipped records counted and listed."""
+    from ..processing import shapes_world
     from ..processing.webdataset import write_shards
     from .config import ConfigError, parse_sources
     from .data import read_source
@@ -97,6 +118,13 @@ def _data(argv):
             strict_json.dump(written.report.to_dict(), handle, indent=1)
 
 
+@dataclass
+class ConfigFile:
+    """`vlp pretrain --config FILE [--key value ...]`: the YAML file; every other option is a config key."""
+
+    config: str | None = field(default=None, metadata={"help": "YAML file of config keys"})
+
+
 def _pretrain(argv):
     from .config import ARGUMENT_CLASSES, parse_config
 
@@ -104,41 +132,48 @@ def _pretrain(argv):
         from transformers import HfArgumentParser
 
         parser = HfArgumentParser(
-            ARGUMENT_CLASSES,
+            (ConfigFile, *ARGUMENT_CLASSES),
             prog="vlp pretrain [--config FILE]",
             description="Pretrain VLP. Every key below can be set in the YAML file given by "
             "--config and overridden on the command line as --key value.",
         )
         parser.print_help()
         return
-    parser = argparse.ArgumentParser(prog="vlp pretrain")
-    parser.add_argument("--config", help="YAML file of config keys")
-    args, overrides = parser.parse_known_args(argv)
+    from transformers import HfArgumentParser
+
+    config_file, overrides = HfArgumentParser(ConfigFile).parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
     from .pretrain import pretrain
 
-    arguments = parse_config(args.config, overrides)
+    arguments = parse_config(config_file.config, overrides)
     metrics = pretrain(*arguments)
     print(strict_json.dumps(metrics, indent=2))
 
 
+@dataclass
+class MasksArguments:
+    """`vlp masks RUN_DIR`: what each masking policy hides, from the relevance of the run's final model."""
+
+    run_dir: str = field(metadata={"help": "a `vlp pretrain` output folder (run.yaml and model/)"})
+    out: str | None = field(default=None, metadata={"help": "output folder (default: RUN_DIR/masks)"})
+    policies: str = field(default="random,high,low,hint", metadata={"help": "comma-separated masking policies"})
+    num_samples: int = field(default=512, metadata={"help": "validation samples masked"})
+    ratio: float = field(default=0.3, metadata={"help": "share of words / patches masked per sample"})
+    word_relevance_from: Literal["patches", "cls"] = field(default="patches", metadata={"help": "queries of words"})
+    patch_relevance_from: Literal["text", "cls"] = field(default="text", metadata={"help": "queries of patches"})
+    layers: Literal["last", "mean"] = field(default="last", metadata={"help": "attention of the last layer or mean"})
+    scoring: Literal["attention", "lift"] = field(default="lift", metadata={"help": "relevance scoring"})
+    rows: int = field(default=6, metadata={"help": "samples in the picture"})
+
+
 def _masks(argv):
-    parser = argparse.ArgumentParser(
-        prog="vlp masks",
-        description="Mask validation samples of a pretraining run with each policy, guided by the "
-        "run's final model: concept-word and object-patch shares (with paired bootstrap intervals against random) "
-        "in mask_shares.json, and example masks in masks.png.",
+    description = (
+        "Mask validation samples of a pretraining run with each policy, guided by the run's final model: "
+        "concept-word and object-patch shares (with paired bootstrap intervals against random) in "
+        "mask_shares.json, and example masks in masks.png."
     )
-    parser.add_argument("run_dir", help="a `vlp pretrain` output folder (run.yaml and model/)")
-    parser.add_argument("--out", help="output folder (default: RUN_DIR/masks)")
-    parser.add_argument("--policies", default="random,high,low,hint")
-    parser.add_argument("--num-samples", type=int, default=512)
-    parser.add_argument("--ratio", type=float, default=0.3, help="share of words / patches masked per sample")
-    parser.add_argument("--word-relevance-from", default="patches", choices=("patches", "cls"))
-    parser.add_argument("--patch-relevance-from", default="text", choices=("text", "cls"))
-    parser.add_argument("--layers", default="last", choices=("last", "mean"))
-    parser.add_argument("--scoring", default="lift", choices=("attention", "lift"))
-    parser.add_argument("--rows", type=int, default=6, help="samples in the picture")
-    args = parser.parse_args(argv)
+    args = parse_command(MasksArguments, argv, "vlp masks", description, positional=("run_dir",))
     from ..processing.masking import POLICIES
     from .config import ConfigError
     from .mask_report import masks_report

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from transformers import HfArgumentParser
-
 
 def parse_command(arguments_class, argv: Sequence[str], prog: str, description: str, positional: Sequence[str] = ()):
     """An `arguments_class` instance from `argv` (a tuple of classes gives a tuple of instances). The fields named
@@ -18,6 +16,8 @@ def parse_command(arguments_class, argv: Sequence[str], prog: str, description: 
         if not argv or argv[0].startswith("-"):
             break
         leading += [f"--{name}", argv.pop(0)]
+    from transformers import HfArgumentParser  # imported when a command runs: `vlp --help` stays fast
+
     parser = HfArgumentParser(arguments_class)
     parser.prog, parser.description = prog, description
     *args, unknown = parser.parse_args_into_dataclasses(args=leading + argv, return_remaining_strings=True)
