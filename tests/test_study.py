@@ -222,6 +222,8 @@ def test_differences_use_items_and_seeds_and_the_report_says_where_a_mix_helps(t
     report = open(tmp_path / "out" / "report.md").read()
     assert "**plus**: higher on eval.suites.foils.phenomena.colour.score.acc_r" in report
     assert "learning_curves.png" in report and os.path.exists(tmp_path / "out" / "learning_curves.png")
+    # rare concepts as a plot too: acc_r against the pair's pretraining count, per mix
+    assert "![frequency.png](frequency.png)" in report and os.path.exists(tmp_path / "out" / "frequency.png")
     # Every primary score with its floors, next to it
     assert "## Floors of the primary metrics" in report
     # base scores about 0.6, plus about 0.8, on 200 items a seed: both clear the text-only floor of 0.5

@@ -85,6 +85,65 @@ def _power_lines(results, primary):
     ]
 
 
+def frequency_buckets(results, output_dir):
+    """{(bucket, count_low, count_high): {mix: [acc_r per seed]}} from each run's evaluation.json (bucket 0: pairs
+    held out of pretraining)."""
+    buckets = {}
+    for mix in results["mixes"]:
+        for seed in results["seeds"]:
+            path = os.path.join(output_dir, "runs", mix, f"seed{seed}", "evaluation.json")
+            if not os.path.exists(path):
+                continue
+            with open(path, encoding="utf-8") as handle:
+                table = json.load(handle).get("suites", {}).get("frequency", {}).get("buckets", [])
+            for bucket in table:
+                key = (bucket["bucket"], bucket["count_low"], bucket["count_high"])
+                value = bucket["score"]["acc_r"]["value"]
+                if value is not None:
+                    buckets.setdefault(key, {}).setdefault(mix, []).append(value)
+    return buckets
+
+
+def _frequency_plot(results, output_dir, plt):
+    """acc_r against the pretraining count of the named pair (log scale, the bucket's geometric centre) per mix:
+    the mean over seeds, bars spanning the seeds; held-out pairs (bucket 0) as a separate marker on the left.
+    Returns the file name, or None without frequency results."""
+    import matplotlib.ticker
+
+    buckets = frequency_buckets(results, output_dir)
+    seen = sorted(key for key in buckets if key[0] > 0)
+    if not seen:
+        return None
+    figure, axis = plt.subplots(figsize=(5.2, 3.2))
+    held = [key for key in buckets if key[0] == 0]
+    for number, mix in enumerate(results["mixes"]):
+        centres = {key: float(np.sqrt(max(key[1], 1.0) * key[2])) for key in seen}
+        points = [(centres[key], buckets[key][mix]) for key in seen if mix in buckets[key]]
+        if not points:
+            continue
+        x = [p[0] for p in points]
+        means = [float(np.mean(v)) for _, v in points]
+        spread = np.array([[m - min(v), max(v) - m] for m, (_, v) in zip(means, points)]).T
+        axis.errorbar(x, means, yerr=spread, marker="o", capsize=3, label=mix, color=f"C{number}")
+        if held and mix in buckets[held[0]]:
+            left = seen[0][1] / 3
+            axis.errorbar([left], [float(np.mean(buckets[held[0]][mix]))], marker="s", color=f"C{number}")
+    if held:
+        axis.annotate("held out", (seen[0][1] / 3, axis.get_ylim()[0]), fontsize=7, ha="center", va="bottom")
+    axis.axhline(0.5, linestyle="--", linewidth=1, color="grey", label="chance")
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only
+    axis.set_xlabel("pretraining count of the named colour-shape pair", fontsize=8)
+    axis.set_ylabel("foils acc_r", fontsize=8)
+    axis.set_title("rare concepts: acc_r against frequency (mean of the seeds; bars: their range)", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(os.path.join(output_dir, "frequency.png"), dpi=100)
+    plt.close(figure)
+    return "frequency.png"
+
+
 def _rare_concept_lines(results, output_dir):
     """The frequency suite per mix: the slope of acc_r per decade of pretraining count, held-out pairs, and acc_r
     per count bucket (mean over seeds, from each run's evaluation.json)."""
@@ -109,19 +168,7 @@ def _rare_concept_lines(results, output_dir):
     ]
     for name, key in present.items():
         lines.append(f"| {name} | " + " | ".join(_cell(results["mixes"][m]["metrics"].get(key)) for m in mixes) + " |")
-    buckets = {}
-    for mix in mixes:
-        for seed in results["seeds"]:
-            path = os.path.join(output_dir, "runs", mix, f"seed{seed}", "evaluation.json")
-            if not os.path.exists(path):
-                continue
-            with open(path, encoding="utf-8") as handle:
-                table = json.load(handle).get("suites", {}).get("frequency", {}).get("buckets", [])
-            for bucket in table:
-                key = (bucket["bucket"], bucket["count_low"], bucket["count_high"])
-                value = bucket["score"]["acc_r"]["value"]
-                if value is not None:
-                    buckets.setdefault(key, {}).setdefault(mix, []).append(value)
+    buckets = frequency_buckets(results, output_dir)
     if buckets:
         lines += [
             "",
@@ -382,6 +429,9 @@ def write_plots(study, results, output_dir):
     panels = [m for m in primary + headline if m.endswith(("accuracy", "acc_r", "score"))][:12]
     if panels:
         written.append(_metric_panels(results, panels, every, os.path.join(output_dir, "metrics.png"), plt))
+    frequency = _frequency_plot(results, output_dir, plt)
+    if frequency:
+        written.append(frequency)
     return written
 
 
