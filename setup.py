@@ -25,7 +25,11 @@ setup(
     python_requires=">=3.10",
     packages=PACKAGES,
     package_dir={f"vlp.{name}": name for name in FOLDERS},
-    package_data={"vlp.training": ["*.json", "configs/*.yaml", "configs/*/*.yaml"], "vlp.model_cards": ["*.md"]},
+    package_data={
+        "vlp.training.evaluation": ["*.json"],
+        "vlp.training": ["configs/*.yaml", "configs/*/*.yaml"],
+        "vlp.model_cards": ["*.md"],
+    },
     include_package_data=True,
     install_requires=[
         "torch>=2.3,<3",

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .downstream_readers import soft_target_vector
 from .pretraining_data import decode_image
-from .shapes_world import caption_holds
+from .readers.downstream import soft_target_vector
+from .worlds.shapes import caption_holds
 
 
 def image_batch(processor, rows: Sequence[Mapping[str, Any]], blank_image: bool = False) -> dict[str, torch.Tensor]:

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from .collator import IGNORE_INDEX
 from .pretraining_data import decode_image
 from .random_streams import GITM_STREAM
-from .shapes_world import Scene, caption_holds, generate_captions, make_foil
-from .text_balance import CaptionFrequencies
+from .worlds.shapes import Scene, caption_holds, generate_captions, make_foil
+from .worlds.text_balance import CaptionFrequencies
 
 # Per-row caches of GroupedMatchingDataset (each group reads k rows, so rows are read k times an epoch).
 CACHE_ROWS = 65536  # captions and parsed scenes, per dataset copy (each DataLoader worker holds its own)

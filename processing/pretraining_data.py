@@ -16,8 +16,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .caption_readers import describe_error
 from .random_streams import CAPTION_STREAM, ITM_POSITIVE_STREAM, ITM_STREAM
+from .readers.captions import describe_error
 
 # Stream ids keep the independent draws of one sample apart (caption choice does not move when the ITM
 # settings change). The collator's MLM masking uses its own stream (see collator.MLM_STREAM).

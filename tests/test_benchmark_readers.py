@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import BENCHMARK_SAMPLES
 
-from vlp.processing.benchmark_readers import (
+from vlp.processing.readers.benchmarks import (
     FAILED_VALIDATION,
     MISSING_IMAGE,
     FoilItem,

@@ -12,9 +12,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from vlp.processing import caption_readers as cr
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.pretraining_data import PretrainingDataset
+from vlp.processing.readers import captions as cr
 from vlp.processing.tokenization import train_wordpiece_tokenizer
 
 
@@ -339,9 +339,9 @@ class _Rows:
 
 
 def test_concatenated_sources_mixed_through_the_global_batch_sampler(tmp_path, image_root):
-    from vlp.processing import shapes_world
-    from vlp.training.data import EpochIndexed
-    from vlp.training.sampler import GlobalBatchSampler
+    from vlp.processing.worlds import shapes as shapes_world
+    from vlp.training.pretrain.data import EpochIndexed
+    from vlp.training.pretrain.sampler import GlobalBatchSampler
 
     pairs, _ = cr.read_caption_file(
         write_json(

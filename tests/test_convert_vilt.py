@@ -9,7 +9,7 @@ import torch
 from transformers import ViltConfig, ViltForMaskedLM
 
 from vlp.modeling_vlp import VLPForPreTraining
-from vlp.training.convert_vilt import convert_state_dict, vlp_config_from_vilt
+from vlp.training.hub.convert_vilt import convert_state_dict, vlp_config_from_vilt
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vlp.processing.downstream_readers import (
+from vlp.processing.readers.downstream import (
     leave_one_out_accuracy,
     normalize_answer,
     process_punctuation,

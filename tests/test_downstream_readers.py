@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import BENCHMARK_SAMPLES
 
-from vlp.processing.downstream_readers import (
+from vlp.processing.readers.downstream import (
     VQA_ROW_KEYS,
     answer_targets,
     build_answer_vocabulary,

@@ -13,16 +13,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vlp.processing import eval_sets as es
-from vlp.processing import shapes_world as sw
-from vlp.processing.shapes_world import (
-    COLOURS,
-    SHAPES,
-    Scene,
-    ShapeObject,
-    WorldConfig,
-    caption_holds,
-)
+from vlp.processing.worlds import eval_sets as es
+from vlp.processing.worlds import shapes as sw
+from vlp.processing.worlds.shapes import COLOURS, SHAPES, Scene, ShapeObject, WorldConfig, caption_holds
 
 HELD = ("red circle", "blue star")
 WORLD = WorldConfig(seed=3, max_objects=4, held_out_pairs=HELD)
@@ -407,12 +400,12 @@ def test_sets_are_deterministic_prefixes_and_move_with_the_seed(sets):
 
 
 def test_sets_are_identical_in_another_process_with_another_hash_seed():
-    # the two modules are loaded as a bare package, skipping vlp.processing's __init__ (which imports transformers)
-    folder = os.path.dirname(es.__file__)
+    # processing/ is loaded as a bare package, skipping vlp.processing's __init__ (which imports transformers)
+    folder = os.path.dirname(os.path.dirname(es.__file__))
     code = (
         "import hashlib, json, sys, types; pkg = types.ModuleType('bare'); "
         f"pkg.__path__ = [{folder!r}]; sys.modules['bare'] = pkg;"
-        "from bare import eval_sets as es, shapes_world as sw;"
+        "from bare.worlds import eval_sets as es, shapes as sw;"
         f"s = es.build_eval_sets(sw.WorldConfig(seed=3, max_objects=4, held_out_pairs={HELD!r}), {_SMALL!r});"
         "print(hashlib.sha256(json.dumps(es.eval_sets_to_dict(s), sort_keys=True).encode()).hexdigest())"
     )
@@ -423,7 +416,7 @@ def test_sets_are_identical_in_another_process_with_another_hash_seed():
 
 def test_eval_offset_differs_from_the_pretraining_offsets():
     path = importlib.util.find_spec("vlp.training").submodule_search_locations[0]
-    with open(os.path.join(path, "data.py"), encoding="utf-8") as f:
+    with open(os.path.join(path, "pretrain", "data.py"), encoding="utf-8") as f:
         tree = ast.parse(f.read())
     values = {
         t.id: ast.literal_eval(node.value)

@@ -15,13 +15,32 @@ import yaml
 from PIL import Image
 
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
-from vlp.processing import eval_sets as es
-from vlp.processing import shapes_world as sw
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training import evaluation_suite as ev
+from vlp.processing.worlds import eval_sets as es
+from vlp.processing.worlds import shapes as sw
 from vlp.training.config import ConfigError
+from vlp.training.evaluation import figures
+from vlp.training.evaluation.crossmodal import masked_concept_items, random_patch_masks, run_crossmodal
+from vlp.training.evaluation.figures import slope_figure, unpaired_difference
+from vlp.training.evaluation.grounding import occlusion_block, occlusion_masks, pointing_hits
+from vlp.training.evaluation.loading import load_model, load_world_file, resolve_model_dir, world_from_run_config
+from vlp.training.evaluation.matching import GITM_GROUPS_PER_ITEM, run_grouped_matching, run_matching
+from vlp.training.evaluation.probes import probe_task, probe_test_mask
+from vlp.training.evaluation.results import load_schema, summary_table, validate_json
+from vlp.training.evaluation.runner import (
+    ImageBank,
+    Runner,
+    blank_patches,
+    derangement,
+    match_scores,
+    phrase_relevance,
+    read_image,
+    representations,
+)
+from vlp.training.evaluation.settings import BLANK, RESULTS_FORMAT, SUITES, Settings
+from vlp.training.evaluation.suite import evaluate, run_objectives
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "evaluation_suite")
 WORLD = sw.WorldConfig(num_scenes=200, seed=5, image_size=32, max_objects=3, held_out_pairs=("red circle",))
@@ -39,7 +58,7 @@ RUN_CONFIG = {
     "patch_size": 8,
     "objectives": "mlm,itm,mim",
 }
-FAST = ev.Settings(n_resamples=100)
+FAST = Settings(n_resamples=100)
 N = 8  # items per phenomenon in the mechanics tests
 
 
@@ -76,13 +95,13 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runner(tiny_run):
-    model, processor = ev.load_model(os.path.join(tiny_run, "model"))
-    return ev.Runner(model, processor, "cpu", batch_size=16)
+    model, processor = load_model(os.path.join(tiny_run, "model"))
+    return Runner(model, processor, "cpu", batch_size=16)
 
 
 @pytest.fixture(scope="module")
 def results_all(tiny_run):
-    return ev.evaluate(tiny_run, ("all",), None, N, FAST, log=lambda message: None)
+    return evaluate(tiny_run, ("all",), None, N, FAST, log=lambda message: None)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -92,7 +111,7 @@ def results_all(tiny_run):
 
 def test_every_suite_runs_with_the_expected_counts(results_all):
     suites = results_all["suites"]
-    assert set(suites) == set(ev.SUITES)
+    assert set(suites) == set(SUITES)
     foils = suites["foils"]["phenomena"]
     assert set(foils) == {"all", *es.FOIL_PHENOMENA}
     assert all(foils[p]["n_items"] == N for p in es.FOIL_PHENOMENA) and foils["all"]["n_items"] == 7 * N
@@ -134,14 +153,14 @@ def test_every_suite_runs_with_the_expected_counts(results_all):
     assert frequency["held_out"]["n_items"] == N and frequency["held_out_pairs"] == [["red", "circle"]]
     itm = suites["itm"]
     assert set(itm["floors"]) == set(itm["differences"]) == {"blank", "text_only", "chance_majority"}
-    assert itm["n_items"] == ev.GITM_GROUPS_PER_ITEM * N and 0 < itm["positives"] < itm["n_items"]
+    assert itm["n_items"] == GITM_GROUPS_PER_ITEM * N and 0 < itm["positives"] < itm["n_items"]
     # The evaluation's foils and ITM pairs are balanced so that the text alone says nothing (tests/test_shortcuts.py)
     assert abs(foils["all"]["floors"]["text_only"]["acc_r"]["value"] - 0.5) < 0.15
     assert results_all["item_counts"]["held_out"] == N
 
 
 def test_results_record_the_run_and_follow_the_schema(results_all, tiny_run):
-    assert results_all["format"] == ev.RESULTS_FORMAT and results_all["config"] == RUN_CONFIG
+    assert results_all["format"] == RESULTS_FORMAT and results_all["config"] == RUN_CONFIG
     assert results_all["model_path"] == os.path.abspath(os.path.join(tiny_run, "model"))
     assert results_all["world_config"]["seed"] == 5 and results_all["world_config"]["held_out_pairs"] == [
         ["red", "circle"]
@@ -152,7 +171,7 @@ def test_results_record_the_run_and_follow_the_schema(results_all, tiny_run):
         "eval_world": 5 + es.EVAL_SEED_OFFSET,
         "eval_seed_offset": es.EVAL_SEED_OFFSET,
     }
-    assert ev.validate_json(results_all, ev.load_schema()) == []
+    assert validate_json(results_all, load_schema()) == []
     json.dumps(results_all, allow_nan=False)  # strict JSON: undefined figures are null, not NaN
 
 
@@ -168,7 +187,7 @@ def _blocks(tree, path=""):
 def test_per_item_values_average_to_their_figures_and_reach_the_study(results_all, tmp_path):
     """Each comparison block keeps its items in item order; their mean is the score figure, so that a study can
     compare two runs item by item. The study reads them under the figure's own name."""
-    from vlp.training.study import run_figures
+    from vlp.training.studies.runner import run_figures
 
     blocks = dict(_blocks(results_all["suites"]))
     with_items = {path: block for path, block in blocks.items() if "items" in block}
@@ -197,14 +216,14 @@ def test_per_item_values_average_to_their_figures_and_reach_the_study(results_al
 
 
 def test_the_validator_rejects_what_the_schema_forbids(results_all):
-    schema = ev.load_schema()
+    schema = load_schema()
     broken = json.loads(json.dumps(results_all))
     del broken["code_version"]
     broken["suites"]["foils"]["phenomena"]["colour"]["score"]["acc_r"]["value"] = "high"
     broken["suites"]["grounding"]["occlusion"]["occlusion"] = "paint"
     broken["suites"]["probes"]["tasks"]["colour"]["headline"]["layer"] = -1
     broken["suites"]["unknown_suite"] = {}
-    errors = "\n".join(ev.validate_json(broken, schema))
+    errors = "\n".join(validate_json(broken, schema))
     for expected in (
         "$: 'code_version' is a required property",
         "$.suites.foils.phenomena.colour.score.acc_r.value: 'high' is not of type",
@@ -216,7 +235,7 @@ def test_the_validator_rejects_what_the_schema_forbids(results_all):
 
 
 def test_summary_table_lists_each_headline_with_its_floors(results_all):
-    table = ev.summary_table(results_all)
+    table = summary_table(results_all)
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["suite", "item", "figure"]
     colour = next(line for line in lines if line.startswith("foils") and " colour " in line)
@@ -231,7 +250,7 @@ def test_summary_table_lists_each_headline_with_its_floors(results_all):
 
 
 def _bank(n=6):
-    return ev.ImageBank(scenes=[sw.sample_scene(WORLD, i) for i in range(n)], image_size=32)
+    return ImageBank(scenes=[sw.sample_scene(WORLD, i) for i in range(n)], image_size=32)
 
 
 def test_match_scores_equal_the_models_own_itm_probability(runner):
@@ -244,13 +263,13 @@ def test_match_scores_equal_the_models_own_itm_probability(runner):
         "there is no yellow heart",
         "the cross is white",
     ]
-    scores = ev.match_scores(runner, bank, np.arange(6), texts)
+    scores = match_scores(runner, bank, np.arange(6), texts)
     for k in (0, 1, 5):  # one at a time, unpadded, through VLPForPreTraining.forward without labels
         inputs = runner.processor(images=bank.get([k]), text=[texts[k]], return_tensors="pt")
         with torch.no_grad():
             logits = runner.model(**inputs).itm_logits
         assert scores[k] == pytest.approx(float(logits.softmax(-1)[0, 1]), abs=1e-5)
-    blank = ev.match_scores(runner, bank, np.full(6, ev.BLANK), texts)
+    blank = match_scores(runner, bank, np.full(6, BLANK), texts)
     alone = runner.processor(images=[bank.blank()], text=[texts[2]], return_tensors="pt")
     with torch.no_grad():
         assert blank[2] == pytest.approx(float(runner.model(**alone).itm_logits.softmax(-1)[0, 1]), abs=1e-5)
@@ -259,7 +278,7 @@ def test_match_scores_equal_the_models_own_itm_probability(runner):
 def test_representations_ignore_padding_and_have_one_row_per_layer(runner):
     bank = _bank()
     texts = ["a red circle", "the small blue star is left of the green heart"]
-    joint = ev.representations(runner, bank, [0, 1], texts)
+    joint = representations(runner, bank, [0, 1], texts)
     assert {k: v.shape for k, v in joint.items()} == {k: (2, 2, 32) for k in ("cls", "text_mean", "image_mean")}
     inputs = runner.processor(images=bank.get([0]), text=[texts[0]], return_tensors="pt")
     with torch.no_grad():
@@ -269,15 +288,15 @@ def test_representations_ignore_padding_and_have_one_row_per_layer(runner):
         np.testing.assert_allclose(joint["text_mean"][0, layer], states[layer][0, :length].mean(0), atol=1e-5)
         np.testing.assert_allclose(joint["image_mean"][0, layer], states[layer][0, length + 1 :].mean(0), atol=1e-5)
         np.testing.assert_allclose(joint["cls"][0, layer], states[layer][0, 0], atol=1e-5)
-    assert set(ev.representations(runner, bank, [0, 1], None)) == {"cls", "image_mean"}
-    assert set(ev.representations(runner, None, None, texts)) == {"cls", "text_mean"}
+    assert set(representations(runner, bank, [0, 1], None)) == {"cls", "image_mean"}
+    assert set(representations(runner, None, None, texts)) == {"cls", "text_mean"}
 
 
 def test_phrase_relevance_is_the_attention_patches_receive_from_the_phrase_tokens(runner):
     bank = _bank()
     texts = ["the small blue star is left of the green heart", "there is a red circle"]
     spans = [(1, 4), (3, 5)]
-    relevance = ev.phrase_relevance(runner, bank, [0, 1], texts, spans)
+    relevance = phrase_relevance(runner, bank, [0, 1], texts, spans)
     assert relevance.shape == (2, 16)
     for k in range(2):
         words = texts[k].split()
@@ -304,17 +323,17 @@ def test_pointing_hits_on_a_constructed_relevance():
             [np.nan] * 4,
         ]
     )  # phrase truncated away: miss
-    hits = ev.pointing_hits(relevance, [(1, 2), (2, 3), (0,), (0, 1, 2, 3)])
+    hits = pointing_hits(relevance, [(1, 2), (2, 3), (0,), (0, 1, 2, 3)])
     assert hits.tolist() == [True, False, True, False]
 
 
 def test_occlusion_masks_hide_as_many_other_patches_and_are_seeded():
     patches = [(0, 1, 4, 5), (15,), tuple(range(9))]  # the last covers more than half of the 16 patches
-    objects, randoms, usable = ev.occlusion_masks(patches, 16, np.random.default_rng(3))
+    objects, randoms, usable = occlusion_masks(patches, 16, np.random.default_rng(3))
     assert usable.tolist() == [True, True, False]
     assert objects[0].nonzero()[0].tolist() == [0, 1, 4, 5] and randoms[0].sum() == 4 and randoms[1].sum() == 1
     assert not (objects & randoms).any() and not randoms[2].any()
-    again = ev.occlusion_masks(patches, 16, np.random.default_rng(3))[1]
+    again = occlusion_masks(patches, 16, np.random.default_rng(3))[1]
     assert (again == randoms).all()
 
 
@@ -349,14 +368,14 @@ def test_occlusion_on_a_model_that_looks_only_at_the_objects_patches(runner):
     watched = [5, 6, 9, 10]  # the "object": the four centre patches of a 4 x 4 grid
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     image[8:24, 8:24, 0] = 255  # the object is bright red: processed red = +1 there, -1 elsewhere
-    fake = ev.Runner(PatchScorer(watched), runner.processor, "cpu", batch_size=4)
+    fake = Runner(PatchScorer(watched), runner.processor, "cpu", batch_size=4)
     bank = ArrayBank([image] * 3)
-    objects, randoms, usable = ev.occlusion_masks([watched] * 3, 16, np.random.default_rng(0))
+    objects, randoms, usable = occlusion_masks([watched] * 3, 16, np.random.default_rng(0))
     assert usable.all()
     texts = ["there is a red square"] * 3
-    base = ev.match_scores(fake, bank, [0, 1, 2], texts)
-    hidden = ev.match_scores(fake, bank, [0, 1, 2], texts, objects)
-    other = ev.match_scores(fake, bank, [0, 1, 2], texts, randoms)
+    base = match_scores(fake, bank, [0, 1, 2], texts)
+    hidden = match_scores(fake, bank, [0, 1, 2], texts, objects)
+    other = match_scores(fake, bank, [0, 1, 2], texts, randoms)
 
     def sigmoid(x):
         return 1 / (1 + np.exp(-x))
@@ -364,37 +383,37 @@ def test_occlusion_on_a_model_that_looks_only_at_the_objects_patches(runner):
     np.testing.assert_allclose(base, sigmoid(10 * 1.0 - 5), rtol=1e-5)  # the watched patches are all red (+1)
     np.testing.assert_allclose(hidden, sigmoid(-5.0), rtol=1e-5)  # hidden by the mask embedding: 0
     np.testing.assert_allclose(other, base, rtol=1e-6)  # other patches do not matter to this model
-    block = ev.occlusion_block(base, hidden, other, FAST, "mask")
+    block = occlusion_block(base, hidden, other, FAST, "mask")
     drop = sigmoid(5.0) - sigmoid(-5.0)
     assert block["score"]["object_drop"]["value"] == pytest.approx(drop)
     assert block["floors"]["random_patches"]["object_drop"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert block["differences"]["random_patches"]["value"] == pytest.approx(drop)
     assert block["score"]["object_drop_larger"]["value"] == 1.0
     # Blanking pixels paints the patches background grey: processed red (128 / 255 - 0.5) / 0.5.
-    painted = ev.match_scores(fake, bank, [0, 1, 2], texts, objects, occlusion="blank")
+    painted = match_scores(fake, bank, [0, 1, 2], texts, objects, occlusion="blank")
     np.testing.assert_allclose(painted, sigmoid(10 * (128 / 255 - 0.5) / 0.5 - 5), rtol=1e-4)
 
 
 def test_blank_patches_paint_exactly_the_masked_patches():
     pixels = torch.ones(1, 3, 16, 16)
     mask = torch.tensor([[False, True, False, False]])  # 2 x 2 grid of 8 px patches: the top-right one
-    out = ev.blank_patches(pixels, mask, 8, torch.tensor([0.0, -1.0, 2.0]))
+    out = blank_patches(pixels, mask, 8, torch.tensor([0.0, -1.0, 2.0]))
     assert (out[0, :, :8, 8:] == torch.tensor([0.0, -1.0, 2.0]).view(3, 1, 1)).all()
     assert (out[0, :, 8:, :] == 1).all() and (out[0, :, :8, :8] == 1).all()
 
 
 def test_derangement_moves_every_item():
     for n in (2, 3, 10, 101):
-        perm = ev.derangement(n, np.random.default_rng(n))
+        perm = derangement(n, np.random.default_rng(n))
         assert sorted(perm.tolist()) == list(range(n)) and not (perm == np.arange(n)).any()
     with pytest.raises(ValueError, match="at least two"):
-        ev.derangement(1, np.random.default_rng(0))
+        derangement(1, np.random.default_rng(0))
 
 
 def test_probe_split_is_half_and_balanced_for_alternating_labels():
-    assert ev.probe_test_mask(8).tolist() == [False, False, True, True, False, False, True, True]
+    assert probe_test_mask(8).tolist() == [False, False, True, True, False, False, True, True]
     labels = np.arange(40) % 2
-    test = ev.probe_test_mask(40)
+    test = probe_test_mask(40)
     assert test.sum() == 20 and labels[test].mean() == 0.5 and labels[~test].mean() == 0.5
 
 
@@ -403,7 +422,7 @@ def test_probe_task_on_separable_features_and_on_a_single_training_class():
     rng = np.random.default_rng(0)
     signal = np.where(labels == "red", 3.0, -3.0)[:, None, None] + 0.1 * rng.normal(size=(40, 2, 4))
     noise = rng.normal(size=(40, 2, 4))  # the control: nothing about the label
-    task = ev.probe_task({"cls": signal}, labels, {"mismatched": {"cls": noise}}, "cls", FAST)
+    task = probe_task({"cls": signal}, labels, {"mismatched": {"cls": noise}}, "cls", FAST)
     block = task["headline"]
     assert (block["representation"], block["layer"], block["n_items"], block["n_train"]) == ("cls", 1, 20, 20)
     assert block["score"]["accuracy"]["value"] == 1.0 and block["score"]["majority_baseline"]["value"] == 0.5
@@ -412,7 +431,7 @@ def test_probe_task_on_separable_features_and_on_a_single_training_class():
     assert gap["value"] == pytest.approx(1.0 - control) and gap["low"] > 0
     assert set(task["representations"]["cls"]) == {"0", "1"}
     one_class = np.asarray(["a", "a", "b", "b"] * 2)  # the training items (0, 1, 4, 5) are all "a"
-    block = ev.probe_task({"cls": signal[:8]}, one_class, {}, "cls", FAST)["headline"]
+    block = probe_task({"cls": signal[:8]}, one_class, {}, "cls", FAST)["headline"]
     assert block["score"]["accuracy"]["value"] is None and "one class" in block["note"]
 
 
@@ -420,14 +439,14 @@ def test_slope_and_differences_match_direct_computations():
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 3, 200)
     y = (rng.random(200) < 0.2 + 0.2 * x).astype(float)
-    fig = ev.slope_figure(x, y, FAST)
+    fig = slope_figure(x, y, FAST)
     assert fig["value"] == pytest.approx(np.polyfit(x, y, 1)[0])
     assert fig["low"] < fig["value"] < fig["high"]
-    assert ev.slope_figure(np.ones(5), y[:5], FAST)["value"] is None  # x does not vary: undefined
+    assert slope_figure(np.ones(5), y[:5], FAST)["value"] is None  # x does not vary: undefined
     a, b = rng.random(50), rng.random(80) + 0.3
-    unpaired = ev.unpaired_difference(a, b, FAST, "x")
+    unpaired = unpaired_difference(a, b, FAST, "x")
     assert unpaired["value"] == pytest.approx(b.mean() - a.mean()) and unpaired["low"] > 0
-    paired = ev.difference(a, a + 0.25, FAST, "x")
+    paired = figures.difference(a, a + 0.25, FAST, "x")
     assert paired["value"] == pytest.approx(0.25) and paired["low"] == pytest.approx(0.25)
 
 
@@ -456,12 +475,12 @@ def test_masked_concept_words_come_from_the_phrase_and_cycle_over_candidates(run
         item("the red circle is above the red star", (0, 3), 2),  # "red" twice: only circle
         item("the red circle", (0, 1), 3),
     ]  # "the" alone: no candidate
-    chosen, skipped = ev.masked_concept_items(items, runner.processor.tokenizer)
+    chosen, skipped = masked_concept_items(items, runner.processor.tokenizer)
     assert chosen == [(0, 1, "size"), (1, 2, "colour"), (2, 2, "shape")] and skipped == 1
 
 
 def test_random_patch_masks_hide_the_share_in_every_row():
-    masks = ev.random_patch_masks(50, 16, 0.4, np.random.default_rng(0))
+    masks = random_patch_masks(50, 16, 0.4, np.random.default_rng(0))
     assert (masks.sum(axis=1) == 6).all() and masks.any(axis=0).all()
 
 
@@ -472,25 +491,25 @@ def test_random_patch_masks_hide_the_share_in_every_row():
 
 def test_mim_is_skipped_for_a_model_not_pretrained_with_it(runner):
     sets = es.build_eval_sets(WORLD, {"grounding": 3}, image_size=32, patch_size=8)
-    skipped = ev.run_crossmodal(runner, sets, FAST, objectives=["mlm", "itm"])["mim"]
+    skipped = run_crossmodal(runner, sets, FAST, objectives=["mlm", "itm"])["mim"]
     assert skipped == {"skipped": "the model was not pretrained with MIM (objectives mlm,itm)"}
-    assert ev.run_objectives({"config": {"objectives": "mlm, itm:0.5,mim"}}) == ["mlm", "itm", "mim"]
-    assert ev.run_objectives(None) is None
+    assert run_objectives({"config": {"objectives": "mlm, itm:0.5,mim"}}) == ["mlm", "itm", "mim"]
+    assert run_objectives(None) is None
 
 
 def test_model_dir_and_world_resolution(tiny_run, tmp_path):
-    assert ev.resolve_model_dir(tiny_run) == (os.path.join(tiny_run, "model"), tiny_run)
+    assert resolve_model_dir(tiny_run) == (os.path.join(tiny_run, "model"), tiny_run)
     model_path = os.path.join(tiny_run, "model")
-    assert ev.resolve_model_dir(model_path) == (model_path, tiny_run)  # run.yaml beside the model folder
+    assert resolve_model_dir(model_path) == (model_path, tiny_run)  # run.yaml beside the model folder
     with pytest.raises(ConfigError, match="MODEL_DIR"):
-        ev.resolve_model_dir(str(tmp_path))
-    world = ev.world_from_run_config(RUN_CONFIG, "run.yaml")
+        resolve_model_dir(str(tmp_path))
+    world = world_from_run_config(RUN_CONFIG, "run.yaml")
     assert world.config == WORLD and world.training_scenes == (0, 200)
     (tmp_path / "world.json").write_text(json.dumps(WORLD.to_dict()))
-    assert ev.load_world_file(str(tmp_path / "world.json")).config == WORLD
+    assert load_world_file(str(tmp_path / "world.json")).config == WORLD
     (tmp_path / "bad.yaml").write_text("colours: 3\nsides: 4\n")
     with pytest.raises(ConfigError, match="--world-config"):
-        ev.load_world_file(str(tmp_path / "bad.yaml"))
+        load_world_file(str(tmp_path / "bad.yaml"))
     counts = world.pair_counts()
     assert sum(counts.values()) == sum(len(s.objects) for s in sw.generate_scenes(WORLD))
     assert counts[("red", "circle")] == 0  # held out of the training world
@@ -506,13 +525,13 @@ def test_argument_errors_name_the_argument(tiny_run, tmp_path, capsys):
     model_only = tmp_path / "alone"
     os.symlink(os.path.join(tiny_run, "model"), model_only)
     with pytest.raises(ConfigError, match="--world-config"):
-        ev.evaluate(str(model_only), ("foils",), None, N, FAST, log=lambda m: None)
+        evaluate(str(model_only), ("foils",), None, N, FAST, log=lambda m: None)
     with pytest.raises(ConfigError, match="--items-per-phenomenon"):
-        ev.evaluate(tiny_run, ("foils",), None, 2, FAST)
+        evaluate(tiny_run, ("foils",), None, 2, FAST)
     with pytest.raises(ConfigError, match="--occlusion"):
-        ev.Settings(occlusion="paint")
+        Settings(occlusion="paint")
     with pytest.raises(ConfigError, match="--image-dir"):
-        ev.evaluate(
+        evaluate(
             tiny_run,
             ("all",),
             None,
@@ -525,7 +544,7 @@ def test_argument_errors_name_the_argument(tiny_run, tmp_path, capsys):
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"x": {"image_file": "a.jpg", "caption": "a cat"}}))
     with pytest.raises(ConfigError, match="record 'x': missing field 'foil'"):
-        ev.evaluate(
+        evaluate(
             tiny_run, ("all",), None, N, FAST, benchmark="valse", benchmark_file=str(broken), image_dir=str(tmp_path)
         )
 
@@ -533,16 +552,16 @@ def test_argument_errors_name_the_argument(tiny_run, tmp_path, capsys):
 def test_saved_eval_sets_are_evaluated_as_they_are(tiny_run, tmp_path):
     sets = es.build_eval_sets(WORLD, {"winoground": 3}, image_size=32, patch_size=8)
     es.save_eval_sets(sets, tmp_path / "sets.json")
-    results = ev.evaluate(
+    results = evaluate(
         tiny_run, ("winoground",), None, N, FAST, eval_sets_file=str(tmp_path / "sets.json"), log=lambda m: None
     )
     assert results["suites"]["winoground"]["phenomena"]["all"]["n_items"] == 6 and results["item_counts"]["foils"] == 0
     with pytest.raises(ConfigError, match="holds no 'grounding' items"):
-        ev.evaluate(tiny_run, ("grounding",), None, N, FAST, eval_sets_file=str(tmp_path / "sets.json"))
+        evaluate(tiny_run, ("grounding",), None, N, FAST, eval_sets_file=str(tmp_path / "sets.json"))
     wrong = es.build_eval_sets(WORLD, {"grounding": 2}, image_size=64, patch_size=8)
     es.save_eval_sets(wrong, tmp_path / "wrong.json")
     with pytest.raises(ConfigError, match="64 px images"):
-        ev.evaluate(tiny_run, ("grounding",), None, N, FAST, eval_sets_file=str(tmp_path / "wrong.json"))
+        evaluate(tiny_run, ("grounding",), None, N, FAST, eval_sets_file=str(tmp_path / "wrong.json"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -561,7 +580,7 @@ def test_valse_with_missing_and_unreadable_images(tiny_run, tmp_path):
         _image(images / f"v7w_{8100000 + k}.jpg", (40 * k, 100, 50))
     (images / "v7w_8100005.jpg").write_bytes(b"not a jpeg at all")  # 8100004's image is missing
     out = tmp_path / "valse.json"
-    results = ev.evaluate(
+    results = evaluate(
         tiny_run,
         ("all",),
         str(out),
@@ -583,7 +602,7 @@ def test_valse_with_missing_and_unreadable_images(tiny_run, tmp_path):
     phenomena = results["suites"]["foils"]["phenomena"]
     assert set(phenomena) == {"all", "existence"} and phenomena["all"]["n_items"] == 3
     assert set(results["suites"]) == {"foils"} and results["world_config"] is None
-    assert ev.validate_json(json.loads(out.read_text()), ev.load_schema()) == []
+    assert validate_json(json.loads(out.read_text()), load_schema()) == []
 
 
 def test_winoground_probing_sugarcrepe_and_aro_files(tiny_run, tmp_path):
@@ -603,7 +622,7 @@ def test_winoground_probing_sugarcrepe_and_aro_files(tiny_run, tmp_path):
     def quiet(message):
         return None
 
-    wino = ev.evaluate(
+    wino = evaluate(
         tiny_run,
         ("all",),
         None,
@@ -616,7 +635,7 @@ def test_winoground_probing_sugarcrepe_and_aro_files(tiny_run, tmp_path):
     )
     assert wino["benchmark"]["n_items"] == 3 and wino["benchmark"]["skipped_by_reason"] == {"missing image": 1}
     assert set(wino["suites"]["winoground"]["phenomena"]) == {"all", "Object", "Relation"}
-    probing = ev.evaluate(
+    probing = evaluate(
         tiny_run,
         ("probes",),
         None,
@@ -632,7 +651,7 @@ def test_winoground_probing_sugarcrepe_and_aro_files(tiny_run, tmp_path):
     assert colour["headline"]["n_items"] == 4 and colour["headline"]["n_train"] == 4
     assert set(colour["headline"]["floors"]) == {"mismatched", "blank"}
     for name, file in (("sugarcrepe", "sugarcrepe/swap_att.json"), ("aro", "aro/visual_genome_relation.json")):
-        result = ev.evaluate(
+        result = evaluate(
             tiny_run,
             ("all",),
             None,
@@ -644,9 +663,9 @@ def test_winoground_probing_sugarcrepe_and_aro_files(tiny_run, tmp_path):
             log=quiet,
         )
         assert result["benchmark"]["n_items"] == 3 and result["suites"]["foils"]["phenomena"]["all"]["n_items"] == 3
-        assert ev.validate_json(result, ev.load_schema()) == []
+        assert validate_json(result, load_schema()) == []
     with pytest.raises(ConfigError, match="--suite"):
-        ev.evaluate(
+        evaluate(
             tiny_run,
             ("grounding",),
             None,
@@ -662,7 +681,7 @@ def test_aro_images_are_cropped_to_their_box(tmp_path):
     picture = np.zeros((40, 40, 3), dtype=np.uint8)
     picture[8:20, 4:20] = (0, 255, 0)  # the box (x 4, y 8, w 16, h 12) is green, the rest black
     Image.fromarray(picture).save(tmp_path / "box.png")
-    crop = ev.read_image(str(tmp_path / "box.png"), (4, 8, 16, 12))
+    crop = read_image(str(tmp_path / "box.png"), (4, 8, 16, 12))
     assert crop.shape == (12, 16, 3) and (crop == (0, 255, 0)).all()
 
 
@@ -701,7 +720,7 @@ def test_cli_writes_valid_results_and_prints_the_summary(tiny_run, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert ev.validate_json(results, ev.load_schema()) == []
+    assert validate_json(results, load_schema()) == []
     assert set(results["suites"]) == {"grounding"} and results["settings"]["items_per_phenomenon"] == 6
     grounding = results["suites"]["grounding"]
     assert grounding["pointing"]["n_items"] + grounding["skipped"] == 6
@@ -762,11 +781,11 @@ def test_pretrained_model_beats_its_language_bias_floors(tmp_path_factory):
         check=False,
     )
     assert trained.returncode == 0, trained.stderr[-3000:]
-    results = ev.evaluate(
-        str(run), ("foils", "probes"), str(run / "results.json"), ACCEPTANCE_ITEMS, ev.Settings(), log=lambda m: None
+    results = evaluate(
+        str(run), ("foils", "probes"), str(run / "results.json"), ACCEPTANCE_ITEMS, Settings(), log=lambda m: None
     )
-    print(ev.summary_table(results))
-    assert ev.validate_json(json.loads((run / "results.json").read_text()), ev.load_schema()) == []
+    print(summary_table(results))
+    assert validate_json(json.loads((run / "results.json").read_text()), load_schema()) == []
     colour_foils = results["suites"]["foils"]["phenomena"]["colour"]
     colour_probe = results["suites"]["probes"]["tasks"]["colour"]["headline"]
     for block in (colour_foils, colour_probe):
@@ -795,7 +814,7 @@ def _gitm_runner():
         pad_token_id=processor.tokenizer.pad_token_id,
         num_text_segments=4,
     )
-    return ev.Runner(VLPForPreTraining(config).eval(), processor, "cpu", batch_size=16)
+    return Runner(VLPForPreTraining(config).eval(), processor, "cpu", batch_size=16)
 
 
 GRID = {
@@ -810,7 +829,7 @@ GRID = {
 
 def test_grouped_matching_suite_figures_are_consistent():
     runner = _gitm_runner()
-    result = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    result = run_grouped_matching(runner, WORLD, 40, GRID, FAST)
     kinds = result["segments_per_kind"]
     assert result["n_groups"] == 40 and sum(kinds.values()) == result["n_items"] > 40  # two segments per group
     score = result["score"]
@@ -833,16 +852,16 @@ def test_grouped_matching_suite_figures_are_consistent():
     assert {d["resampled"] for d in (hard_minus_easy, *result["differences"].values())} == {"groups"}
     for figure in score.values():
         assert figure["low"] <= figure["value"] <= figure["high"]
-    schema = ev.load_schema()
-    assert ev.validate_json({"gitm": result}, schema["properties"]["suites"], schema) == []
-    assert ev.validate_json({"gitm": {"n_items": 3}}, schema["properties"]["suites"], schema) != []
+    schema = load_schema()
+    assert validate_json({"gitm": result}, schema["properties"]["suites"], schema) == []
+    assert validate_json({"gitm": {"n_items": 3}}, schema["properties"]["suites"], schema) != []
 
 
 def test_a_head_that_always_says_none_scores_the_share_of_none_targets():
     runner = _gitm_runner()
     with torch.no_grad():
         runner.model.gitm_none_head.bias.fill_(1e4)
-    result = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    result = run_grouped_matching(runner, WORLD, 40, GRID, FAST)
     score = result["score"]
     assert score["accuracy_own"]["value"] == 0.0
     assert score["accuracy_easy"]["value"] == score["accuracy_hard"]["value"] == 1.0
@@ -857,7 +876,7 @@ def test_the_blank_canvas_floor_is_the_model_on_a_background_grey_canvas():
     grey = runner.background_pixel.view(1, -1, 1, 1)
     with torch.no_grad():
         runner.model.gitm_none_head.bias.fill_(0.0)
-    real = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    real = run_grouped_matching(runner, WORLD, 40, GRID, FAST)
 
     original = runner.model.forward
 
@@ -868,7 +887,7 @@ def test_the_blank_canvas_floor_is_the_model_on_a_background_grey_canvas():
         return out
 
     runner.model.forward = grey_says_none
-    result = ev.run_grouped_matching(runner, WORLD, 40, GRID, FAST)
+    result = run_grouped_matching(runner, WORLD, 40, GRID, FAST)
     kinds = result["segments_per_kind"]
     none_share = (kinds["easy"] + kinds["hard"]) / result["n_items"]
     assert result["floors"]["blank_canvas"]["accuracy"]["value"] == pytest.approx(none_share)
@@ -876,7 +895,7 @@ def test_the_blank_canvas_floor_is_the_model_on_a_background_grey_canvas():
 
 
 def test_the_itm_suite_scores_matching_against_a_blank_image_and_the_text_alone(runner):
-    result = ev.run_matching(runner, WORLD, 60, FAST)
+    result = run_matching(runner, WORLD, 60, FAST)
     assert result["n_items"] == 60 and result["headline"] == "accuracy"
     labels_share = result["positives"] / result["n_items"]
     majority = result["floors"]["chance_majority"]["accuracy"]["value"]
@@ -886,11 +905,11 @@ def test_the_itm_suite_scores_matching_against_a_blank_image_and_the_text_alone(
         assert difference["value"] == pytest.approx(
             result["score"]["accuracy"]["value"] - result["floors"][name]["accuracy"]["value"]
         )
-    schema = ev.load_schema()
-    assert ev.validate_json({"itm": result}, schema["properties"]["suites"], schema) == []
-    assert "skipped" in ev.run_matching(runner, WORLD, 8, FAST, objectives=["mlm"])
+    schema = load_schema()
+    assert validate_json({"itm": result}, schema["properties"]["suites"], schema) == []
+    assert "skipped" in run_matching(runner, WORLD, 8, FAST, objectives=["mlm"])
 
 
 def test_grouped_matching_is_skipped_without_a_trained_head(runner):
-    assert "skipped" in ev.run_grouped_matching(runner, WORLD, 8, GRID, FAST, objectives=["mlm", "itm"])
-    assert "num_text_segments" in ev.run_grouped_matching(runner, WORLD, 8, GRID, FAST)["skipped"]
+    assert "skipped" in run_grouped_matching(runner, WORLD, 8, GRID, FAST, objectives=["mlm", "itm"])
+    assert "num_text_segments" in run_grouped_matching(runner, WORLD, 8, GRID, FAST)["skipped"]

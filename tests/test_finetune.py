@@ -12,19 +12,22 @@ import pytest
 import torch
 
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining, VLPForQuestionAnswering
-from vlp.processing import shapes_world
-from vlp.processing.downstream_readers import soft_target_vector, vqa_question_accuracy
 from vlp.processing.finetune_collators import CaptionCollator, CaptionPairs, RetrievalCollator, VQACollator
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
-from vlp.processing.synthetic_vqa import SyntheticVQAConfig, synthetic_vqa_rows
+from vlp.processing.readers.downstream import soft_target_vector, vqa_question_accuracy
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training import finetune
+from vlp.processing.worlds import shapes as shapes_world
+from vlp.processing.worlds.synthetic_vqa import SyntheticVQAConfig, synthetic_vqa_rows
 from vlp.training.config import ConfigError
+from vlp.training.finetune import FinetuneSettings, finetune_caption, finetune_retrieval, finetune_vqa
+from vlp.training.finetune.common import head_optimizer
+from vlp.training.finetune.retrieval import world_rows
+from vlp.training.finetune.vqa import question_only_logits, synthetic_vqa_splits
 
 FINETUNING_DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "finetuning.md")
 EXAMPLE_MARKER = "<!-- finetune-example -->"
-FAST = finetune.FinetuneSettings(epochs=1, batch_size=16, eval_batch_size=32, learning_rate=1e-3, logging_steps=1000)
+FAST = FinetuneSettings(epochs=1, batch_size=16, eval_batch_size=32, learning_rate=1e-3, logging_steps=1000)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -115,7 +118,7 @@ def test_caption_pairs_retrieval_exclusions_and_caption_labels(processor):
 
 
 def test_vqa_finetune_writes_results_that_match_a_recomputation(checkpoint, tmp_path):
-    results = finetune.finetune_vqa(
+    results = finetune_vqa(
         checkpoint,
         str(tmp_path),
         num_train_pairs=40,
@@ -141,7 +144,7 @@ def test_vqa_finetune_writes_results_that_match_a_recomputation(checkpoint, tmp_
         assert gain == pytest.approx(written["runs"]["pretrained"]["accuracy"] - floor["accuracy"])
     # the saved model's answers, scored question by question with the official rule, give the same accuracy
     model = VLPForQuestionAnswering.from_pretrained(tmp_path / "model").eval()
-    _, eval_rows = finetune.synthetic_vqa_splits(40, 16, image_size=32)
+    _, eval_rows = synthetic_vqa_splits(40, 16, image_size=32)
     batch = VQACollator(VLPProcessor.from_pretrained(tmp_path / "model"), model.config.label2id)(list(eval_rows))
     with torch.no_grad():
         predicted = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.argmax(-1)
@@ -160,18 +163,18 @@ def test_the_question_only_floor_learns_what_the_question_alone_tells():
         for _ in range(5)
     ]
     label2id = {"red": 0, "blue": 1, "green": 2}
-    logits = finetune.question_only_logits(rows, rows, label2id)
+    logits = question_only_logits(rows, rows, label2id)
     assert logits.argmax(1).tolist() == [label2id[row["answers"][0]] for row in rows]
     flat = [dict(row, question="what is it?") for row in rows]
-    assert len(set(finetune.question_only_logits(flat, rows, label2id).argmax(1).tolist())) == 1
+    assert len(set(question_only_logits(flat, rows, label2id).argmax(1).tolist())) == 1
 
 
 def test_head_optimizer_scales_the_heads_and_spares_biases_and_norms_from_decay(checkpoint):
     model = VLPForQuestionAnswering.from_pretrained(
         checkpoint, id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1}
     )
-    settings = finetune.FinetuneSettings(learning_rate=1e-3, head_lr_multiplier=10.0, weight_decay=0.1)
-    optimizer = finetune.head_optimizer(model, settings)
+    settings = FinetuneSettings(learning_rate=1e-3, head_lr_multiplier=10.0, weight_decay=0.1)
+    optimizer = head_optimizer(model, settings)
     groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     assert len(groups) == sum(1 for _ in model.parameters())
     for name, parameter in model.named_parameters():
@@ -180,11 +183,11 @@ def test_head_optimizer_scales_the_heads_and_spares_biases_and_norms_from_decay(
         no_decay = name.endswith("bias") or "LayerNorm" in name or "layernorm" in name
         assert group["weight_decay"] == (0.0 if no_decay else 0.1), name
     with pytest.raises(ConfigError, match="head_lr_multiplier"):
-        finetune.FinetuneSettings(head_lr_multiplier=0)
+        FinetuneSettings(head_lr_multiplier=0)
 
 
 def test_retrieval_finetune_smoke(checkpoint, tmp_path):
-    results = finetune.finetune_retrieval(
+    results = finetune_retrieval(
         checkpoint,
         str(tmp_path),
         num_train_scenes=24,
@@ -205,7 +208,7 @@ def test_retrieval_finetune_smoke(checkpoint, tmp_path):
 
 
 def test_caption_finetune_smoke(checkpoint, tmp_path):
-    results = finetune.finetune_caption(
+    results = finetune_caption(
         checkpoint,
         str(tmp_path),
         num_train_scenes=24,
@@ -221,9 +224,7 @@ def test_caption_finetune_smoke(checkpoint, tmp_path):
     for run in runs.values():
         assert 0 <= run["bleu_4"] <= 1 and run["cider_d"] >= 0 and run["n_images"] == 6
     assert all(isinstance(c, str) for c in runs["pretrained"]["examples"])
-    assert results["runs"]["most_frequent"]["caption"] in {
-        c for row in finetune.world_rows(24, 32) for c in row["captions"]
-    }
+    assert results["runs"]["most_frequent"]["caption"] in {c for row in world_rows(24, 32) for c in row["captions"]}
 
 
 def test_cli_runs_and_refuses_bad_values(checkpoint, tmp_path):
@@ -308,10 +309,10 @@ def test_pretraining_beats_question_only_and_random_init_on_synthetic_vqa(pretra
     over question-only near 15 points and seed-dependent; longer finetuning lets random initialisation catch up
     with this lightly pretrained model (30 epochs: 0.644 against 0.629)."""
     start = time.perf_counter()
-    settings = finetune.FinetuneSettings(
+    settings = FinetuneSettings(
         epochs=20, batch_size=32, learning_rate=1e-3, head_lr_multiplier=10.0, logging_steps=10_000
     )
-    results = finetune.finetune_vqa(
+    results = finetune_vqa(
         pretrained_run, str(tmp_path), num_train_pairs=6000, num_eval_pairs=400, settings=settings, save_model=False
     )
     runs = results["runs"]

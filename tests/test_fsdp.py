@@ -12,8 +12,8 @@ from launch import run as launch_run
 from safetensors.torch import load_file
 
 from vlp.modeling_vlp import VLPForPreTraining
-from vlp.training.checkpointing import list_checkpoints
 from vlp.training.logging_utils import read_jsonl
+from vlp.training.pretrain.checkpointing import list_checkpoints
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "training", "configs", "accelerate")
 NAMES = ("itc", "itm", "mim", "mlm")

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
-from vlp.processing import shapes_world as sw
 from vlp.processing.grouping import GroupConfig, GroupedMatchingDataset
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training.evaluation import grouped_matching_figures, newcombe_difference
+from vlp.processing.worlds import shapes as sw
 from vlp.training.objectives import objective_counts, objective_inputs
+from vlp.training.pretrain.validation import grouped_matching_figures, newcombe_difference
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import torch
 from vlp.modeling_vlp.configuration_vlp import VLPConfig
 from vlp.modeling_vlp.losses_vlp import patchify, pool_cells, pool_segments
 from vlp.modeling_vlp.modeling_vlp import VLPImageEmbeddings, VLPModel
-from vlp.processing import shapes_world as sw
 from vlp.processing.grouping import (
     EASY,
     HARD,
@@ -29,6 +28,7 @@ from vlp.processing.grouping import (
 )
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
+from vlp.processing.worlds import shapes as sw
 
 PATCH = 16
 LAYOUTS = [(1, 2, 32), (2, 2, 32), (3, 3, 48)]  # (rows, cols, image size that divides in resize mode)

@@ -7,7 +7,7 @@ import torch
 
 from vlp.processing.collator import IGNORE_INDEX
 from vlp.processing.masking import guided_count, sample_ratio
-from vlp.training.guided_masking import (
+from vlp.training.pretrain.guided_masking import (
     RATIO_STREAM,
     GuidedMasking,
     caption_words,
@@ -230,8 +230,8 @@ def test_lift_scoring_discounts_what_every_position_attends_to():
 def test_object_patches_cover_the_objects_and_the_collator_passes_them_on():
     import json
 
-    from vlp.processing import shapes_world
-    from vlp.training.data import object_patches_for_scene
+    from vlp.processing.worlds import shapes as shapes_world
+    from vlp.training.pretrain.data import object_patches_for_scene
 
     scene = shapes_world.sample_scene(shapes_world.WorldConfig(seed=0, max_objects=3), 5)
     scene_json = json.dumps(scene.to_dict(), sort_keys=True)

@@ -105,9 +105,9 @@ def circles(graph):
 
 def test_the_graph_sees_the_imports_it_must_see():
     graph = import_graph()
-    assert "training.study_report" in graph["training.study"]
+    assert "training.studies.report" in graph["training.studies.runner"]
     assert "modeling_vlp.modeling_vlp" in graph["modeling_vlp.modeling_vlp_tasks"]
-    assert "processing.shapes_world" in graph["training.data"]
+    assert "processing.worlds.shapes" in graph["training.pretrain.data"]
 
 
 def test_tarjan_finds_a_planted_circle_and_nothing_in_a_chain():

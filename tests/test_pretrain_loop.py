@@ -14,8 +14,8 @@ import torch
 from launch import run as launch_run
 from safetensors.torch import load_file
 
-from vlp.training.checkpointing import list_checkpoints
 from vlp.training.logging_utils import read_jsonl
+from vlp.training.pretrain.checkpointing import list_checkpoints
 
 TINY = {
     "hidden_size": 32,

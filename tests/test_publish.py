@@ -29,9 +29,10 @@ from vlp.modeling_vlp import VLP_AUTO_MAP, VLPConfig, VLPForPreTraining, VLPMode
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training import cli, publish
-from vlp.training import evaluation_suite as ev
+from vlp.training import cli
 from vlp.training.config import parse_config, to_dict
+from vlp.training.evaluation.results import load_schema, validate_json
+from vlp.training.hub import publish
 
 CODE_FILES = set(modeling.EXPORTED_FILES) | set(processing.EXPORTED_FILES)
 MODEL_FILES = {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json"}
@@ -380,7 +381,7 @@ def _figure(value, low, high):
 
 
 def evaluation_results():
-    """A small `vlp evaluate` results.json (checked against training/results_schema.json)."""
+    """A small `vlp evaluate` results.json (checked against training/evaluation/results_schema.json)."""
     block = {
         "n_items": 200,
         "headline": "acc_r",
@@ -463,7 +464,7 @@ def study_results():
 
 def test_card_with_evaluation_results_lists_headline_figures_and_floor_differences(small_run, tmp_path):
     results = evaluation_results()
-    assert ev.validate_json(results, ev.load_schema()) == []
+    assert validate_json(results, load_schema()) == []
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     out = tmp_path / "upload"

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from vlp.processing import grouping, random_streams
-from vlp.training import guided_masking
+from vlp.training.pretrain import guided_masking
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 FOLDERS = ("modeling_vlp", "processing", "training")

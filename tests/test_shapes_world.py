@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlp.processing import shapes_world as sw
-from vlp.processing.shapes_world import Scene, ShapeObject, WorldConfig, caption_holds
+from vlp.processing.worlds import shapes as sw
+from vlp.processing.worlds.shapes import Scene, ShapeObject, WorldConfig, caption_holds
 
 
 def obj(shape, colour, size="small", x=0.5, y=0.5):
@@ -144,7 +144,7 @@ def test_world_does_not_depend_on_batching_or_on_caption_settings():
 def test_world_is_identical_in_another_process_with_another_hash_seed():
     config = WorldConfig(num_scenes=30, seed=9, noise_rate=0.5)
     code = (
-        "from vlp.processing import shapes_world as sw; import sys; sys.path.insert(0, sys.argv[1]);"
+        "from vlp.processing.worlds import shapes as sw; import sys; sys.path.insert(0, sys.argv[1]);"
         "from test_shapes_world import _digest; print(_digest(sw.WorldConfig(num_scenes=30, seed=9, noise_rate=0.5)))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -1,5 +1,5 @@
-"""Text-only floors (training/shortcuts.py) and the balancing that keeps captions alone from telling the answer
-(processing/text_balance.py, the ITM positive, GITM hard distractors and the evaluation foils)."""
+"""Text-only floors (training/evaluation/shortcuts.py) and the balancing that keeps captions alone from telling the
+answer (processing/worlds/text_balance.py, the ITM positive, GITM hard distractors and the evaluation foils)."""
 
 import random
 from collections import Counter
@@ -7,16 +7,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from vlp.processing import eval_sets
-from vlp.processing import shapes_world as sw
 from vlp.processing.grouping import GroupConfig, GroupedMatchingDataset
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.pretraining_data import PretrainingDataset
 from vlp.processing.processing_vlp import VLPProcessor
-from vlp.processing.text_balance import CaptionFrequencies
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training.data import holds_for_scene
-from vlp.training.shortcuts import (
+from vlp.processing.worlds import eval_sets
+from vlp.processing.worlds import shapes as sw
+from vlp.processing.worlds.text_balance import CaptionFrequencies
+from vlp.training.evaluation.shortcuts import (
     BagOfWords,
     features_of,
     foil_acc_r,
@@ -24,6 +23,7 @@ from vlp.training.shortcuts import (
     itm_pair_items,
     text_only_floor,
 )
+from vlp.training.pretrain.data import holds_for_scene
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,13 @@ import torch
 from launch import run as launch_run
 from safetensors.torch import load_file
 
-from vlp.processing import shapes_world
-from vlp.processing import webdataset as wds
-from vlp.processing.caption_readers import CORRUPT_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, NON_UTF8_CAPTION
+from vlp.processing.readers import webdataset as wds
+from vlp.processing.readers.captions import CORRUPT_IMAGE, EMPTY_CAPTION, MISSING_IMAGE, NON_UTF8_CAPTION
+from vlp.processing.worlds import shapes as shapes_world
 from vlp.training import cli
-from vlp.training.checkpointing import list_checkpoints
 from vlp.training.config import ConfigError, parse_config, parse_sources
 from vlp.training.logging_utils import read_jsonl
+from vlp.training.pretrain.checkpointing import list_checkpoints
 
 TINY = {
     "hidden_size": 32,
@@ -157,7 +157,7 @@ def test_streamed_rows_become_samples_with_negatives_from_the_bank():
     from vlp.processing.pretraining_data import PretrainingDataset
     from vlp.processing.processing_vlp import VLPProcessor
     from vlp.processing.tokenization import train_wordpiece_tokenizer
-    from vlp.training.data import StreamSamples, holds_for_scene
+    from vlp.training.pretrain.data import StreamSamples, holds_for_scene
 
     rows = shapes_world.build_dataset(shapes_world.WorldConfig(num_scenes=40, seed=2, image_size=16))
     tokenizer = train_wordpiece_tokenizer((c for cs in rows["captions"] for c in cs), vocab_size=200)

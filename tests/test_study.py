@@ -12,7 +12,7 @@ import yaml
 
 from vlp.training.config import ConfigError, parse_config
 from vlp.training.statistics import MIN_SEEDS_FOR_CLAIMS
-from vlp.training.study import (
+from vlp.training.studies.runner import (
     _run_cost,
     collect_results,
     load_study,
@@ -244,7 +244,7 @@ def test_the_report_shows_rare_concepts_and_the_power_of_the_design(tmp_path):
     assert "| 1 | 10–100 | 0.600 | 0.650 |" in rare and "| 2 | 100–1000 | 0.700 | 0.750 |" in rare
     power = report.split("## Power", 1)[1].split("\n## ", 1)[0]
     difference = results["differences"]["plus"]["eval.suites.foils.phenomena.colour.score.acc_r"]
-    from vlp.training.study_report import minimum_detectable_effect
+    from vlp.training.studies.report import minimum_detectable_effect
 
     effect = minimum_detectable_effect(difference["low"], difference["high"])
     assert f"| eval.suites.foils.phenomena.colour.score.acc_r | {effect:.3f} | seeds, items |" in power
@@ -252,7 +252,7 @@ def test_the_report_shows_rare_concepts_and_the_power_of_the_design(tmp_path):
 
 
 def test_a_score_that_does_not_clear_its_floor_is_marked():
-    from vlp.training.study_report import _floor_cell, _uncleared, _words
+    from vlp.training.studies.report import _floor_cell, _uncleared, _words
 
     metric, floor = "eval.x.score.acc_r", "eval.x.floors.blank.acc_r"
     values = {metric: {"mean": 0.52, "low": 0.48, "high": 0.56}, floor: {"mean": 0.5}}
@@ -418,7 +418,7 @@ def test_vqa_finetune_per_run_and_baselines_once_per_study(tmp_path):
 
 
 def test_figures_with_intervals_from_the_evaluation_are_read_as_such(tmp_path):
-    from vlp.training.study import run_figures
+    from vlp.training.studies.runner import run_figures
 
     run = tmp_path / "run"
     run.mkdir()
@@ -432,7 +432,7 @@ def test_figures_with_intervals_from_the_evaluation_are_read_as_such(tmp_path):
 
 
 def test_learning_curves_draw_validation_accuracy_only_where_a_run_logged_it_more_than_once():
-    from vlp.training.study_report import curve_panels
+    from vlp.training.studies.report import curve_panels
 
     train = {"a": [{"step": 1, "mlm_loss": 3.0, "itm_loss": 0.7}], "b": [{"step": 1, "mlm_loss": 2.0}]}
     once = {"a": [{"step": 10, "itm_accuracy": 0.5}], "b": []}
@@ -444,7 +444,7 @@ def test_learning_curves_draw_validation_accuracy_only_where_a_run_logged_it_mor
 def test_the_command_line_reads_its_options_from_the_dataclass(monkeypatch, capsys):
     """`vlp study STUDY --output_dir DIR --jobs N --budget-seconds S` (STUDY first, dashes or underscores) reaches
     run_study; an unknown option stops with argparse's message."""
-    from vlp.training import study as study_module
+    from vlp.training.studies import runner as study_module
 
     calls = []
 

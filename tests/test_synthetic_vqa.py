@@ -8,9 +8,9 @@ from collections import Counter, defaultdict
 import pytest
 from PIL import Image
 
-from vlp.processing.downstream_readers import VQA_ROW_KEYS, build_answer_vocabulary, normalize_answer
-from vlp.processing.shapes_world import COLOURS, RELATION_MARGIN, SHAPE_PLURALS, SHAPES, caption_holds
-from vlp.processing.synthetic_vqa import (
+from vlp.processing.readers.downstream import VQA_ROW_KEYS, build_answer_vocabulary, normalize_answer
+from vlp.processing.worlds.shapes import COLOURS, RELATION_MARGIN, SHAPE_PLURALS, SHAPES, caption_holds
+from vlp.processing.worlds.synthetic_vqa import (
     QUESTION_FAMILIES,
     SyntheticVQAConfig,
     build_synthetic_vqa_dataset,

@@ -10,8 +10,8 @@ import torch
 from vlp.training.config import ConfigError, parse_config
 from vlp.training.logging_utils import MetricLogger, read_jsonl
 from vlp.training.objectives import step_objectives
-from vlp.training.pretrain import learning_rate_at, make_optimizer
-from vlp.training.sampler import GlobalBatchSampler
+from vlp.training.pretrain.loop import learning_rate_at, make_optimizer
+from vlp.training.pretrain.sampler import GlobalBatchSampler
 
 
 def test_yaml_then_values_then_cli_overrides(tmp_path):
@@ -283,7 +283,7 @@ def test_checkpoints_store_the_tied_decoder_once_without_a_warning_and_restore_t
     from safetensors.torch import load_file
 
     from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
-    from vlp.training import checkpointing
+    from vlp.training.pretrain import checkpointing
 
     torch.manual_seed(0)
     config = VLPConfig(

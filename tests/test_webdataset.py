@@ -15,10 +15,10 @@ import PIL.Image
 import pytest
 import torch
 
-from vlp.processing import shapes_world
-from vlp.processing import webdataset as wds
-from vlp.processing.caption_readers import CORRUPT_IMAGE, EMPTY_CAPTION, HUGE_IMAGE, NON_UTF8_CAPTION
 from vlp.processing.pretraining_data import decode_image
+from vlp.processing.readers import webdataset as wds
+from vlp.processing.readers.captions import CORRUPT_IMAGE, EMPTY_CAPTION, HUGE_IMAGE, NON_UTF8_CAPTION
+from vlp.processing.worlds import shapes as shapes_world
 
 NUM_SCENES = 26  # 8 shards of 3 and one of 2: uneven workers and ranks
 PER_SHARD = 3

@@ -71,7 +71,7 @@ def _data(argv):
     kind = argv[0]
     description = "Write the synthetic world as a datasets folder (shapes) or WebDataset shards from a reader (shards)."
     args, world_args = parse_command((kinds[kind], WorldArguments), argv[1:], f"vlp data {kind}", description)
-    from ..processing import shapes_world
+    from ..processing.worlds import shapes as shapes_world
 
     held_out = [tuple(pair.replace(":", " ").split()) for pair in world_args.held_out.split(",") if pair.strip()]
     world = {**asdict(world_args), "held_out_pairs": held_out}
@@ -85,10 +85,10 @@ def _data(argv):
 
 def _write_shards(args, world):
     """`vlp data shards`: the world or one reader's records as shards; skipped records counted and listed."""
-    from ..processing import shapes_world
-    from ..processing.webdataset import write_shards
+    from ..processing.readers.webdataset import write_shards
+    from ..processing.worlds import shapes as shapes_world
     from .config import ConfigError, parse_sources
-    from .data import read_source
+    from .pretrain.data import read_source
 
     if args.samples_per_shard < 1:
         raise ConfigError(f"--samples-per-shard={args.samples_per_shard}: expected an integer >= 1")
@@ -144,7 +144,7 @@ def _pretrain(argv):
     config_file, overrides = HfArgumentParser(ConfigFile).parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
-    from .pretrain import pretrain
+    from .pretrain.loop import pretrain
 
     arguments = parse_config(config_file.config, overrides)
     metrics = pretrain(*arguments)
@@ -176,7 +176,7 @@ def _masks(argv):
     args = parse_command(MasksArguments, argv, "vlp masks", description, positional=("run_dir",))
     from ..processing.masking import POLICIES
     from .config import ConfigError
-    from .mask_report import masks_report
+    from .evaluation.mask_report import masks_report
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
@@ -218,11 +218,11 @@ COMMANDS = {
     "data": _data,
     "pretrain": _pretrain,
     "masks": _masks,
-    "finetune": _from_module("finetune"),
-    "evaluate": _from_module("evaluation_suite"),
-    "study": _from_module("study"),
-    "push": _from_module("publish"),
-    "convert-vilt": _from_module("convert_vilt"),
+    "finetune": _from_module("finetune.cli"),
+    "evaluate": _from_module("evaluation.suite"),
+    "study": _from_module("studies.runner"),
+    "push": _from_module("hub.publish"),
+    "convert-vilt": _from_module("hub.convert_vilt"),
 }
 
 

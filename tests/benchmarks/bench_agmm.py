@@ -25,15 +25,15 @@ import torch
 
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
 from vlp.modeling_vlp.losses_vlp import ema_update
-from vlp.processing import shapes_world
 from vlp.processing.collator import PretrainingCollator
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.pretraining_data import PretrainingDataset
 from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training.guided_masking import GuidedMasking, guidance_relevance
+from vlp.processing.worlds import shapes as shapes_world
 from vlp.training.objectives import objective_inputs
-from vlp.training.pretrain import matched_relevance
+from vlp.training.pretrain.guided_masking import GuidedMasking, guidance_relevance
+from vlp.training.pretrain.loop import matched_relevance
 
 VARIANTS = ("random", "reuse", "pass", "ema")
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from vlp.processing.shapes_world import WorldConfig, generate_examples, render_batch
+from vlp.processing.worlds.shapes import WorldConfig, generate_examples, render_batch
 
 
 def pin_to_one_core():

@@ -16,13 +16,13 @@ import time
 import torch
 
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
-from vlp.processing import shapes_world
 from vlp.processing.collator import PretrainingCollator
 from vlp.processing.grouping import GroupConfig, GroupedMatchingDataset
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.pretraining_data import PretrainingDataset
 from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
+from vlp.processing.worlds import shapes as shapes_world
 from vlp.training.objectives import objective_inputs
 
 

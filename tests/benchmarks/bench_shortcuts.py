@@ -27,16 +27,17 @@ import numpy as np
 import torch
 
 from vlp.modeling_vlp.losses_vlp import false_negative_share
-from vlp.processing import eval_sets, shapes_world
 from vlp.processing.collator import PretrainingCollator
 from vlp.processing.grouping import GroupConfig, GroupedMatchingDataset
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.pretraining_data import PretrainingDataset
 from vlp.processing.processing_vlp import VLPProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
-from vlp.training.data import holds_for_scene
+from vlp.processing.worlds import eval_sets
+from vlp.processing.worlds import shapes as shapes_world
+from vlp.training.evaluation.shortcuts import foil_acc_r, gitm_segment_items, itm_pair_items, text_only_floor
 from vlp.training.objectives import hard_negative_inputs
-from vlp.training.shortcuts import foil_acc_r, gitm_segment_items, itm_pair_items, text_only_floor
+from vlp.training.pretrain.data import holds_for_scene
 
 
 def _world(scenes, seed, cache):

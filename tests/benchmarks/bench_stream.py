@@ -21,18 +21,18 @@ import time
 
 import torch
 
-from vlp.processing import shapes_world
-from vlp.processing import webdataset as wds
 from vlp.processing.collator import PretrainingCollator
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.pretraining_data import PretrainingDataset
 from vlp.processing.processing_vlp import VLPProcessor
+from vlp.processing.readers import webdataset as wds
 from vlp.processing.tokenization import train_wordpiece_tokenizer
+from vlp.processing.worlds import shapes as shapes_world
 from vlp.training.config import parse_config
-from vlp.training.data import EpochIndexed, StreamSamples, holds_for_scene
 from vlp.training.logging_utils import read_jsonl
-from vlp.training.pretrain import pretrain
-from vlp.training.sampler import GlobalBatchSampler
+from vlp.training.pretrain.data import EpochIndexed, StreamSamples, holds_for_scene
+from vlp.training.pretrain.loop import pretrain
+from vlp.training.pretrain.sampler import GlobalBatchSampler
 
 
 def read_epoch(loader):

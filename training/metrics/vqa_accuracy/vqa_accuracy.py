@@ -5,7 +5,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from vlp.processing.downstream_readers import REFERENCE_PROCESSING, vqa_question_accuracy
+from vlp.processing.readers.downstream import REFERENCE_PROCESSING, vqa_question_accuracy
 from vlp.training.statistics import mean_interval
 
 _DESCRIPTION = """\

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .statistics import bootstrap_ci
+from ..statistics import bootstrap_ci
 
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -176,7 +176,7 @@ def foil_acc_r(
 def gitm_segment_items(dataset, indices: Sequence[int]) -> tuple[list[str], list[str]]:
     """The segments of the groups a `GroupedMatchingDataset` draws for `indices` (at its current epoch), each
     labelled "own" (the caption of a cell) or "none" (a distractor)."""
-    from ..processing.grouping import NONE
+    from ...processing.grouping import NONE
 
     texts, labels = [], []
     for index in indices:

@@ -69,8 +69,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from . import strict_json
-from .random_streams import WORLD_STREAMS
+from .. import strict_json
+from ..random_streams import WORLD_STREAMS
 
 # --------------------------------------------------------------------------------------------
 # Vocabulary

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cli_args import parse_command
+from ..cli_args import parse_command
 
 CONFIG_KEYS = (
     "vocab_size",
@@ -76,7 +76,7 @@ MLM_RENAMES = {
 
 def vlp_config_from_vilt(vilt_config):
     """A VLPConfig with ViLT's sizes; refuses settings VLP does not reproduce."""
-    from ..modeling_vlp import VLPConfig
+    from ...modeling_vlp import VLPConfig
 
     if getattr(vilt_config, "max_image_length", -1) not in (-1, None):
         raise ValueError(
@@ -126,8 +126,8 @@ def convert_vilt(source, destination):
     behind (heads VLP does not have, such as a VQA classifier)."""
     from transformers import AutoModel, ViltConfig, ViltForMaskedLM
 
-    from ..modeling_vlp import VLPForPreTraining
-    from ..processing import VLPImageProcessor, VLPProcessor
+    from ...modeling_vlp import VLPForPreTraining
+    from ...processing import VLPImageProcessor, VLPProcessor
 
     config = ViltConfig.from_pretrained(source)
     architectures = config.architectures or []

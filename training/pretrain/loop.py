@@ -27,18 +27,14 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
-from ..modeling_vlp import VLPConfig, VLPForPreTraining
-from ..modeling_vlp.losses_vlp import ema_update, false_negative_share
-from ..processing import strict_json
-from ..processing.caption_readers import SkipReport
-from ..processing.random_streams import HARD_NEGATIVE_STREAM
-from . import checkpointing
-from .config import to_dict
-from .data import build_pretraining_data, write_source_report
-from .evaluation import validate
-from .guided_masking import GuidedMasking, guidance_relevance, mask_diagnostics, share_metrics
-from .logging_utils import MetricLogger, truncate_jsonl
-from .objectives import (
+from ...modeling_vlp import VLPConfig, VLPForPreTraining
+from ...modeling_vlp.losses_vlp import ema_update, false_negative_share
+from ...processing import strict_json
+from ...processing.random_streams import HARD_NEGATIVE_STREAM
+from ...processing.readers.captions import SkipReport
+from ..config import to_dict
+from ..logging_utils import MetricLogger, truncate_jsonl
+from ..objectives import (
     JOINT_PASS,
     OBJECTIVE_ORDER,
     joint_passes,
@@ -47,7 +43,11 @@ from .objectives import (
     pass_objectives,
     step_objectives,
 )
+from . import checkpointing
+from .data import build_pretraining_data, write_source_report
+from .guided_masking import GuidedMasking, guidance_relevance, mask_diagnostics, share_metrics
 from .sampler import GlobalBatchSampler
+from .validation import validate
 
 # Fault injection for tests. Step indices count completed optimizer steps (the step with index k is logged as k + 1).
 FAULT_ENV = "VLP_FAULT_AT_STEP"  # raise before the step with this index runs (crash and resume)
@@ -104,7 +104,7 @@ def code_version():
     from importlib import metadata
 
     version = metadata.version("vlp") if _has_distribution("vlp") else "unknown"
-    head = os.path.join(os.path.dirname(__file__), "..", ".git", "HEAD")
+    head = os.path.join(os.path.dirname(__file__), "..", "..", ".git", "HEAD")
     try:
         with open(head, encoding="utf-8") as handle:
             ref = handle.read().strip()

@@ -39,8 +39,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from . import strict_json
-from .random_streams import MIX_ORDER_STREAM, MIX_QUOTA_STREAM
+from .. import strict_json
+from ..random_streams import MIX_ORDER_STREAM, MIX_QUOTA_STREAM
 
 # Skip reasons (the categories a SkipReport counts; the detail of each entry says more).
 EMPTY_CAPTION = "empty caption"

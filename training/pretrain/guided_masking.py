@@ -24,15 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..processing.collator import IGNORE_INDEX, mask_tokens
-from ..processing.masking import batch_policy_masks, policy_mask, sample_ratio
-from ..processing.random_streams import (
-    MASK_PROBE_STREAM,
-    PATCH_STREAM,
-    RATIO_STREAM,
-    WORD_REPLACE_STREAM,
-    WORD_STREAM,
-)
+from ...processing.collator import IGNORE_INDEX, mask_tokens
+from ...processing.masking import batch_policy_masks, policy_mask, sample_ratio
+from ...processing.random_streams import MASK_PROBE_STREAM, PATCH_STREAM, RATIO_STREAM, WORD_REPLACE_STREAM, WORD_STREAM
 
 SOURCES = ("model", "ema", "itm")
 WORD_QUERIES = ("patches", "cls")

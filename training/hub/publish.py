@@ -19,11 +19,11 @@ import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .. import model_cards, modeling_vlp, processing
-from ..modeling_vlp.configuration_vlp import VLP_AUTO_MAP
-from ..processing import strict_json
-from .cli_args import parse_command
-from .config import ConfigError
+from ... import model_cards, modeling_vlp, processing
+from ...modeling_vlp.configuration_vlp import VLP_AUTO_MAP
+from ...processing import strict_json
+from ..cli_args import parse_command
+from ..config import ConfigError
 
 CODE_FILES = tuple(modeling_vlp.EXPORTED_FILES) + tuple(processing.EXPORTED_FILES)
 WEIGHTS = "model.safetensors"

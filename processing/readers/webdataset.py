@@ -58,8 +58,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from . import strict_json
-from .caption_readers import (
+from .. import strict_json
+from ..random_streams import BUFFER_STREAM, SHARD_MIX_STREAM, SHARD_ORDER_STREAM
+from .captions import (
     CORRUPT_IMAGE,
     EMPTY_CAPTION,
     MISSING_IMAGE,
@@ -70,7 +71,6 @@ from .caption_readers import (
     header_problem,
     mixture_quotas,
 )
-from .random_streams import BUFFER_STREAM, SHARD_MIX_STREAM, SHARD_ORDER_STREAM
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "vlp-webdataset"

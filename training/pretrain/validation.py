@@ -8,11 +8,11 @@ import json
 import datasets
 import torch
 
-from ..modeling_vlp.losses_vlp import gitm_classes, grouped_matching_metrics
-from ..processing import shapes_world
-from ..processing.pretraining_data import decode_image
-from .objectives import objective_counts, objective_inputs
-from .statistics import newcombe_difference, wilson_interval
+from ...modeling_vlp.losses_vlp import gitm_classes, grouped_matching_metrics
+from ...processing.pretraining_data import decode_image
+from ...processing.worlds import shapes as shapes_world
+from ..objectives import objective_counts, objective_inputs
+from ..statistics import newcombe_difference, wilson_interval
 
 EXTRA_OBJECTIVES = ("mim", "itc", "wra", "gitm")  # validated by their loss (and grouped matching's own figures)
 GITM_KINDS = {"own": 0, "easy": 1, "hard": 2}  # processing.grouping's segment kinds

@@ -44,23 +44,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import shapes_world as sw
-from . import strict_json
-from .shapes_world import (
-    COLOURS,
-    FOIL_KINDS,
-    SHAPES,
-    Clause,
-    Desc,
-    Scene,
-    WorldConfig,
-    caption_holds,
-)
+from .. import strict_json
+from . import shapes as sw
+from .shapes import COLOURS, FOIL_KINDS, SHAPES, Clause, Desc, Scene, WorldConfig, caption_holds
 from .text_balance import CaptionFrequencies
 
 #: The evaluation world is drawn with ``world_seed + EVAL_SEED_OFFSET``.
 EVAL_SEED_OFFSET = 2_000_081
-#: Offsets the pretraining data uses (training world +0, validation ``VALIDATION_SEED_OFFSET`` in training/data.py).
+#: Offsets of the pretraining data (training world +0, validation VALIDATION_SEED_OFFSET in training/pretrain/data.py).
 TRAINING_SEED_OFFSETS = (0, 1_000_003)
 FORMAT_VERSION = 1
 #: Stands for a masked word in probe captions (the VLP tokenizer's mask token).

@@ -39,16 +39,16 @@ from functools import partial
 import numpy as np
 import yaml
 
-from ..model_cards import is_primary
-from ..processing import strict_json
-from .cli_args import parse_command
-from .config import ConfigError, parse_config, read_yaml, to_dict
-from .evaluation_suite import SUITES
-from .guided_masking import POLICY_KEYS, mask_fingerprint
-from .statistics import MIN_SEEDS_FOR_CLAIMS, bootstrap_ci, hierarchical_bootstrap_difference, holm_correction
-from .study_report import write_report
+from ...model_cards import is_primary
+from ...processing import strict_json
+from ..cli_args import parse_command
+from ..config import ConfigError, parse_config, read_yaml, to_dict
+from ..evaluation.settings import SUITES
+from ..pretrain.guided_masking import POLICY_KEYS, mask_fingerprint
+from ..statistics import MIN_SEEDS_FOR_CLAIMS, bootstrap_ci, hierarchical_bootstrap_difference, holm_correction
+from .report import write_report
 
-STUDIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "studies")
+STUDIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "studies")
 RESULTS_FORMAT = "vlp-study-results"
 RESULTS_VERSION = 1
 
@@ -103,7 +103,7 @@ def probe_unit_counts(model_args, data_args, scenes=64):
     caption files) and the patches of one image (MIM)."""
     words = list(range(3, 21))
     if data_args.dataset == "shapes":
-        from ..processing import shapes_world
+        from ...processing.worlds import shapes as shapes_world
 
         world = shapes_world.WorldConfig(
             num_scenes=scenes,

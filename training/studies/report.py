@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from ..model_cards import is_primary
-from .statistics import MIN_SEEDS_FOR_CLAIMS
+from ...model_cards import is_primary
+from ..statistics import MIN_SEEDS_FOR_CLAIMS
 
 
 def _fmt(value, digits=3):
@@ -482,7 +482,7 @@ def _metric_panels(results, metrics, every, path, plt):
 def _run_config(run_dir):
     import yaml
 
-    from .config import parse_config
+    from ..config import parse_config
 
     with open(os.path.join(run_dir, "run.yaml"), encoding="utf-8") as handle:
         return parse_config(values=yaml.safe_load(handle)["config"])
@@ -503,9 +503,9 @@ def write_gitm_examples(run_dir, path, groups=4):
     import torch
     from accelerate import Accelerator
 
-    from ..modeling_vlp import VLPForPreTraining
-    from .data import build_pretraining_data
-    from .objectives import objective_inputs
+    from ...modeling_vlp import VLPForPreTraining
+    from ..objectives import objective_inputs
+    from ..pretrain.data import build_pretraining_data
 
     model_args, data_args, _ = _run_config(run_dir)
     model = VLPForPreTraining.from_pretrained(os.path.join(run_dir, "model")).eval()
@@ -552,7 +552,7 @@ def write_gitm_examples(run_dir, path, groups=4):
 def write_examples(study, results, output_dir):
     """Example masks of the attention-guided mix (`masks_for`) and grouped-matching assignments of the first mix
     with grouped matching, from the first seed's runs; returns the file names written."""
-    from .mask_report import masks_report
+    from ..evaluation.mask_report import masks_report
 
     written = []
     seed = results["seeds"][0]

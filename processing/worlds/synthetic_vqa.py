@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from .random_streams import WORLD_STREAMS
-from .shapes_world import (
+from ..random_streams import WORLD_STREAMS
+from .shapes import (
     COLOURS,
     RELATIONS,
     SHAPE_PLURALS,
@@ -368,6 +368,6 @@ def build_synthetic_vqa_dataset(config: SyntheticVQAConfig):
     """The set as a ``datasets.Dataset`` with ``downstream_readers.vqa_features()``."""
     import datasets
 
-    from .downstream_readers import vqa_features
+    from ..readers.downstream import vqa_features
 
     return datasets.Dataset.from_list(synthetic_vqa_rows(config), features=vqa_features())

@@ -8,7 +8,7 @@ same samples at the same step, and a resumed run starts exactly where the checkp
 import numpy as np
 import torch
 
-from ..processing.random_streams import SAMPLER_STREAM
+from ...processing.random_streams import SAMPLER_STREAM
 
 
 def epoch_permutation(num_samples, seed, epoch):

@@ -19,9 +19,14 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
-from ..processing import shapes_world, strict_json
-from ..processing import webdataset as wds
-from ..processing.caption_readers import (
+from ...processing import strict_json
+from ...processing.collator import PretrainingCollator
+from ...processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
+from ...processing.image_processing_vlp import VLPImageProcessor
+from ...processing.pretraining_data import PretrainingDataset
+from ...processing.processing_vlp import VLPProcessor
+from ...processing.readers import webdataset as wds
+from ...processing.readers.captions import (
     MixedEpochDataset,
     SkipReport,
     concatenate_sources,
@@ -29,12 +34,8 @@ from ..processing.caption_readers import (
     read_caption_file,
     read_coco_captions,
 )
-from ..processing.collator import PretrainingCollator
-from ..processing.grouping import GroupConfig, GroupedMatchingDataset, collate_grouped
-from ..processing.image_processing_vlp import VLPImageProcessor
-from ..processing.pretraining_data import PretrainingDataset
-from ..processing.processing_vlp import VLPProcessor
-from ..processing.tokenization import train_wordpiece_tokenizer
+from ...processing.tokenization import train_wordpiece_tokenizer
+from ...processing.worlds import shapes as shapes_world
 
 VALIDATION_SEED_OFFSET = 1_000_003  # the validation world is drawn with world_seed + this
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import strict_json
+from .. import strict_json
 
 # --------------------------------------------------------------------------------------------
 # Official VQA answer normalisation (the VQA v2 evaluation code's rules)

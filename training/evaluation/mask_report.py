@@ -15,10 +15,10 @@ import textwrap
 import numpy as np
 import torch
 
-from ..processing import strict_json
-from ..processing.masking import POLICIES
-from .guided_masking import GuidedMasking, guidance_relevance
-from .objectives import objective_inputs
+from ...processing import strict_json
+from ...processing.masking import POLICIES
+from ..objectives import objective_inputs
+from ..pretrain.guided_masking import GuidedMasking, guidance_relevance
 
 COUNTS = ("masked_concept_words", "masked_words", "masked_object_patches", "masked_patches")
 
@@ -191,9 +191,9 @@ def masks_report(
     import yaml
     from accelerate import Accelerator
 
-    from ..modeling_vlp import VLPForPreTraining
-    from .config import parse_config
-    from .data import build_pretraining_data
+    from ...modeling_vlp import VLPForPreTraining
+    from ..config import parse_config
+    from ..pretrain.data import build_pretraining_data
 
     with open(os.path.join(run_dir, "run.yaml"), encoding="utf-8") as handle:
         config = yaml.safe_load(handle)["config"]
