@@ -3,8 +3,8 @@
 A stream is the last entry of a NumPy seed tuple, e.g. ``np.random.default_rng([seed, epoch, index, MLM_STREAM])``:
 two purposes that shared an id and a tuple shape would draw correlated numbers for the same sample. The shapes world
 and the synthetic VQA questions pack (seed, index, purpose) into one integer for ``random.Random`` (two bits of
-purpose); those ids live in `WORLD_STREAMS`. `tests/test_random_streams.py` checks that all ids are distinct and that
-no module defines a stream id of its own.
+purpose); those ids live in `WORLD_STREAMS`. `tests/unit/test_random_streams.py` checks that all ids are distinct and
+that no module defines a stream id of its own.
 """
 
 # Per sample: np.random.default_rng([seed, epoch, dataset index, STREAM]).

@@ -1,4 +1,4 @@
-"""ITC under torch.distributed (gloo, CPU), for tests/test_losses.py. Launch with torch.distributed.run:
+"""ITC under torch.distributed (gloo, CPU), for tests/unit/test_losses.py. Launch with torch.distributed.run:
 
     python -m torch.distributed.run --nproc_per_node 2 --master_port PORT tests/distributed_itc_check.py OUTDIR
 

@@ -7,7 +7,8 @@ import subprocess
 import sys
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from repo_paths import ROOT
+
 FOLDERS = ("modeling_vlp", "processing", "training", "model_cards")
 KINDS = (".py", ".yaml", ".json", ".md")
 

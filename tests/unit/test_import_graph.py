@@ -8,8 +8,8 @@ import ast
 import os
 
 import pytest
+from repo_paths import ROOT
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PACKAGES = ("modeling_vlp", "processing", "training", "model_cards")
 # modeling_vlp.py imports its task file so that `save_pretrained` copies modeling_vlp_tasks.py into every checkpoint
 # (transformers copies a model file's relative imports); the task file builds on the base classes. The one circle.

@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from repo_paths import ROOT
 
 from vlp.processing import strict_json
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 PROJECT_FOLDERS = ("modeling_vlp", "processing", "training", "model_cards")
 
 

@@ -5,8 +5,8 @@ import ast
 import os
 
 import pytest
+from repo_paths import ROOT
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 MAX_LINES = 80
 
 

@@ -12,6 +12,7 @@ import PIL.Image
 import pytest
 import torch
 from remote_code import run_blocked
+from repo_paths import ROOT
 
 from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.processing_vlp import VLPProcessor
@@ -229,7 +230,7 @@ def test_tokenizer_save_load_offline(tokenizer, tmp_path):
         assert loaded(caption)["input_ids"] == tokenizer(caption)["input_ids"]
 
 
-TOKENIZATION_FILE = os.path.join(os.path.dirname(__file__), "..", "processing", "tokenization.py")
+TOKENIZATION_FILE = os.path.join(ROOT, "processing", "tokenization.py")
 LEARN_IN_SUBPROCESS = textwrap.dedent(
     """
     import importlib.util, json, random, sys

@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from repo_paths import ROOT
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "training", "configs", "demo.yaml")
+CONFIG = os.path.join(ROOT, "training", "configs", "demo.yaml")
 
 
 @pytest.mark.slow

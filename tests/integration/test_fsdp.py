@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 from launch import run as launch_run
+from repo_paths import ROOT
 from safetensors.torch import load_file
 
 from vlp.modeling_vlp import VLPForPreTraining
 from vlp.training.logging_utils import read_jsonl
 from vlp.training.pretrain.checkpointing import list_checkpoints
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "training", "configs", "accelerate")
+CONFIGS = os.path.join(ROOT, "training", "configs", "accelerate")
 NAMES = ("itc", "itm", "mim", "mlm")
 TINY = {
     "hidden_size": 32,

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import repo_paths
 from conftest import BENCHMARK_SAMPLES
 
 from vlp.processing.readers.downstream import (
@@ -28,7 +29,7 @@ from vlp.processing.readers.downstream import (
     write_vqa_results,
 )
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "downstream")
+FIXTURES = os.path.join(repo_paths.FIXTURES, "downstream")
 QUESTIONS = os.path.join(FIXTURES, "v2_OpenEnded_mscoco_val2014_questions.json")
 ANNOTATIONS = os.path.join(FIXTURES, "v2_mscoco_val2014_annotations.json")
 PAIRS = os.path.join(FIXTURES, "v2_mscoco_val2014_complementary_pairs.json")

@@ -3,6 +3,7 @@
 import os
 
 import latest_versions as lv
+from repo_paths import ROOT, TESTS
 
 LOCK = """\
 #
@@ -71,7 +72,7 @@ def test_the_lock_in_the_repository_pins_every_requirement_of_setup_py():
 
     from packaging.requirements import Requirement
 
-    root = os.path.join(os.path.dirname(__file__), "..")
+    root = ROOT
     with open(os.path.join(root, "requirements", "lock.txt"), encoding="utf-8") as handle:
         locked = lv.parse_lock(handle.read())
     declared = [Requirement(line) for line in requires("vlp") or []]
@@ -112,7 +113,7 @@ def _run_main(tmp_path, test_body: str):
     lock = tmp_path / "lock.txt"
     lock.write_text("".join(f"{name}=={version}\n" for name, version in sorted(lv.installed_versions().items())))
     (tmp_path / "test_one.py").write_text(test_body)
-    script = os.path.join(os.path.dirname(__file__), "latest_versions.py")
+    script = os.path.join(TESTS, "latest_versions.py")
     return subprocess.run(
         [sys.executable, script, "--lock", str(lock), "--", "-q", str(tmp_path / "test_one.py")],
         capture_output=True,

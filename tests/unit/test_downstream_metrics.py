@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+import repo_paths
 
 from vlp.processing.readers.downstream import (
     leave_one_out_accuracy,
@@ -19,7 +20,7 @@ from vlp.processing.readers.downstream import (
 from vlp.training.metrics import available_metrics, load_metric
 from vlp.training.statistics import mean_interval, ratio_interval
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "downstream")
+FIXTURES = os.path.join(repo_paths.FIXTURES, "downstream")
 HAVE_JAVA = shutil.which("java") is not None
 needs_java = pytest.mark.skipif(not HAVE_JAVA, reason="pycocoevalcap's tokenizer and METEOR need java")
 

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import repo_paths
 from conftest import BENCHMARK_SAMPLES
 
 from vlp.processing.readers.benchmarks import (
@@ -23,7 +24,7 @@ from vlp.processing.readers.benchmarks import (
     read_winoground,
 )
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "benchmarks")
+FIXTURES = os.path.join(repo_paths.FIXTURES, "benchmarks")
 SAMPLES = os.path.abspath(BENCHMARK_SAMPLES)
 needs_samples = pytest.mark.skipif(not os.path.isdir(SAMPLES), reason="benchmark-samples folder not present")
 

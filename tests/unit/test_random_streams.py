@@ -4,11 +4,11 @@ import ast
 import os
 
 import numpy as np
+from repo_paths import ROOT
 
 from vlp.processing import grouping, random_streams
 from vlp.training.pretrain import guided_masking
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 FOLDERS = ("modeling_vlp", "processing", "training")
 
 

@@ -12,6 +12,7 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 from launch import run as launch_run
+from repo_paths import TESTS
 
 from vlp.modeling_vlp.losses_vlp import (
     clamp_logit_scale,
@@ -28,8 +29,6 @@ from vlp.modeling_vlp.losses_vlp import (
     unpatchify,
     wra_loss,
 )
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -188,7 +187,7 @@ def test_itc_distributed_equals_full_batch(tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        os.path.join(HERE, "distributed_itc_check.py"),
+        os.path.join(TESTS, "distributed_itc_check.py"),
         str(tmp_path),
     ]
     result = launch_run(command, env=env, timeout=240)

@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+from repo_paths import ROOT
 from test_pretrain_loop import run_pretrain, train_losses
 
 from vlp.training.logging_utils import read_jsonl
@@ -106,7 +107,7 @@ def test_study_configs_parse_for_every_mix():
     from vlp.processing.grouping import check_grid
     from vlp.training.config import parse_config
 
-    folder = os.path.join(os.path.dirname(__file__), "..", "training", "configs", "studies")
+    folder = os.path.join(ROOT, "training", "configs", "studies")
     files = sorted(glob.glob(os.path.join(folder, "*.yaml")))
     assert files
     for path in files:
