@@ -177,6 +177,17 @@ def wilson_interval(correct, total, z=1.959964):
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def accuracy_figures(prefix, correct, total):
+    """`prefix`, its Wilson interval (`_ci_low`, `_ci_high`) and its item count (`_n`) as flat metrics."""
+    low, high = wilson_interval(correct, total)
+    return {
+        prefix: correct / total if total else float("nan"),
+        f"{prefix}_ci_low": low,
+        f"{prefix}_ci_high": high,
+        f"{prefix}_n": total,
+    }
+
+
 def newcombe_difference(correct_a, total_a, correct_b, total_b):
     """Difference of two independent proportions a - b with Newcombe's hybrid score 95 % interval (1998, method
     10: from the two Wilson intervals); (nan, nan, nan) when either side has no items."""

@@ -11,7 +11,8 @@ from vlp.processing.image_processing_vlp import VLPImageProcessor
 from vlp.processing.tokenization import train_wordpiece_tokenizer
 from vlp.processing.worlds import shapes as sw
 from vlp.training.objectives import objective_counts, objective_inputs
-from vlp.training.pretrain.validation import grouped_matching_figures, newcombe_difference
+from vlp.training.objectives.gitm import validation_figures
+from vlp.training.statistics import newcombe_difference
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_validation_figures_from_counts():
     # 10 segments, 7 right; none: 4 predicted, 5 actual, 3 right; per kind own 4/5, easy 2/3, hard 1/2; 3 groups,
     # 1 exact; targets: cell 0 twice, cell 1 three times, none five times (a 1 x 2 grid)
     sums = [10, 7, 4, 5, 3, 3, 1, 5, 4, 3, 2, 2, 1, 2, 3, 5]
-    figures = grouped_matching_figures(sums)
+    figures = validation_figures(sums)
     assert figures["gitm_chance_uniform"] == pytest.approx(1 / 3) and figures["gitm_chance_majority"] == 0.5
     assert figures["gitm_hard_minus_easy"] == pytest.approx(0.5 - 2 / 3)
     assert figures["gitm_hard_minus_easy_ci_low"] < 0.5 - 2 / 3 < figures["gitm_hard_minus_easy_ci_high"]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ...processing.worlds import shapes as sw
+from ..objectives.gitm import SEGMENT_KINDS
 from .figures import cluster_difference, cluster_mean_figure, comparison, difference, mean_figure
 from .foils import text_floor_world
 from .runner import ImageBank, Runner, match_scores, row_batches
@@ -198,8 +199,6 @@ def _score_groups(runner, groups) -> dict:
 
 def _grouped_figures(scored, cells, text_only, grid, settings) -> dict:
     """The grouped-matching comparison block: scores, floors and differences, every interval over groups."""
-    from ..pretrain.validation import GITM_KINDS
-
     correct, kinds, targets, group_of = (scored[k] for k in ("correct", "kinds", "targets", "group_of"))
     exact = scored["exact"]
 
@@ -212,7 +211,7 @@ def _grouped_figures(scored, cells, text_only, grid, settings) -> dict:
             np.bincount(group_of, weights=weights, minlength=len(exact)),
         )
 
-    of_kind = {kind: kinds == code for kind, code in GITM_KINDS.items()}
+    of_kind = {kind: kinds == code for kind, code in SEGMENT_KINDS.items()}
     share = np.bincount(targets, minlength=cells + 1) / targets.size
     majority = (targets == share.argmax()).astype(float)  # what always answering the most frequent target scores
     uniform = np.full(correct.size, 1.0 / (cells + 1))

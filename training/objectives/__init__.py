@@ -1,7 +1,9 @@
 """The pretraining objectives: one module per objective (`mlm`, `itm`, `wra`, `mim`, `itc`, `gitm`, and `joint`,
 the MLM + MIM pass of joint masking), each with what its forward pass sees (`inputs(batch, context)`) and how many
-units its loss averages over (`count(batches, hard_negatives)`). Its head and loss live in `modeling_vlp` (exported
-with every checkpoint). Adding an objective is adding a module and one line in `OBJECTIVES`.
+units its loss averages over (`count(batches, hard_negatives)`), and its validation figures where it has more than
+a loss (`mlm`, `itm`, `gitm`: `validation_sums` / `validation_counts`, used by `training/pretrain/validation.py`).
+Its head and loss live in `modeling_vlp` (exported with every checkpoint); random masks are drawn by the collator in
+`processing` (DataLoader workers). Adding an objective is adding a module and one line in `OBJECTIVES`.
 
 One pass per objective and micro-batch: MLM on the masked own captions (matched pairs, as ViLT and UNITER), ITM and
 WRA on the ITM captions (the dataset's negatives, or ALBEF's hard negatives drawn by ITC similarity), MIM on the

@@ -92,3 +92,15 @@ def count(batches, hard_negatives=False):
         return sum(len(b["itm_labels"]) for b in batches)
     exclusions = [hard_negative_exclusions(b) for b in batches]
     return sum(len(e) + int((~e).any(1).sum()) + int((~e).any(0).sum()) for e in exclusions)
+
+
+VALIDATION_SUMS = ("loss_sum", "pairs", "correct")
+
+
+@torch.no_grad()
+def validation_sums(model, batch):
+    """One validation batch's `VALIDATION_SUMS` on the ITM captions as written (the dataset's negatives, about half
+    of them): loss x pairs, pairs, correct predictions."""
+    labels = batch["itm_labels"]
+    out = model(**inputs(batch, {}))
+    return [float(out.itm_loss) * len(labels), len(labels), float((out.itm_logits.argmax(-1) == labels).sum())]

@@ -1,5 +1,8 @@
 """MIM: the image with masked patches and its unmasked caption; normalised pixels (MAE) or an EMA teacher's patch
-states (iBOT) regressed at the masked patches (`VLPForPreTraining`'s MIM decoder)."""
+states (iBOT) regressed at the masked patches (`VLPForPreTraining`'s MIM decoder).
+
+Masks: random or block patch masks from the collator (`processing/collator.py`, in the DataLoader workers), or
+attention-guided ones drawn in the step (`training/pretrain/guided_masking.py`). Validated by its loss."""
 
 import torch
 
