@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 
 from vlp.modeling_vlp import VLPConfig, VLPForPreTraining
-from vlp.training.pretrain.loop import make_optimizer
+from vlp.training.pretrain.factory import make_optimizer
 
 BATCH, TEXT, IMAGE, VOCAB = 32, 16, 64, 400
 

@@ -10,7 +10,7 @@ import torch
 from vlp.training.config import ConfigError, parse_config
 from vlp.training.logging_utils import MetricLogger, read_jsonl
 from vlp.training.objectives import step_objectives
-from vlp.training.pretrain.loop import learning_rate_at, make_optimizer
+from vlp.training.pretrain.factory import learning_rate_at, make_optimizer
 from vlp.training.pretrain.sampler import GlobalBatchSampler
 
 

@@ -212,7 +212,7 @@ def run_benchmark(runner: Runner, name: str, items: Sequence, settings: Settings
 
 
 def _code_version() -> str:
-    from ..pretrain.loop import code_version
+    from ..pretrain.factory import code_version
 
     return code_version()
 
