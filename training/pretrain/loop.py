@@ -61,7 +61,7 @@ def pretrain(model_args, data_args, train_args):
         fetched = time.perf_counter()
         losses = train_step(run, step, batches)
         grad_norm = optimizer_step(run, step, losses)
-        account_step(run, batches, losses, started, fetched)
+        account_step(run, losses, started, fetched)
         stop_if_nonfinite(run, step, losses)
         if _due(run.state.step, train_args.log_every, train_args.max_steps):
             log_train(run, step, grad_norm)
@@ -286,7 +286,7 @@ def optimizer_step(run, step, losses):
     return grad_norm
 
 
-def account_step(run, batches, losses, started, fetched):
+def account_step(run, losses, started, fetched):
     """The step counted: loop state, samples seen, times and the losses of the logging window."""
     run.state.step += 1
     run.state.samples_seen += run.sampler.global_batch if run.sampler is not None else losses.real_samples

@@ -503,13 +503,13 @@ def collect_results(study, output_dir, n_resamples=2000):
                     entry.update({"low": saved[0], "high": saved[1], "interval_over": "items"})
             metrics[metric] = entry
         values = mix_values(study, mix, seeds[0], "unused")
-        max_steps = parse_config(values=values)[2].max_steps
+        max_steps, flops = parse_config(values=values)[2].max_steps, step_flops(values)
         results["mixes"][name] = {
             "runs": len(runs),
             "overrides": mix.get("overrides") or {},
             "max_steps": max_steps,
-            "step_flops": step_flops(values),
-            "total_flops": step_flops(values) * max_steps,
+            "step_flops": flops,
+            "total_flops": flops * max_steps,
             "metrics": metrics,
         }
     results["differences"] = _differences(study, per_run, primary, n_resamples)
