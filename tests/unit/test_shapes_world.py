@@ -17,6 +17,7 @@ from PIL import Image
 
 from vlp.processing.worlds import shapes as sw
 from vlp.processing.worlds.shapes import Scene, ShapeObject, WorldConfig, caption_holds
+from vlp.processing.worlds.shapes import dataset as shapes_dataset
 
 
 def obj(shape, colour, size="small", x=0.5, y=0.5):
@@ -762,7 +763,7 @@ def test_build_dataset_columns_and_cache(tmp_path, monkeypatch):
     def no_rebuild(_config):
         raise AssertionError("the second build must load from the cache")
 
-    monkeypatch.setattr(sw, "_build_in_memory", no_rebuild)
+    monkeypatch.setattr(shapes_dataset, "_build_in_memory", no_rebuild)
     again = sw.build_dataset(config, cache_dir=tmp_path)
     assert again["scene"] == dataset["scene"] and again["captions"] == dataset["captions"]
     with pytest.raises(AssertionError, match="cache"):
