@@ -539,13 +539,13 @@ def write_gitm_examples(run_dir, path, groups=4):
         for position, (text, target) in enumerate(zip(group["group"].segments, group["group"].segment_targets)):
             guess = int(predicted[column, position])
             mark = "ok" if (guess == cells and target < 0) or guess == target else "x"
-            lines.append(f"{text[:38]} -> {_cell_name(target, cells)} / {_cell_name(guess, cells)} {mark}")
+            lines.append(f"{text[:56]} -> {_cell_name(target, cells)} / {_cell_name(guess, cells)} {mark}")
         axis.set_xticks([])
         axis.set_yticks([])
         axis.set_xlabel("\n".join(lines), fontsize=6, loc="left")
     figure.suptitle("caption -> true cell / model's cell", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")  # the caption lines below the panels, whole
     plt.close(figure)
 
 
