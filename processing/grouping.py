@@ -46,12 +46,9 @@ import torch.nn.functional as F
 from .collator import IGNORE_INDEX
 from .pretraining_data import decode_image
 from .random_streams import GITM_STREAM
+from .row_cache import CACHE_PIXEL_BYTES, CACHE_ROWS, RowCache, rows_within
 from .worlds.shapes import Scene, caption_holds, generate_captions, make_foil
 from .worlds.text_balance import CaptionFrequencies
-
-# Per-row caches of GroupedMatchingDataset (each group reads k rows, so rows are read k times an epoch).
-CACHE_ROWS = 65536  # captions and parsed scenes, per dataset copy (each DataLoader worker holds its own)
-CACHE_PIXEL_BYTES = 256 * 2**20  # processed cell images, per dataset copy
 
 GRID_MODES = ("resize", "full")
 #: Target of a segment that describes no cell, and of a cell that no segment describes.
@@ -550,25 +547,6 @@ def _caption_list(value: Any) -> list[str]:
     return [caption for caption in value if isinstance(caption, str) and caption.strip()]
 
 
-class _RowCache:
-    """``read(row)`` remembered for the last ``max_rows`` rows read (least recently used first out); errors are
-    not remembered, so an unreadable row is reported each time it is drawn."""
-
-    def __init__(self, read: Callable[[int], Any], max_rows: int):
-        self.read, self.max_rows, self.values = read, int(max_rows), {}
-
-    def __call__(self, row: int) -> Any:
-        row = int(row)
-        if row in self.values:
-            value = self.values.pop(row)
-        else:
-            value = self.read(row)
-            if len(self.values) >= self.max_rows:
-                del self.values[next(iter(self.values))]
-        self.values[row] = value
-        return value
-
-
 class GroupedMatchingDataset(torch.utils.data.Dataset):
     r"""
     GITM samples from the rows `PretrainingDataset` reads (columns `image`, `captions`, and `scene` for the truth).
@@ -651,9 +629,9 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         # Rows are pure functions of their index (no augmentation), so what a row gives is cached: the caption list,
         # the parsed scene and the cell-size image, bounded (`CACHE_ROWS`, `CACHE_PIXEL_BYTES`).
         cell_bytes = 4 * 3 * self.spec.cell_height * self.spec.cell_width
-        self._captions = _RowCache(self._read_captions, CACHE_ROWS)
-        self._scenes = _RowCache(self._read_scene, CACHE_ROWS)
-        self._pixels = _RowCache(self._read_pixels, max(1, CACHE_PIXEL_BYTES // cell_bytes))
+        self._captions = RowCache(self._read_captions, CACHE_ROWS)
+        self._scenes = RowCache(self._read_scene, CACHE_ROWS)
+        self._pixels = RowCache(self._read_pixels, rows_within(CACHE_PIXEL_BYTES, cell_bytes))
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -18,6 +18,10 @@ import torch
 
 from .random_streams import CAPTION_STREAM, ITM_POSITIVE_STREAM, ITM_STREAM
 from .readers.captions import describe_error
+from .row_cache import CACHE_PIXEL_BYTES, CACHE_ROWS, RowCache, rows_within
+
+#: Side assumed for the pixel cache's bound when the image processor keeps each image's own size.
+_UNRESIZED_SIDE = 384
 
 # Stream ids keep the independent draws of one sample apart (caption choice does not move when the ITM
 # settings change). The collator's MLM masking uses its own stream (see collator.MLM_STREAM).
@@ -75,6 +79,11 @@ class PretrainingDataset(torch.utils.data.Dataset):
         concept_words: words whose tokens get `concept_mask` True (case-insensitive when the tokenizer lowercases).
         strict: raise `ValueError` for unreadable rows instead of returning `{"index": i, "skipped": reason}`.
         max_negative_draws: draws before giving up on finding a negative; the sample then stays matched.
+
+    Rows are pure functions of their index (no augmentation), so the dataset's own rows are read once: their
+    processed images, caption lists and scenes, and the tokenized captions, are cached, bounded (`CACHE_ROWS`,
+    `CACHE_PIXEL_BYTES` per dataset copy; each DataLoader worker holds its own). A sample's `pixel_values` and
+    `pixel_mask` are shared with the cache: never write into them.
     """
 
     def __init__(
@@ -127,6 +136,12 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self.concept_words = {word.lower() for word in words} if self.lowercase else words
         self.strict = bool(strict)
         self.max_negative_draws = int(max_negative_draws)
+        size = getattr(image_processor, "size", None) or {}
+        height, width = (size.get("height"), size.get("width")) if isinstance(size, dict) else (None, None)
+        pixels = int(height or _UNRESIZED_SIDE) * int(width or _UNRESIZED_SIDE)
+        self._pixels = RowCache(self._read_pixels, rows_within(CACHE_PIXEL_BYTES, pixels * (3 * 4 + 8)))
+        self._text_rows = RowCache(self._read_text_row, CACHE_ROWS)
+        self._encodings = RowCache(self._encode, CACHE_ROWS)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -164,7 +179,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
                 other += other >= index  # uniform over every row except `index`
             else:
                 other = int(rng.integers(size))
-            candidates = self._caption_list(texts[other]["captions"])
+            candidates = self._caption_list((self._text_rows(other) if pool is None else texts[other])["captions"])
             if not candidates:
                 continue
             caption = candidates[int(rng.integers(len(candidates)))]
@@ -192,7 +207,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
             caption = own_captions[int(rng.integers(len(own_captions)))]
             other = int(rng.integers(size - 1 if pool is None else size))
             other += pool is None and other >= index
-            scene = texts[other].get("scene")
+            scene = (self._text_rows(other) if pool is None else texts[other]).get("scene")
             if scene is None or not self.holds_fn(caption, scene):
                 return caption
         return caption
@@ -206,22 +221,37 @@ class PretrainingDataset(torch.utils.data.Dataset):
         index = int(index)
         if not 0 <= index < len(self.rows):
             raise IndexError(f"row {index} out of range for a dataset of {len(self.rows)} rows")
-        return self.sample_from_row(self.rows[index], index)
+        return self._sample(self._text_rows(index), index, self.epoch, None, lambda: self._pixels(index))
 
     def sample_from_row(
         self, row: dict[str, Any], index: int, epoch: int | None = None, negatives: Any = None
     ) -> dict[str, Any]:
         """The sample of one row (`image`, `captions`, optional `scene`) at `index`, drawn for `epoch` (default: the
-        current one). The map-style path passes its own rows; a stream passes the rows it reads, with `negatives`,
-        the rows (`captions`) its ITM negatives are drawn from (see `_draw_negative`)."""
-        index = int(index)
+        current one). A stream passes the rows it reads, with `negatives`, the rows (`captions`) its ITM negatives
+        are drawn from (see `_draw_negative`); for the dataset's own rows this is what `__getitem__` returns (which
+        reads them through the cache)."""
         epoch = self.epoch if epoch is None else int(epoch)
+        return self._sample(row, int(index), epoch, negatives, lambda: self._process(row.get("image")))
+
+    def _read_text_row(self, index: int) -> dict[str, Any]:
+        return self.texts[int(index)]
+
+    def _read_pixels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._process(self.rows[int(index)]["image"])
+
+    def _process(self, cell: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixel_values, pixel_mask) of one image cell; `ValueError` with the reason when it cannot be read."""
+        pixels = self.image_processor(decode_image(cell), return_tensors="pt")
+        return pixels["pixel_values"][0], pixels["pixel_mask"][0]
+
+    def _sample(
+        self, row: dict[str, Any], index: int, epoch: int, negatives: Any, pixels_of: Callable[[], tuple]
+    ) -> dict[str, Any]:
         captions = self._caption_list(row.get("captions"))
         if not captions:
             return self._skip(index, "row has no captions")
         try:
-            image = decode_image(row.get("image"))
-            pixels = self.image_processor(image, return_tensors="pt")
+            pixel_values, pixel_mask = pixels_of()
         except (ValueError, TypeError) as error:
             return self._skip(index, str(error))
 
@@ -242,8 +272,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
             "epoch": epoch,
             "caption": caption,
             "scene": row.get("scene"),
-            "pixel_values": pixels["pixel_values"][0],
-            "pixel_mask": pixels["pixel_mask"][0],
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
             **text,
             "itm_input_ids": itm_text["input_ids"],
             "itm_attention_mask": itm_text["attention_mask"],
@@ -253,7 +283,21 @@ class PretrainingDataset(torch.utils.data.Dataset):
         }
 
     def encode_caption(self, caption: str) -> dict[str, torch.Tensor]:
-        """Tokenize "[CLS] caption [SEP]" with word ids (-1 on special tokens) and the concept-word mask."""
+        """Tokenize "[CLS] caption [SEP]" with word ids (-1 on special tokens) and the concept-word mask (fresh
+        tensors; the tokenization is cached per caption)."""
+        input_ids, attention_mask, token_type_ids, word_ids, concept = self._encodings(caption)
+        input_ids = torch.tensor(input_ids, dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+            "token_type_ids": torch.zeros_like(input_ids)
+            if token_type_ids is None
+            else torch.tensor(token_type_ids, dtype=torch.long),
+            "word_ids": torch.tensor(word_ids, dtype=torch.long),
+            "concept_mask": torch.tensor(concept, dtype=torch.bool),
+        }
+
+    def _encode(self, caption: str) -> tuple:
         encoding = self.tokenizer(caption, truncation=True, max_length=self.max_length)
         word_ids = [-1 if word is None else word for word in encoding.word_ids()]
         concept = []
@@ -264,17 +308,14 @@ class PretrainingDataset(torch.utils.data.Dataset):
             span = encoding.word_to_chars(word)
             text = caption[span.start : span.end]
             concept.append((text.lower() if self.lowercase else text) in self.concept_words)
-        input_ids = torch.tensor(encoding["input_ids"], dtype=torch.long)
         token_type_ids = encoding.get("token_type_ids")
-        return {
-            "input_ids": input_ids,
-            "attention_mask": torch.tensor(encoding["attention_mask"], dtype=torch.long),
-            "token_type_ids": torch.zeros_like(input_ids)
-            if token_type_ids is None
-            else torch.tensor(token_type_ids, dtype=torch.long),
-            "word_ids": torch.tensor(word_ids, dtype=torch.long),
-            "concept_mask": torch.tensor(concept, dtype=torch.bool),
-        }
+        return (
+            tuple(encoding["input_ids"]),
+            tuple(encoding["attention_mask"]),
+            None if token_type_ids is None else tuple(token_type_ids),
+            tuple(word_ids),
+            tuple(concept),
+        )
 
 
 __all__ = ["PretrainingDataset", "decode_image"]

@@ -221,6 +221,40 @@ def test_unreadable_images_are_skipped_with_a_reason(processor, tokenizer):
     assert empty["input_ids"].shape == (0, 0) and len(empty["skipped"]) == 2
 
 
+def test_cached_rows_give_the_samples_an_uncached_read_gives(rows, processor, tokenizer):
+    """`__getitem__` reads images, rows and tokenizations through the dataset's caches; over two epochs every
+    sample equals what `sample_from_row` builds from the raw row, and the cache holds each image once."""
+    dataset = PretrainingDataset(rows, processor, seed=3, max_length=16, itm_probability=0.5, holds_fn=holds)
+    fresh = PretrainingDataset(rows, processor, seed=3, max_length=16, itm_probability=0.5, holds_fn=holds)
+    for epoch in (0, 1):
+        for i, item in enumerate(read_all(dataset, epoch)):
+            expected = fresh.sample_from_row(rows[i], i, epoch=epoch)
+            assert item.keys() == expected.keys()
+            for key, value in expected.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(item[key], value), (epoch, i, key)
+                else:
+                    assert item[key] == value, (epoch, i, key)
+    assert len(dataset._pixels) == len(rows)
+
+
+def test_cached_tokenization_returns_fresh_tensors(rows, processor):
+    dataset = PretrainingDataset(rows, processor, max_length=16)
+    first = dataset.encode_caption("there is a red circle")
+    first["input_ids"][1] = 0
+    first["concept_mask"][:] = True
+    again = dataset.encode_caption("there is a red circle")
+    assert again["input_ids"][1] != 0 and not again["concept_mask"].all()
+
+
+def test_an_unreadable_image_is_reported_at_every_read(processor):
+    dataset = PretrainingDataset(make_rows(10, broken=BROKEN), processor, seed=0)
+    for epoch in (0, 1, 2):
+        dataset.set_epoch(epoch)
+        assert "cannot decode image" in dataset[3]["skipped"]
+    assert 3 not in dataset._pixels.values
+
+
 @pytest.mark.parametrize(
     "row, message", [(3, r"row 3: cannot decode"), (5, r"row 5: cannot decode"), (7, r"row 7: .*missing\.png")]
 )
