@@ -460,3 +460,35 @@ def test_the_command_line_reads_its_options_from_the_dataclass(monkeypatch, caps
     with pytest.raises(SystemExit):
         study_module.cli(["quick", "--output_dir", "out", "--workers", "2"])
     assert "unrecognized arguments: --workers 2" in capsys.readouterr().err
+
+
+def test_learning_curves_keep_one_colour_per_mix_in_every_panel(tmp_path, monkeypatch):
+    """A mix missing from a panel (only `b` trains GITM) does not shift the other mixes' colours; one legend names
+    every mix."""
+    import matplotlib.figure
+
+    from vlp.training.studies.report import write_plots
+
+    records = {
+        "a": [{"split": "train", "step": s, "mlm_loss": 3.0 - s} for s in (1, 2)],
+        "b": [{"split": "train", "step": s, "mlm_loss": 2.0 - s, "gitm_loss": 1.5 - s / 10} for s in (1, 2)],
+    }
+    for mix, lines in records.items():
+        folder = tmp_path / "runs" / mix / "seed0"
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda figure, *a, **k: figures.append(figure))
+    write_plots({}, {"seeds": [0], "mixes": {"a": {"metrics": {}}, "b": {"metrics": {}}}}, str(tmp_path))
+    curves = figures[0]
+    panels = {axis.get_title(): axis for axis in curves.axes if axis.get_title()}
+    assert set(panels) == {"train gitm_loss", "train mlm_loss"}
+    colour = {}
+    for axis in panels.values():
+        for line in axis.get_lines():
+            ys = tuple(line.get_ydata())
+            mix = "a" if ys == (2.0, 1.0) else "b"
+            colour.setdefault(mix, set()).add(line.get_color())
+    assert len(colour["a"]) == len(colour["b"]) == 1 and colour["a"] != colour["b"]  # b: one colour in both panels
+    legend = [text.get_text() for legend in curves.legends for text in legend.get_texts()]
+    assert legend == ["a", "b", "chance"]

@@ -393,6 +393,7 @@ def write_plots(study, results, output_dir):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     written = []
     seed = results["seeds"][0]
@@ -410,18 +411,23 @@ def write_plots(study, results, output_dir):
         figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 2.8 * rows), squeeze=False)
         for axis in axes.flat[len(panels) :]:
             axis.axis("off")
+        # One colour per mix in every panel (a mix missing from a panel keeps its colour elsewhere), one legend.
+        colour = {mix: f"C{number % 10}" for number, mix in enumerate(results["mixes"])}
         for axis, (split, name) in zip(axes.flat, panels):
             for mix in curves:
                 records = curves[mix] if split == "train" else validation[mix]
                 points = [(r["step"], r[name]) for r in records if name in r]
                 if points:
-                    axis.plot(*zip(*points), label=mix, marker="." if split == "val" else None)
+                    axis.plot(*zip(*points), color=colour[mix], marker="." if split == "val" else None)
             axis.set_title(f"{split} {name}", fontsize=9)
             axis.set_xlabel("step", fontsize=8)
             if split == "val" and name == "itm_accuracy":
-                axis.axhline(0.5, linestyle="--", linewidth=1, color="grey", label="chance")
-        axes.flat[0].legend(fontsize=7)
-        figure.tight_layout()
+                axis.axhline(0.5, linestyle="--", linewidth=1, color="grey")
+        handles = [Line2D([], [], color=colour[mix], label=mix) for mix in curves]
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="chance"))
+        figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
+        figure.suptitle(f"seed {seed}", x=0.01, ha="left", fontsize=8)
+        figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.8 * rows)))
         figure.savefig(os.path.join(output_dir, "learning_curves.png"), dpi=100)
         plt.close(figure)
         written.append("learning_curves.png")
