@@ -644,7 +644,7 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         self._scenes = RowCache(self._read_scene, CACHE_ROWS)
         self._pixels = RowCache(self._read_pixels, rows_within(CACHE_PIXEL_BYTES, cell_bytes))
         # Segments repeat across groups (a world's captions and foils are finite): their token ids, by text.
-        self.segment_ids = RowCache(self._encode_segment, CACHE_ROWS)
+        self.segment_token_ids = RowCache(self._encode_segment, CACHE_ROWS)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -702,7 +702,7 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         except (ValueError, TypeError) as error:
             return self._skip(index, str(error))
         canvas = compose_canvas(images, self.spec)
-        text = compose_text(group.segments, self.tokenizer, self.max_length, self.segment_ids)
+        text = compose_text(group.segments, self.tokenizer, self.max_length, self.segment_token_ids)
         group = keep_segments(group, text.kept)
         return {
             "index": index,

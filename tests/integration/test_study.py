@@ -491,4 +491,4 @@ def test_learning_curves_keep_one_colour_per_mix_in_every_panel(tmp_path, monkey
             colour.setdefault(mix, set()).add(line.get_color())
     assert len(colour["a"]) == len(colour["b"]) == 1 and colour["a"] != colour["b"]  # b: one colour in both panels
     legend = [text.get_text() for legend in curves.legends for text in legend.get_texts()]
-    assert legend == ["a", "b", "chance"]
+    assert legend == ["a", "b"]  # no chance line drawn, none in the legend

@@ -294,7 +294,7 @@ def test_memoised_segment_ids_give_the_texts_the_tokenizer_gives(world, tokenize
             assert torch.equal(sample["input_ids"], direct.input_ids)
             assert torch.equal(sample["segment_ids"], direct.segment_ids)
             seen += len(group.segments)
-    assert 0 < len(dataset.segment_ids) < seen  # segments recur across groups and epochs: the memo is used
+    assert 0 < len(dataset.segment_token_ids) < seen  # segments recur across groups and epochs: the memo is used
 
 
 def test_bad_settings_are_refused(world, tokenizer):

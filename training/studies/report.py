@@ -424,8 +424,9 @@ def write_plots(study, results, output_dir):
             if split == "val" and name == "itm_accuracy":
                 axis.axhline(0.5, linestyle="--", linewidth=1, color="grey")
         handles = [Line2D([], [], color=colour[mix], label=mix) for mix in curves]
-        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="chance"))
-        figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
+        if ("val", "itm_accuracy") in panels:
+            handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1, label="chance"))
+        figure.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
         figure.suptitle(f"seed {seed}", x=0.01, ha="left", fontsize=8)
         figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.8 * rows)))
         figure.savefig(os.path.join(output_dir, "learning_curves.png"), dpi=100)
