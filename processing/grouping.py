@@ -251,25 +251,14 @@ def fit_segments(lengths: Sequence[int], max_length: int) -> int:
     return count
 
 
-def compose_text(
-    segments: Sequence[str],
-    tokenizer: Any,
-    max_length: int,
-    encode: Callable[[str], Sequence[int]] | None = None,
-) -> ComposedText:
-    """Tokenize caption segments into one text with segment ids; whole trailing segments are dropped to fit.
-
-    ``encode`` (a segment's token ids, no special tokens) replaces the tokenizer call, e.g. by a memo of it; it must
-    give what ``tokenizer(segment, add_special_tokens=False)`` gives."""
+def compose_text(segments: Sequence[str], tokenizer: Any, max_length: int) -> ComposedText:
+    """Tokenize caption segments into one text with segment ids; whole trailing segments are dropped to fit."""
     if max_length < 3:
         raise ValueError(f"max_length must leave room for [CLS], one token and [SEP]; got {max_length}")
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls_id is None or sep_id is None:
         raise ValueError("the tokenizer needs a [CLS] and a [SEP] token to compose segments")
-    if encode is not None:
-        pieces = [list(encode(segment)) for segment in segments]
-    else:
-        pieces = tokenizer(list(segments), add_special_tokens=False)["input_ids"] if segments else []
+    pieces = tokenizer(list(segments), add_special_tokens=False)["input_ids"] if segments else []
     keep = fit_segments([len(p) for p in pieces], max_length)
     ids, seg = [cls_id], [0]
     for position, piece in enumerate(pieces[:keep]):
@@ -643,8 +632,6 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         self._captions = RowCache(self._read_captions, CACHE_ROWS)
         self._scenes = RowCache(self._read_scene, CACHE_ROWS)
         self._pixels = RowCache(self._read_pixels, rows_within(CACHE_PIXEL_BYTES, cell_bytes))
-        # Segments repeat across groups (a world's captions and foils are finite): their token ids, by text.
-        self.segment_token_ids = RowCache(self._encode_segment, CACHE_ROWS)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -677,9 +664,6 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         size = (self.spec.cell_height, self.spec.cell_width)
         return self.image_processor(image, do_resize=True, size=size, return_tensors="pt")["pixel_values"][0]
 
-    def _encode_segment(self, text: str) -> tuple[int, ...]:
-        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def draw(self, index: int) -> Group:
         """The group of row ``index`` at the current epoch, before segments are dropped for length."""
         rng = np.random.default_rng([self.seed, self.epoch, int(index), GITM_STREAM])
@@ -702,7 +686,7 @@ class GroupedMatchingDataset(torch.utils.data.Dataset):
         except (ValueError, TypeError) as error:
             return self._skip(index, str(error))
         canvas = compose_canvas(images, self.spec)
-        text = compose_text(group.segments, self.tokenizer, self.max_length, self.segment_token_ids)
+        text = compose_text(group.segments, self.tokenizer, self.max_length)
         group = keep_segments(group, text.kept)
         return {
             "index": index,

@@ -282,21 +282,6 @@ def test_groups_are_deterministic_per_seed_epoch_index(world, tokenizer):
     assert any(a.draw(i) != b.draw(i) for i in range(5))
 
 
-def test_memoised_segment_ids_give_the_texts_the_tokenizer_gives(world, tokenizer):
-    dataset = make_dataset(world, tokenizer, 2, 2, 32, distractors="mixed", max_length=24)
-    seen = 0
-    for epoch in (0, 1):
-        dataset.set_epoch(epoch)
-        for i in range(len(dataset)):
-            sample = dataset[i]
-            group = dataset.draw(i)  # before segments are dropped for length
-            direct = compose_text(group.segments, tokenizer, 24)  # one batched tokenizer call, no memo
-            assert torch.equal(sample["input_ids"], direct.input_ids)
-            assert torch.equal(sample["segment_ids"], direct.segment_ids)
-            seen += len(group.segments)
-    assert 0 < len(dataset.segment_token_ids) < seen  # segments recur across groups and epochs: the memo is used
-
-
 def test_bad_settings_are_refused(world, tokenizer):
     with pytest.raises(ValueError, match="distractors"):
         GroupConfig(distractors="medium")
